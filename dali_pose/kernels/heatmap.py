@@ -1,0 +1,326 @@
+"""Training targets (UDP): Gaussian heatmaps and the combined classification + offset target.
+
+Pure numba; this module imports without DALI (``numba.cuda`` is only touched when a kernel set
+is built with :func:`make_target_kernels`).
+
+Conventions (see :mod:`dali_pose.geometry`): crop keypoints are in crop pixels with pixel
+centres on integers; the heatmap pixel grid is the crop grid divided by the UDP stride
+``stride = (input - 1) / (heatmap - 1)`` per axis, so heatmap pixel ``px`` sits at crop
+``px * stride`` and a keypoint at crop ``x`` sits at heatmap ``mu_x = x / stride`` (exact,
+never rounded).
+
+Target weight rule (both targets)
+---------------------------------
+``weight[j] = 0`` when the joint is unlabelled (``v == 0``) or its heatmap position falls
+outside the map, i.e. ``mu_x < -0.5 or mu_x >= w - 0.5 or mu_y < -0.5 or mu_y >= h - 0.5``
+(equivalently: the heatmap pixel nearest to ``mu`` is not on the map); all of the joint's
+channels are then zero. Otherwise ``weight[j] = 1``. (A NaN position also gets weight 0.)
+
+Gaussian target (``model.target: gaussian``), K channels
+--------------------------------------------------------
+``cx = floor(mu_x + 0.5)``, ``cy = floor(mu_y + 0.5)`` (the nearest pixel, ties upward);
+on the integer pixels with ``|px - cx| <= 3 sigma`` and ``|py - cy| <= 3 sigma`` (clipped to
+the map) the value is ``exp(-((px - mu_x)^2 + (py - mu_y)^2) / (2 sigma^2))``, elsewhere 0.
+This is UDP's window (centred on the rounded position, values from the exact one).
+
+Combined target (``model.target: combined``), 3K channels ``[heatmap, x-off, y-off]`` per joint
+-----------------------------------------------------------------------------------------
+Disk radius ``r = 0.0546875 * heatmap height`` (``heatmap_size[1]``; 3.5 px for the usual
+[w, h] = [48, 64] maps). This is our reading of "0.0546875 x heatmap width ... 3.5 px at
+64x48": 3.5 px only comes out of the 64-pixel side, which is the *height* in our [w, h]
+sizes; UDP's/mmpose's ``0.0546875 * heatmap_size[1]`` with [w, h] sizes is the same rule.
+With ``ox = (mu_x - px) / r`` and ``oy = (mu_y - py) / r``: where ``ox^2 + oy^2 <= 1`` the three
+channels are ``1, ox, oy``; elsewhere all three are 0.
+
+Arithmetic is float64 (stored as float32) in all variants, so the CPU, CUDA and pure-Python
+(``NUMBA_DISABLE_JIT=1``) runs agree to float32 rounding. The per-pixel formulas are single
+leaf functions compiled twice (``numba.njit`` and ``numba.cuda.jit(device=True)``), so CPU and
+GPU cannot drift apart.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, NamedTuple, Tuple
+
+import numba
+import numpy as np
+
+from numba import cuda  # noqa: F401  (module global on purpose: the CUDA simulator swaps it)
+
+COMBINED_RADIUS_FACTOR = 0.0546875  # x heatmap height (UDP's "KPD" 3.5 px at 64 px)
+GPU_THREADS_PER_BLOCK = (32, 8, 1)  # x: heatmap width, y: heatmap height, z: joints
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf formulas, shared verbatim by the CPU (njit) and CUDA (device) kernels.
+# ---------------------------------------------------------------------------------------------
+
+def _joint_center_py(x, y, v, stride_x, stride_y, w, h):
+    """Heatmap position (mu_x, mu_y), nearest pixel (cx, cy) and the 0/1 weight of one joint."""
+    mu_x = x / stride_x
+    mu_y = y / stride_y
+    ok = v > 0 and mu_x >= -0.5 and mu_x < w - 0.5 and mu_y >= -0.5 and mu_y < h - 0.5
+    if ok:
+        cx = int(math.floor(mu_x + 0.5))
+        cy = int(math.floor(mu_y + 0.5))
+        return mu_x, mu_y, cx, cy, 1.0
+    return mu_x, mu_y, 0, 0, 0.0
+
+
+def _gauss_value_py(px, py, mu_x, mu_y, inv_two_sigma2):
+    dx = px - mu_x
+    dy = py - mu_y
+    return math.exp(-(dx * dx + dy * dy) * inv_two_sigma2)
+
+
+def _disk_value_py(px, py, mu_x, mu_y, radius):
+    """(heatmap, x-offset, y-offset) of the combined target at pixel (px, py)."""
+    ox = (mu_x - px) / radius
+    oy = (mu_y - py) / radius
+    if ox * ox + oy * oy <= 1.0:
+        return 1.0, ox, oy
+    return 0.0, 0.0, 0.0
+
+
+_joint_center = numba.njit(cache=True)(_joint_center_py)
+_gauss_value = numba.njit(cache=True)(_gauss_value_py)
+_disk_value = numba.njit(cache=True)(_disk_value_py)
+
+
+def window_radius(sigma: float) -> int:
+    """Half size of the Gaussian window in whole pixels: the largest d with d <= 3 sigma."""
+    return int(math.floor(3.0 * sigma))
+
+
+def combined_radius(heatmap_size) -> float:
+    """Disk radius of the combined target, heatmap pixels: 0.0546875 x heatmap height."""
+    return COMBINED_RADIUS_FACTOR * float(heatmap_size[1])
+
+
+def udp_stride(input_size, heatmap_size) -> Tuple[float, float]:
+    """UDP stride (input - 1) / (heatmap - 1) per axis, (x, y)."""
+    return ((input_size[0] - 1.0) / (heatmap_size[0] - 1.0),
+            (input_size[1] - 1.0) / (heatmap_size[1] - 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU kernels (one sample). Outputs are preallocated and may hold garbage: every element is
+# written.
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def gaussian_target_cpu(heatmap, weight, kps, stride_x, stride_y, sigma, rad):
+    """UDP Gaussian target of one sample.
+
+    heatmap (K, h, w) float32 and weight (K,) float32 are written; kps (K, >=3) crop
+    keypoints (x, y, v); ``rad`` = :func:`window_radius` (sigma).
+    """
+    k = heatmap.shape[0]
+    h = heatmap.shape[1]
+    w = heatmap.shape[2]
+    inv = 1.0 / (2.0 * sigma * sigma)
+    for j in range(k):
+        heatmap[j, :, :] = 0.0
+        mu_x, mu_y, cx, cy, wt = _joint_center(kps[j, 0], kps[j, 1], kps[j, 2],
+                                               stride_x, stride_y, w, h)
+        weight[j] = wt
+        if wt == 0.0:
+            continue
+        for py in range(max(0, cy - rad), min(h, cy + rad + 1)):
+            for px in range(max(0, cx - rad), min(w, cx + rad + 1)):
+                heatmap[j, py, px] = _gauss_value(px, py, mu_x, mu_y, inv)
+
+
+@numba.njit(cache=True)
+def combined_target_cpu(heatmap, weight, kps, stride_x, stride_y, radius):
+    """UDP combined target of one sample: heatmap (3K, h, w) float32, weight (K,) float32."""
+    k = weight.shape[0]
+    h = heatmap.shape[1]
+    w = heatmap.shape[2]
+    for j in range(k):
+        heatmap[3 * j:3 * j + 3, :, :] = 0.0
+        mu_x, mu_y, cx, cy, wt = _joint_center(kps[j, 0], kps[j, 1], kps[j, 2],
+                                               stride_x, stride_y, w, h)
+        weight[j] = wt
+        if wt == 0.0:
+            continue
+        # every pixel of the disk lies in this box (one extra pixel each side for safety)
+        x0 = max(0, int(math.floor(mu_x - radius)) - 1)
+        x1 = min(w, int(math.ceil(mu_x + radius)) + 2)
+        y0 = max(0, int(math.floor(mu_y - radius)) - 1)
+        y1 = min(h, int(math.ceil(mu_y + radius)) + 2)
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                m, ox, oy = _disk_value(px, py, mu_x, mu_y, radius)
+                heatmap[3 * j, py, px] = m
+                heatmap[3 * j + 1, py, px] = ox
+                heatmap[3 * j + 2, py, px] = oy
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernels: built per config (closure constants), compiled by DALI (or by cuda.jit in tests).
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _cuda_leaf_functions():
+    """The leaf formulas as CUDA device functions (or simulator functions under CUDASIM)."""
+    dev = cuda.jit(device=True)
+    return dev(_joint_center_py), dev(_gauss_value_py), dev(_disk_value_py)
+
+
+def _make_gaussian_gpu(stride_x, stride_y, sigma, rad):
+    joint_center, gauss_value, _ = _cuda_leaf_functions()
+    inv = 1.0 / (2.0 * sigma * sigma)
+
+    def gaussian_target_gpu(heatmap, weight, kps, box):
+        # grid-stride in all three dims: correct for any launch configuration
+        x0, y0, j0 = cuda.grid(3)
+        gx, gy, gz = cuda.gridsize(3)
+        k = heatmap.shape[0]
+        h = heatmap.shape[1]
+        w = heatmap.shape[2]
+        for j in range(j0, k, gz):
+            mu_x, mu_y, cx, cy, wt = joint_center(kps[j, 0], kps[j, 1], kps[j, 2],
+                                                  stride_x, stride_y, w, h)
+            if x0 == 0 and y0 == 0:
+                weight[j] = wt
+            for py in range(y0, h, gy):
+                for px in range(x0, w, gx):
+                    val = 0.0
+                    if wt != 0.0 and abs(px - cx) <= rad and abs(py - cy) <= rad:
+                        val = gauss_value(px, py, mu_x, mu_y, inv)
+                    heatmap[j, py, px] = val
+
+    return gaussian_target_gpu
+
+
+def _make_combined_gpu(stride_x, stride_y, radius):
+    joint_center, _, disk_value = _cuda_leaf_functions()
+
+    def combined_target_gpu(heatmap, weight, kps, box):
+        x0, y0, j0 = cuda.grid(3)
+        gx, gy, gz = cuda.gridsize(3)
+        k = weight.shape[0]
+        h = heatmap.shape[1]
+        w = heatmap.shape[2]
+        for j in range(j0, k, gz):
+            mu_x, mu_y, cx, cy, wt = joint_center(kps[j, 0], kps[j, 1], kps[j, 2],
+                                                  stride_x, stride_y, w, h)
+            if x0 == 0 and y0 == 0:
+                weight[j] = wt
+            for py in range(y0, h, gy):
+                for px in range(x0, w, gx):
+                    m = 0.0
+                    ox = 0.0
+                    oy = 0.0
+                    if wt != 0.0:
+                        m, ox, oy = disk_value(px, py, mu_x, mu_y, radius)
+                    heatmap[3 * j, py, px] = m
+                    heatmap[3 * j + 1, py, px] = ox
+                    heatmap[3 * j + 2, py, px] = oy
+
+    return combined_target_gpu
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory for the DALI wiring
+# ---------------------------------------------------------------------------------------------
+
+class TargetKernels(NamedTuple):
+    """Everything the DALI ``numba_function`` wiring needs for one target config.
+
+    Call signature of both run functions (DALI order: outputs, then inputs):
+    ``run(heatmap_out, weight_out, kps, box)`` with heatmap_out (channels, h, w) float32,
+    weight_out (K,) float32, kps (K, 3) float32 crop keypoints, and ``box`` any float32 1-D
+    array that is ignored (it only makes #inputs == #outputs, for a DALI 2.4 setup bug).
+
+    - ``cpu_run``: plain Python closure; DALI ``njit``s it (CPU ``numba_function``,
+      ``batch_processing=False``). ``cpu_kernel`` is the same thing already jitted, for direct
+      calls from Python.
+    - ``setup``: plain Python ``setup_fn(outs, ins)``: output shapes from closure constants.
+    - ``gpu_run``: plain Python closure for DALI's GPU ``numba_function`` (compiled with
+      numba.cuda); launch it with ``blocks`` and ``threads_per_block`` (it is grid-stride, so
+      any launch shape is correct; these cover the map with one thread per pixel and joint).
+    """
+
+    target: str
+    num_joints: int
+    channels: int
+    hm_size: Tuple[int, int]  # (w, h)
+    stride: Tuple[float, float]  # (x, y), UDP
+    cpu_run: Callable
+    cpu_kernel: Callable
+    setup: Callable
+    gpu_run: Callable
+    blocks: Tuple[int, int, int]
+    threads_per_block: Tuple[int, int, int]
+
+    def dali_kwargs(self, device: str = "cpu") -> dict:
+        """Keyword arguments for ``numba_function`` (imports DALI)."""
+        from nvidia.dali import types
+
+        kw = dict(setup_fn=self.setup, out_types=[types.FLOAT, types.FLOAT],
+                  in_types=[types.FLOAT, types.FLOAT], outs_ndim=[3, 1], ins_ndim=[2, 1],
+                  batch_processing=False, device=device)
+        if device == "gpu":
+            kw.update(run_fn=self.gpu_run, blocks=list(self.blocks),
+                      threads_per_block=list(self.threads_per_block))
+        else:
+            kw.update(run_fn=self.cpu_run)
+        return kw
+
+
+def _model(cfg):
+    return getattr(cfg, "model", cfg)
+
+
+def make_setup(channels: int, w: int, h: int, k: int):
+    """DALI ``setup_fn``: every sample gets heatmap (channels, h, w) and weight (k,)."""
+
+    def setup(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][0] = channels
+            outs[0][i][1] = h
+            outs[0][i][2] = w
+            outs[1][i][0] = k
+
+    return setup
+
+
+def make_target_kernels(model_cfg, num_joints: int, with_gpu: bool = True) -> TargetKernels:
+    """Target kernels for ``model_cfg`` (a ``ModelConfig`` or a whole ``Config``).
+
+    ``with_gpu=False`` skips building the CUDA closure (``gpu_run`` is then None), which avoids
+    touching ``numba.cuda`` at all.
+    """
+    m = _model(model_cfg)
+    w, h = int(m.heatmap_size[0]), int(m.heatmap_size[1])
+    sx, sy = udp_stride(m.input_size, m.heatmap_size)
+    k = int(num_joints)
+    tpb = GPU_THREADS_PER_BLOCK
+    blocks = (-(-w // tpb[0]), -(-h // tpb[1]), k)
+    if m.target == "gaussian":
+        sigma = float(m.sigma)
+        rad = window_radius(sigma)
+        channels = k
+
+        def cpu_run(heatmap_out, weight_out, kps, box):
+            gaussian_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma, rad)
+
+        gpu_run = _make_gaussian_gpu(sx, sy, sigma, rad) if with_gpu else None
+    elif m.target == "combined":
+        radius = combined_radius(m.heatmap_size)
+        channels = 3 * k
+
+        def cpu_run(heatmap_out, weight_out, kps, box):
+            combined_target_cpu(heatmap_out, weight_out, kps, sx, sy, radius)
+
+        gpu_run = _make_combined_gpu(sx, sy, radius) if with_gpu else None
+    else:
+        raise ValueError(f"model.target: unknown target {m.target!r}")
+    return TargetKernels(
+        target=m.target, num_joints=k, channels=channels, hm_size=(w, h), stride=(sx, sy),
+        cpu_run=cpu_run, cpu_kernel=numba.njit(cpu_run), setup=make_setup(channels, w, h, k),
+        gpu_run=gpu_run, blocks=blocks, threads_per_block=tpb,
+    )

@@ -1,0 +1,714 @@
+"""Pose metrics that reproduce the official tools, on in-memory predictions.
+
+Three scorers, each returning a flat ``dict`` whose keys are the names printed by
+:func:`format_table` (and written to the metrics json by ``evaluate.py``):
+
+``evaluate_coco(gt, results, dataset="coco")``
+    COCO keypoint AP/AR through pycocotools' ``COCOeval``: ``AP AP50 AP75 APM APL AR AR50
+    AR75 ARM ARL`` are exactly ``COCOeval(...).stats`` (fractions in [0, 1]; -1 where
+    pycocotools reports -1, i.e. no ground truth in that area range). Plus the occlusion
+    breakdown of the constraint-cue paper (Table 1), ``AP_vis`` and ``AP_invis``; see
+    *Occlusion breakdown* below.
+
+``evaluate_coco(gt, results, dataset="crowdpose")``
+    The official CrowdPose tool (``crowdposetools``, a fork of ``COCOeval``), reproduced by
+    :class:`CrowdPoseEval`: ``AP AP50 AP75 AR AR50 AR75 AP_easy AP_medium AP_hard``.
+
+``evaluate_mpii(preds, gt_mat, visible=None)``
+    PCKh of the official MPII evaluation (``gt_valid.mat``), in percent, per joint group:
+    ``PCKh@0.5/Head`` ... ``PCKh@0.5/Mean``, the same at 0.1, and with ``visible`` the
+    NODA paper's (Table II) split into visible and occluded joints.
+
+Inputs
+------
+* ``gt`` (COCO/CrowdPose): a keypoint json path, its loaded ``dict``, or a
+  ``pycocotools.coco.COCO``. It is checked against the dataset: the person category and
+  every annotation must have ``K`` joints (17 COCO, 14 CrowdPose); CrowdPose images must
+  carry ``crowdIndex``. It is never modified.
+* ``results``: a COCO results json path or a list of dicts ``{"image_id", "category_id"
+  (1; default 1), "keypoints": 3K numbers x, y, score (0-based source-image pixels; the
+  third value is not used by the metric), "score"}``, as ``dali_pose.postprocess`` writes
+  them. Unknown image ids, a wrong number of keypoint values, NaN/inf values are errors.
+  The list is not modified (pycocotools' ``loadRes`` writes into its input; we give it
+  shallow copies).
+* ``preds`` (MPII): float array (N, 16, 2), 0-based source-image pixels, in the order of
+  ``gt_valid.mat`` (MPII joint order of ``dali_pose.datasets.MPII``).
+
+Every input problem raises :class:`EvaluationError` (a ``ValueError``) whose message names
+the file (or "predictions") and the offending key, entry or shape.
+
+COCO: identical to ``COCOeval``
+-------------------------------
+The ground truth and ``loadRes(results)`` go unchanged through the stock ``COCOeval`` with
+``iouType="keypoints"`` and the COCO sigmas of ``dali_pose.datasets.COCO`` (the same numbers
+as pycocotools' defaults); the ten numbers are its ``stats``. Only one convenience differs
+from calling pycocotools by hand: an annotation without ``num_keypoints`` (pycocotools would
+raise ``KeyError``) gets the count of its joints with v > 0, on a copy.
+
+Occlusion breakdown (AP_vis, AP_invis)
+--------------------------------------
+The same ``COCOeval`` run, on a *masked copy of the ground truth*: for ``AP_vis`` only the
+joints labelled visible (v = 2) are kept, for ``AP_invis`` only those labelled occluded
+(v = 1); the other joints get v = 0 and ``num_keypoints`` becomes the number of joints kept.
+Detections are untouched. Therefore, exactly as in COCOeval for the kept joints:
+
+* OKS between a detection and a ground truth averages ``exp(-d^2 / (2 s^2 k^2))`` over the
+  kept joints only (object scale ``s^2`` = the annotation's ``area``, unchanged);
+* a ground truth with no kept joint (e.g. a fully visible person, for ``AP_invis``) has
+  ``num_keypoints == 0`` and is therefore *ignored*, as COCOeval ignores people without
+  labelled joints: it is not a positive, and a detection matched to it (OKS by COCOeval's
+  distance-to-the-doubled-box rule) is ignored rather than counted as a false positive.
+  AP_invis thus measures localisation of occluded joints on the people that have some,
+  without penalising correct detections of fully visible people.
+* crowd annotations stay crowd regions. If no ground truth has a kept joint the value is
+  -1 (pycocotools' "undefined").
+
+CrowdPose: identical to the official tool
+-----------------------------------------
+:class:`CrowdPoseEval` is ``COCOeval`` with these differences, all taken from the official
+``crowdposetools/cocoeval.py``:
+
+1. sigmas for the 14 CrowdPose joints (``dali_pose.datasets.CROWDPOSE.sigmas``);
+2. the area of a ground truth, for the OKS scale and the area-range test, is
+   ``bbox_w * bbox_h * 0.53`` (``CROWDPOSE_AREA_FACTOR``); an ``area`` field in the json is
+   ignored (CrowdPose has none);
+3. only the area range 'all' (the official tool also computes 'medium'/'large' but never
+   reports them; results for 'all' do not depend on them);
+4. ``AP_easy/medium/hard``: the whole evaluation repeated on the images of one crowd-index
+   bucket, from each image's ``crowdIndex``: easy ``ci < 0.2``, medium ``0.2 <= ci < 0.8``,
+   hard ``ci >= 0.8``. These are the thresholds the official code uses
+   (``get_type_result(first=0.2, second=0.8)``); the CrowdPose paper's text says 0.1 for
+   easy. ``crowd_thresholds`` changes them. A bucket without ground truth gives -1, as the
+   official tool does. The official tool rounds these three to 4 decimals; we do not.
+5. AR50/AR75 and AP50/AP75 as in COCO (the official code selects IoU thresholds with a
+   tolerance of 0.01, which picks the same ones).
+
+MPII: the official PCKh
+-----------------------
+As in the official evaluation (MATLAB ``evaluatePCKh`` / HRNet ``mpii.py``): predictions are
+made 1-based (+1) and compared with ``pos_gt_src``; a joint is correct when its distance is
+``<= thr * 0.6 * ||headbox[1] - headbox[0]||``; only joints with ``jnt_missing == 0`` count.
+Per joint PCKh = 100 * correct / labelled. Groups average left and right joints (Head =
+head_top; Shoulder, Elbow, Wrist, Hip, Knee, Ankle); Mean = average over all joints except
+pelvis and thorax weighted by their labelled counts. PCKh@0.1 uses threshold 0.1 exactly
+(HRNet's printed ``Mean@0.1`` indexes its threshold sweep at 0.11).
+
+With ``visible`` (N, 16) (1 = visible; the MPII ``is_visible`` flag, e.g.
+``visible_valid.npy``) the same formulas are applied to two subsets of the labelled joints:
+``_vis`` (labelled and visible) and ``_occ`` (labelled and not visible); unlabelled joints
+are in neither. A group whose subset is empty is NaN (``null`` in json, ``-`` in tables);
+e.g. MPII never marks head_top occluded. Counts are reported as ``count``, ``count_vis``,
+``count_occ`` (labelled joints per group).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from pycocotools.coco import COCO as _COCO
+from pycocotools.cocoeval import COCOeval
+
+from .datasets import COCO, CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo
+
+__all__ = [
+    "EvaluationError", "COCO_KEYS", "CROWDPOSE_KEYS", "MPII_GROUPS", "CrowdPoseEval",
+    "load_gt", "load_results", "check_results", "evaluate_coco", "MpiiGroundTruth",
+    "load_mpii_gt", "load_visible", "evaluate_mpii", "format_table", "write_metrics",
+]
+
+
+class EvaluationError(ValueError):
+    """Bad input to a scorer; the message names the file or argument and what is wrong."""
+
+
+COCO_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+CROWDPOSE_KEYS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium",
+                  "AP_hard")
+# COCOeval.stats positions of the CrowdPose numbers (the official tool reports the same).
+_CROWDPOSE_STATS = {"AP": 0, "AP50": 1, "AP75": 2, "AR": 5, "AR50": 6, "AR75": 7}
+CROWDPOSE_THRESHOLDS = (0.2, 0.8)
+
+# MPII groups by joint name (dali_pose.datasets.MPII order); Mean leaves out pelvis/thorax.
+MPII_GROUPS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("Head", ("head_top",)),
+    ("Shoulder", ("left_shoulder", "right_shoulder")),
+    ("Elbow", ("left_elbow", "right_elbow")),
+    ("Wrist", ("left_wrist", "right_wrist")),
+    ("Hip", ("left_hip", "right_hip")),
+    ("Knee", ("left_knee", "right_knee")),
+    ("Ankle", ("left_ankle", "right_ankle")),
+)
+MPII_MEAN_EXCLUDES = ("pelvis", "thorax")
+MPII_HEAD_FACTOR = 0.6  # PCKh reference length = 0.6 x head-box diagonal
+# joint names as stored in gt_valid.mat ('dataset_joints'), in dali_pose's MPII order
+MPII_MAT_JOINTS = ("rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor", "neck",
+                   "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri")
+
+GtLike = Union[str, os.PathLike, dict, _COCO]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    """pycocotools prints progress on stdout; keep it unless ``verbose``."""
+    if verbose:
+        yield
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+
+
+def _read_json(path, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise EvaluationError(f"cannot read {what} {path}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def _info(dataset: Union[str, DatasetInfo]) -> DatasetInfo:
+    if isinstance(dataset, DatasetInfo):
+        return dataset
+    if dataset not in DATASETS:
+        raise EvaluationError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    return DATASETS[dataset]
+
+
+def _which_dataset(k: int) -> str:
+    names = [n for n, i in DATASETS.items() if i.num_joints == k]
+    return f" (a {'/'.join(names)} file?)" if names else ""
+
+
+def _make_coco(dataset: dict, verbose: bool = False):
+    coco = _COCO()
+    coco.dataset = dataset
+    with _quiet(verbose):
+        coco.createIndex()
+    return coco
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def load_gt(gt: GtLike, dataset: Union[str, DatasetInfo] = "coco", verbose: bool = False):
+    """A checked ``pycocotools.coco.COCO`` for ``dataset`` from a path, dict or COCO.
+
+    Raises :class:`EvaluationError` when the file is not a keypoint file of ``dataset``: the
+    wrong number of joints (e.g. a CrowdPose json with ``dataset="coco"``), no
+    ``crowdIndex`` for CrowdPose, keypoints of the wrong length or NaN, no person with
+    labelled joints, ``area`` missing for COCO. The input is not modified; when it lacks
+    ``num_keypoints`` a copy is completed.
+    """
+    info = _info(dataset)
+    if isinstance(gt, _COCO):
+        data, src, coco = gt.dataset, "ground truth (COCO object)", gt
+    elif isinstance(gt, dict):
+        data, src, coco = gt, "ground truth (dict)", None
+    else:
+        src = os.fspath(gt)
+        data, coco = _read_json(src, "ground-truth file"), None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise EvaluationError(f"{src}: not a COCO-format keypoint file (needs 'images' and "
+                              f"'annotations' lists)")
+    k = info.num_joints
+    for cat in data.get("categories", []):
+        if cat.get("id") == 1 and "keypoints" in cat and len(cat["keypoints"]) != k:
+            n = len(cat["keypoints"])
+            raise EvaluationError(
+                f"{src}: category 'person' has {n} joints{_which_dataset(n)}, but dataset "
+                f"'{info.name}' has {k}")
+    image_ids = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or "id" not in img:
+            raise EvaluationError(f"{src}: an image entry has no 'id'")
+        image_ids.add(img["id"])
+        if info is CROWDPOSE:
+            ci = img.get("crowdIndex")
+            if not isinstance(ci, (int, float)) or not math.isfinite(ci):
+                raise EvaluationError(
+                    f"{src}: image {img['id']} has no valid 'crowdIndex' ({ci!r}); CrowdPose "
+                    f"ground truth needs it for AP easy/medium/hard (not a CrowdPose file?)")
+    fill = False
+    n_people = 0
+    for ann in data["annotations"]:
+        aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
+        what = f"{src}: annotation {aid}"
+        for key in ("id", "image_id", "category_id", "bbox", "keypoints"):
+            if not isinstance(ann, dict) or key not in ann:
+                raise EvaluationError(f"{what} has no '{key}' field")
+        if ann["image_id"] not in image_ids:
+            raise EvaluationError(f"{what} refers to unknown image_id {ann['image_id']!r}")
+        kp = ann["keypoints"]
+        if not isinstance(kp, (list, tuple)) or len(kp) != 3 * k:
+            n = len(kp) if isinstance(kp, (list, tuple)) else 0
+            raise EvaluationError(
+                f"{what} has {n} keypoint values{_which_dataset(n // 3)}, but dataset "
+                f"'{info.name}' needs {3 * k} ({k} joints x 3)")
+        kp = np.asarray(kp, dtype=np.float64)
+        if not np.isfinite(kp).all():
+            raise EvaluationError(f"{what} has NaN or infinite keypoints")
+        if info is not CROWDPOSE and "area" not in ann:
+            raise EvaluationError(f"{what} has no 'area' field (COCO scores OKS by it)")
+        if "num_keypoints" not in ann:
+            fill = True
+        if not ann.get("iscrowd", 0) and (kp[2::3] > 0).any():
+            n_people += 1
+    if n_people == 0:
+        raise EvaluationError(f"{src}: no ground-truth person has labelled keypoints")
+    if fill:
+        data = dict(data)
+        data["annotations"] = [
+            a if "num_keypoints" in a else
+            dict(a, num_keypoints=int(np.count_nonzero(np.asarray(a["keypoints"])[2::3] > 0)))
+            for a in data["annotations"]]
+        coco = None
+    if coco is None:
+        coco = _make_coco(data, verbose)
+    coco.source = src  # used in error messages
+    return coco
+
+
+# --------------------------------------------------------------------------- results
+
+
+def load_results(path) -> list:
+    """A COCO results json (a list of person results)."""
+    res = _read_json(path, "predictions file")
+    if not isinstance(res, list):
+        raise EvaluationError(f"{path}: a predictions file is a list of results (COCO results "
+                              f"format), got {type(res).__name__}")
+    return res
+
+
+def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, DatasetInfo],
+                  source: str = "predictions") -> List[dict]:
+    """Validated shallow copies of ``results`` (keypoints as float lists, category 1).
+
+    Errors: not a list, empty, unknown ``image_id``, ``category_id`` other than 1, wrong
+    number of keypoint values, NaN or infinite keypoints or score.
+    """
+    info = _info(dataset)
+    k = info.num_joints
+    if not isinstance(results, (list, tuple)):
+        raise EvaluationError(f"{source}: expected a list of results, got "
+                              f"{type(results).__name__}")
+    if len(results) == 0:
+        raise EvaluationError(f"{source}: no predictions to score")
+    gt_src = getattr(gt_coco, "source", "the ground truth")
+    image_ids = set(gt_coco.getImgIds())
+    out = []
+    for i, r in enumerate(results):
+        what = f"{source}: result {i}"
+        if not isinstance(r, Mapping):
+            raise EvaluationError(f"{what} is not an object")
+        for key in ("image_id", "keypoints", "score"):
+            if key not in r:
+                raise EvaluationError(f"{what} has no '{key}' field")
+        if r["image_id"] not in image_ids:
+            raise EvaluationError(f"{what} has image_id {r['image_id']!r}, which is not in "
+                                  f"{gt_src}")
+        if r.get("category_id", 1) != 1:
+            raise EvaluationError(f"{what} has category_id {r['category_id']!r}; only person "
+                                  f"(1) is scored")
+        kp = np.asarray(r["keypoints"], dtype=np.float64)
+        if kp.size != 3 * k:
+            raise EvaluationError(
+                f"{what} has {kp.size} keypoint values{_which_dataset(kp.size // 3)}, but "
+                f"dataset '{info.name}' needs {3 * k} ({k} joints x 3: x, y, score)")
+        if not np.isfinite(kp).all():
+            raise EvaluationError(f"{what} (image_id {r['image_id']}) has NaN or infinite "
+                                  f"keypoints")
+        try:
+            score = float(r["score"])
+        except (TypeError, ValueError):
+            raise EvaluationError(f"{what} has a non-numeric score {r['score']!r}") from None
+        if not math.isfinite(score):
+            raise EvaluationError(f"{what} (image_id {r['image_id']}) has a NaN or infinite "
+                                  f"score")
+        c = dict(r)
+        c["category_id"] = 1
+        c["keypoints"] = kp.reshape(-1).tolist()
+        out.append(c)
+    return out
+
+
+# --------------------------------------------------------------------------- evaluators
+
+
+class CrowdPoseEval(COCOeval):
+    """``COCOeval`` as the official CrowdPose tool scores keypoints: ``CrowdPoseEval(gt, dt)``.
+
+    Differences from COCO (module docstring, *CrowdPose*): 14-joint sigmas; ground-truth
+    area = bbox w*h*0.53 for both the OKS scale and the area test; area range 'all' only.
+    The crowd-index buckets are separate runs on image subsets (:func:`evaluate_coco`).
+    """
+
+    def __init__(self, cocoGt=None, cocoDt=None, iouType="keypoints"):
+        if iouType != "keypoints":
+            raise EvaluationError("CrowdPoseEval scores keypoints only")
+        super().__init__(cocoGt, cocoDt, "keypoints")
+        p = self.params
+        p.kpt_oks_sigmas = np.array(CROWDPOSE.sigmas, dtype=np.float64)
+        p.areaRng = [[0 ** 2, 1e5 ** 2]]
+        p.areaRngLbl = ["all"]
+
+    def _prepare(self):
+        super()._prepare()
+        # private copies: the caller's ground truth keeps its own fields
+        for key, gts in self._gts.items():
+            self._gts[key] = [
+                dict(g, area=g["bbox"][2] * g["bbox"][3] * CROWDPOSE_AREA_FACTOR)
+                for g in gts]
+
+
+def _coco_eval(coco_gt, coco_dt, info: DatasetInfo, img_ids=None):
+    if info is CROWDPOSE:
+        e = CrowdPoseEval(coco_gt, coco_dt)
+    else:
+        e = COCOeval(coco_gt, coco_dt, "keypoints")
+        e.params.kpt_oks_sigmas = np.array(info.sigmas, dtype=np.float64)
+    if img_ids is not None:
+        e.params.imgIds = list(img_ids)
+    return e
+
+
+def _mean_precision(e) -> float:
+    """Mean precision over IoU thresholds and recall points, area 'all', -1 if undefined."""
+    s = e.eval["precision"][:, :, :, 0, :]
+    s = s[s > -1]
+    return float(np.mean(s)) if s.size else -1.0
+
+
+def _masked_gt(coco_gt, keep_v: int, verbose: bool):
+    """Copy of the ground truth keeping only joints with v == keep_v (others v=0)."""
+    data = dict(coco_gt.dataset)
+    anns = []
+    for a in data["annotations"]:
+        kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3).copy()
+        kept = kp[:, 2] == keep_v
+        kp[~kept] = 0.0
+        anns.append(dict(a, keypoints=kp.reshape(-1).tolist(),
+                         num_keypoints=int(np.count_nonzero(kept))))
+    data["annotations"] = anns
+    return _make_coco(data, verbose)
+
+
+def evaluate_coco(gt: GtLike, results, dataset: Union[str, DatasetInfo] = "coco",
+                  occlusion: bool = True, crowd_thresholds: Tuple[float, float] =
+                  CROWDPOSE_THRESHOLDS, verbose: bool = False) -> Dict[str, float]:
+    """COCO or CrowdPose keypoint metrics of ``results`` against ``gt``.
+
+    gt: keypoint json path, dict or ``pycocotools.coco.COCO``. results: COCO results json
+    path or list of dicts (see module docstring). ``dataset``: 'coco' or 'crowdpose'.
+    ``occlusion`` (COCO only): also compute ``AP_vis``/``AP_invis``. ``verbose``: let
+    pycocotools print its own summary.
+
+    Returns, for COCO, :data:`COCO_KEYS` (+ ``AP_vis``, ``AP_invis``); for CrowdPose,
+    :data:`CROWDPOSE_KEYS`. Values are Python floats in [0, 1], or -1 where undefined.
+    """
+    info = _info(dataset)
+    if info is MPII:
+        raise EvaluationError("evaluate_coco scores coco or crowdpose; use evaluate_mpii")
+    coco_gt = load_gt(gt, info, verbose)
+    source = "predictions"
+    if isinstance(results, (str, os.PathLike)):
+        source = os.fspath(results)
+        results = load_results(source)
+    res = check_results(results, coco_gt, info, source)
+
+    def run(gt_obj, img_ids=None):
+        with _quiet(verbose):
+            dt = gt_obj.loadRes([dict(r) for r in res])
+            e = _coco_eval(gt_obj, dt, info, img_ids)
+            e.evaluate()
+            e.accumulate()
+            if img_ids is None:
+                e.summarize()
+        return e
+
+    e = run(coco_gt)
+    out: Dict[str, float] = {}
+    if info is CROWDPOSE:
+        for key, i in _CROWDPOSE_STATS.items():
+            out[key] = float(e.stats[i])
+        lo, hi = crowd_thresholds
+        buckets = {"AP_easy": [], "AP_medium": [], "AP_hard": []}
+        for img in coco_gt.dataset["images"]:
+            ci = img["crowdIndex"]
+            name = "AP_easy" if ci < lo else ("AP_medium" if ci < hi else "AP_hard")
+            buckets[name].append(img["id"])
+        for name, ids in buckets.items():
+            out[name] = _mean_precision(run(coco_gt, ids)) if ids else -1.0
+    else:
+        for key, v in zip(COCO_KEYS, e.stats):
+            out[key] = float(v)
+        if occlusion:
+            for key, v in (("AP_vis", 2), ("AP_invis", 1)):
+                out[key] = float(run(_masked_gt(coco_gt, v, verbose)).stats[0])
+    return out
+
+
+# --------------------------------------------------------------------------- MPII
+
+
+@dataclass(frozen=True)
+class MpiiGroundTruth:
+    """The official MPII validation ground truth (``gt_valid.mat``), N people.
+
+    joints: (N, 16, 2) float64, **1-based** MATLAB pixels as stored (``pos_gt_src``);
+    missing: (N, 16) bool (``jnt_missing``); headboxes: (N, 2, 2) float64, 1-based
+    ``[[x1, y1], [x2, y2]]`` (``headboxes_src``). Joint order: ``dali_pose.datasets.MPII``.
+    """
+
+    joints: np.ndarray
+    missing: np.ndarray
+    headboxes: np.ndarray
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.joints)
+
+    @property
+    def joints0(self) -> np.ndarray:
+        """(N, 16, 2) 0-based pixels (the convention of predictions)."""
+        return self.joints - 1.0
+
+    @property
+    def head_size(self) -> np.ndarray:
+        """(N,) PCKh reference length: 0.6 x head-box diagonal."""
+        d = self.headboxes[:, 1, :] - self.headboxes[:, 0, :]
+        return np.linalg.norm(d, axis=1) * MPII_HEAD_FACTOR
+
+
+def load_mpii_gt(path) -> MpiiGroundTruth:
+    """Read ``gt_valid.mat`` (``jnt_missing`` 16xN, ``pos_gt_src`` 16x2xN, ``headboxes_src``
+    2x2xN, ``dataset_joints``) and check it is MPII's."""
+    if isinstance(path, MpiiGroundTruth):
+        return path
+    path = os.fspath(path)
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+    except (OSError, ValueError, TypeError, NotImplementedError) as e:
+        raise EvaluationError(f"cannot read MPII ground truth {path} as a .mat file: {e}") \
+            from e
+    for key in ("jnt_missing", "pos_gt_src", "headboxes_src"):
+        if key not in mat:
+            raise EvaluationError(f"{path}: no '{key}' (not the official MPII gt_valid.mat?)")
+    miss, pos, hb = mat["jnt_missing"], mat["pos_gt_src"], mat["headboxes_src"]
+    if pos.ndim != 3 or pos.shape[:2] != (16, 2):
+        raise EvaluationError(f"{path}: 'pos_gt_src' has shape {pos.shape}, expected "
+                              f"(16, 2, N) for the 16 MPII joints")
+    n = pos.shape[2]
+    if miss.shape != (16, n) or hb.shape != (2, 2, n):
+        raise EvaluationError(f"{path}: 'jnt_missing' {miss.shape} / 'headboxes_src' "
+                              f"{hb.shape} do not match 'pos_gt_src' {pos.shape}")
+    if "dataset_joints" in mat:
+        names = tuple(str(np.asarray(x).reshape(-1)[0]) for x in
+                      np.asarray(mat["dataset_joints"]).reshape(-1))
+        if names != MPII_MAT_JOINTS:
+            raise EvaluationError(f"{path}: 'dataset_joints' is {names}, expected the MPII "
+                                  f"order {MPII_MAT_JOINTS}")
+    joints = np.ascontiguousarray(np.transpose(pos, (2, 0, 1)), dtype=np.float64)
+    headboxes = np.ascontiguousarray(np.transpose(hb, (2, 0, 1)), dtype=np.float64)
+    if not np.isfinite(headboxes).all():
+        raise EvaluationError(f"{path}: 'headboxes_src' has NaN or infinite values")
+    gt = MpiiGroundTruth(joints=joints, missing=np.transpose(miss).astype(bool),
+                         headboxes=headboxes, source=path)
+    if (gt.head_size <= 0).any():
+        raise EvaluationError(f"{path}: person {int(np.argmax(gt.head_size <= 0))} has an "
+                              f"empty head box")
+    return gt
+
+
+def load_visible(visible, n: int, source: str = "visible") -> np.ndarray:
+    """(N, 16) bool is-visible flags from an array or ``.npy`` path; values must be 0/1."""
+    if isinstance(visible, (str, os.PathLike)):
+        source = os.fspath(visible)
+        try:
+            visible = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise EvaluationError(f"cannot read visibility file {source}: {e}") from e
+    v = np.asarray(visible)
+    if v.shape != (n, 16):
+        raise EvaluationError(f"{source}: visibility flags have shape {v.shape}, expected "
+                              f"({n}, 16) (one 0/1 flag per ground-truth person and joint)")
+    if not np.isin(v, (0, 1)).all():
+        raise EvaluationError(f"{source}: visibility flags must be 0 or 1")
+    return v.astype(bool)
+
+
+def _check_mpii_preds(preds, n: int, source: str) -> np.ndarray:
+    p = np.asarray(preds)
+    if p.dtype.kind not in "fiu":
+        raise EvaluationError(f"{source}: predictions must be numbers, got dtype {p.dtype}")
+    if p.shape != (n, 16, 2):
+        raise EvaluationError(f"{source}: predictions have shape {p.shape}, expected "
+                              f"({n}, 16, 2): (x, y) 0-based pixels for the {n} people of "
+                              f"the ground truth, in its order")
+    bad = ~np.isfinite(p).all(axis=(1, 2))
+    if bad.any():
+        raise EvaluationError(f"{source}: {int(bad.sum())} people have NaN or infinite "
+                              f"coordinates (first: person {int(np.argmax(bad))})")
+    return p.astype(np.float64)
+
+
+def _group_index() -> List[Tuple[str, List[int]]]:
+    return [(g, [MPII.joints.index(j) for j in js]) for g, js in MPII_GROUPS]
+
+
+def _pckh(correct: np.ndarray, counted: np.ndarray):
+    """Group PCKh (percent) and counts from per-person-joint (N,16) bool arrays."""
+    count = counted.sum(axis=0).astype(np.float64)
+    hits = (correct & counted).sum(axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_joint = 100.0 * hits / count
+    values, counts = {}, {}
+    for g, idx in _group_index():
+        values[g] = float(np.mean(per_joint[idx]))
+        counts[g] = int(count[idx].sum())
+    mean_idx = [i for i, j in enumerate(MPII.joints) if j not in MPII_MEAN_EXCLUDES]
+    total = count[mean_idx].sum()
+    if total > 0:
+        ratio = count[mean_idx] / total
+        ok = ratio > 0
+        values["Mean"] = float(np.sum(per_joint[mean_idx][ok] * ratio[ok]))
+    else:
+        values["Mean"] = float("nan")
+    counts["Mean"] = int(total)
+    return values, counts
+
+
+def evaluate_mpii(preds, gt_mat, visible=None, thresholds: Sequence[float] = (0.5, 0.1),
+                  source: str = "predictions") -> Dict[str, float]:
+    """Official MPII PCKh of ``preds`` (N, 16, 2) 0-based pixels, ground-truth order.
+
+    gt_mat: path of ``gt_valid.mat`` or an :class:`MpiiGroundTruth`. visible: optional (N, 16)
+    0/1 array or ``.npy`` path (1 = visible) for the visible/occluded breakdown.
+
+    Returns percent values ``PCKh@{t}/{group}`` for each threshold and group (Head ...
+    Ankle, Mean), ``count/{group}`` (labelled joints); with ``visible`` also
+    ``PCKh@{t}_vis/{group}``, ``PCKh@{t}_occ/{group}``, ``count_vis/...``, ``count_occ/...``.
+    """
+    gt = load_mpii_gt(gt_mat)
+    if isinstance(preds, (str, os.PathLike)):
+        source = os.fspath(preds)
+        try:
+            preds = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise EvaluationError(f"cannot read MPII predictions {source} (an .npy (N, 16, 2) "
+                                  f"array): {e}") from e
+    p = _check_mpii_preds(preds, len(gt), source)
+    labelled = ~gt.missing
+    subsets = [("", labelled)]
+    if visible is not None:
+        vis = load_visible(visible, len(gt))
+        subsets += [("_vis", labelled & vis), ("_occ", labelled & ~vis)]
+    # as the official code: 1-based predictions against 1-based ground truth
+    err = np.linalg.norm((p + 1.0) - gt.joints, axis=2)  # (N, 16)
+    scaled = err / gt.head_size[:, None]
+    out: Dict[str, float] = {}
+    counts_out: Dict[str, int] = {}
+    for t in thresholds:
+        correct = scaled <= float(t)
+        for suffix, counted in subsets:
+            values, counts = _pckh(correct, counted)
+            for g, v in values.items():
+                out[f"PCKh@{t:g}{suffix}/{g}"] = v
+            for g, c in counts.items():
+                counts_out[f"count{suffix}/{g}"] = c
+    out.update(counts_out)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(key: str, v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    if key.startswith("PCKh"):
+        return f"{v:.2f}"
+    return f"{v:.4f}"
+
+
+def format_table(metrics: Mapping[str, float], title: Optional[str] = None) -> str:
+    """A plain-text table of a metrics dict.
+
+    Keys ``column/row`` (``PCKh@0.5/Wrist``) make a grid, one column per prefix; keys
+    without ``/`` (``AP``, ``AP50`` ...) make a header line and a value line. The names are
+    the metric keys, so the table and the json match.
+    """
+    flat = [(k, v) for k, v in metrics.items() if "/" not in k]
+    grid_cols: List[str] = []
+    grid_rows: List[str] = []
+    grid: Dict[Tuple[str, str], object] = {}
+    for k, v in metrics.items():
+        if "/" in k:
+            col, row = k.split("/", 1)
+            if col not in grid_cols:
+                grid_cols.append(col)
+            if row not in grid_rows:
+                grid_rows.append(row)
+            grid[col, row] = v
+    lines: List[str] = []
+    if title:
+        lines.append(title)
+    if flat:
+        cells = [(k, _fmt(k, v)) for k, v in flat]
+        widths = [max(len(k), len(s)) for k, s in cells]
+        lines.append(" | ".join(k.rjust(w) for (k, _), w in zip(cells, widths)))
+        lines.append("-+-".join("-" * w for w in widths))
+        lines.append(" | ".join(s.rjust(w) for (_, s), w in zip(cells, widths)))
+    if grid:
+        if flat:
+            lines.append("")
+        w0 = max(len(r) for r in grid_rows)
+        body = {(c, r): _fmt(c, grid.get((c, r))) for c in grid_cols for r in grid_rows}
+        widths = [max(len(c), *(len(body[c, r]) for r in grid_rows)) for c in grid_cols]
+        lines.append(" " * w0 + " | " + " | ".join(c.rjust(w) for c, w in
+                                                   zip(grid_cols, widths)))
+        lines.append("-" * w0 + "-+-" + "-+-".join("-" * w for w in widths))
+        for r in grid_rows:
+            lines.append(r.ljust(w0) + " | " + " | ".join(body[c, r].rjust(w) for c, w in
+                                                          zip(grid_cols, widths)))
+    return "\n".join(lines)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return None if math.isnan(v) else v
+    return v
+
+
+def write_metrics(metrics: Mapping[str, float], path) -> None:
+    """Write the flat metrics dict as json (NaN -> null); creates the parent folder."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({k: _jsonable(v) for k, v in metrics.items()}, f, indent=2)
+        f.write("\n")
+
+
+def iter_groups() -> Iterable[str]:
+    """Names of the MPII groups in table order (Head ... Ankle, Mean)."""
+    return [g for g, _ in MPII_GROUPS] + ["Mean"]

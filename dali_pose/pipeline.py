@@ -1,0 +1,132 @@
+"""The DALI graph: one definition, two backends.
+
+    source (file bytes, box, keypoints) --> crop geometry (numba, CPU; random draws from
+    fn.random.*) --> decode + warp + normalise --> occlusion (numba) --> targets (numba)
+
+Decode + warp + normalise has two implementations of the same maths:
+  * ``warp='dali'``: ``decoders.image`` (``mixed`` = nvJPEG on the GPU) + ``warp_affine``
+    (matrix conjugated to DALI's half-pixel convention) + ``crop_mirror_normalize``.
+    The GPU backend always uses it; on the CPU it is the slow reference path.
+  * ``warp='fused'`` (CPU only): ``decoders.image_slice`` decodes only the source window the
+    crop touches, and one numba kernel warps + normalises into CHW float32.
+Every other operator is shared; numba operators get the CUDA variant of their kernel on GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.numba.fn.experimental import numba_function
+
+from .geometry import NUM_NORMAL, NUM_UNIFORM
+from .kernels.crop import make_crop_kernel
+from .kernels.heatmap import make_target_kernels
+from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD, make_warp_kernel
+
+# Pipeline outputs, in order; the iterator turns them into the batch dict's tensors.
+OUTPUTS = ("image", "heatmap", "target_weight", "keypoints", "matrix", "box", "flipped",
+           "ids", "occluded")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    train: bool
+    gpu: bool
+    warp: str  # 'dali' | 'fused'
+
+
+def _plain(fn_):
+    """DALI compiles run/setup functions itself: hand it the Python function."""
+    return getattr(fn_, "py_func", fn_)
+
+
+def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=False,
+              gpu_run=None, blocks=None, threads=None):
+    """A numba operator on the CPU, or with the kernel's CUDA variant on the GPU."""
+    run, setup, gpu_run = _plain(run), _plain(setup), _plain(gpu_run)
+    if gpu:
+        out = numba_function(*[x.gpu() for x in inputs], run_fn=gpu_run, setup_fn=setup,
+                             out_types=out_types, in_types=in_types, outs_ndim=outs_ndim,
+                             ins_ndim=ins_ndim, device="gpu", blocks=list(blocks),
+                             threads_per_block=list(threads))
+    else:
+        out = numba_function(*inputs, run_fn=run, setup_fn=setup, out_types=out_types,
+                             in_types=in_types, outs_ndim=outs_ndim, ins_ndim=ins_ndim,
+                             batch_processing=False)
+    return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+
+def build_graph(cfg, info, source, spec: GraphSpec):
+    """Define the graph inside a ``pipeline_def`` body; returns the OUTPUTS tuple."""
+    k = info.num_joints
+    in_w, in_h = cfg.model.input_size
+    jpegs, center, scale, kps, ids = fn.external_source(
+        source=source, num_outputs=5, batch=True,
+        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64])
+    u = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORM])
+    n = fn.random.normal(shape=[NUM_NORMAL])
+    shape = fn.peek_image_shape(jpegs)
+    fused = spec.warp == "fused"
+    crop_run, crop_setup = make_crop_kernel(cfg, info, spec.train, roi_outputs=fused)
+    matrix, kps_crop, box, flipped, extra0, extra1 = _numba_op(
+        [center, scale, kps, u, n, shape], crop_run, crop_setup, [types.FLOAT, types.FLOAT, types.FLOAT, types.INT32,
+                   types.INT32 if fused else types.FLOAT, types.INT32],
+        [types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64],
+        [2, 2, 1, 1, 1 if fused else 2, 1], [1, 1, 2, 1, 1, 1])
+
+    if fused:
+        roi = fn.decoders.image_slice(jpegs, extra0, extra1, axis_names="WH",
+                                      normalized_anchor=False, normalized_shape=False,
+                                      output_type=types.RGB, device="cpu")
+        warp_run, warp_setup = make_warp_kernel(cfg.model.input_size)
+        (image,) = _numba_op([roi, matrix, extra0], warp_run, warp_setup, [types.FLOAT],
+                             [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1])
+    else:
+        decoded = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
+                                    output_type=types.RGB)
+        warped = fn.warp_affine(decoded, matrix=extra0, size=[in_h, in_w], fill_value=0,
+                                inverse_map=False, interp_type=types.INTERP_LINEAR)
+        image = fn.crop_mirror_normalize(
+            warped, mean=[255.0 * v for v in IMAGENET_MEAN],
+            std=[255.0 * v for v in IMAGENET_STD], output_layout="CHW", dtype=types.FLOAT)
+
+    occluded = fn.constant(fdata=np.zeros(k, np.float32).tolist(), shape=[k],
+                           dtype=types.FLOAT, device="gpu" if spec.gpu else "cpu")
+    if spec.train:
+        image, occluded = _occlusion(cfg, info, image, kps_crop, box, occluded, spec)
+
+    t = make_target_kernels(cfg.model, k)
+    heatmap, weight = _numba_op([kps_crop, box], t.cpu_run, t.setup,
+                                [types.FLOAT, types.FLOAT], [types.FLOAT, types.FLOAT],
+                                [3, 1], [2, 1], gpu=spec.gpu, gpu_run=t.gpu_run,
+                                blocks=t.blocks, threads=t.threads_per_block)
+    if cfg.loader.fp16:
+        image = fn.cast(image, dtype=types.FLOAT16)
+    return image, heatmap, weight, kps_crop, matrix, box, flipped, ids, occluded
+
+
+def _occlusion(cfg, info, image, kps_crop, box, occluded, spec):
+    """AID / information-dropping family and NODA, when configured (training only)."""
+    if cfg.occlusion.method != "none":
+        from .kernels.occlusion import make_occlusion_kernels
+
+        o = make_occlusion_kernels(cfg.occlusion, cfg.model.input_size)
+        draws = fn.random.uniform(range=[0.0, 1.0], shape=[o.num_draws])
+        (image,) = _numba_op([image, kps_crop, draws], o.cpu_run, o.setup, [types.FLOAT],
+                          [types.FLOAT, types.FLOAT, types.FLOAT], [3], [3, 2, 1],
+                          gpu=spec.gpu, gpu_run=o.gpu_run, blocks=o.blocks,
+                          threads=o.threads_per_block)
+    return image, occluded
+
+
+def make_pipeline(cfg, info, source, spec: GraphSpec, batch_size: int, seed: int,
+                  device_id):
+    @pipeline_def(batch_size=batch_size, num_threads=cfg.loader.num_threads,
+                  device_id=device_id, seed=seed, prefetch_queue_depth=cfg.loader.prefetch)
+    def pose_pipeline():
+        return build_graph(cfg, info, source, spec)
+
+    pipe = pose_pipeline()
+    pipe.build()
+    return pipe
