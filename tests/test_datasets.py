@@ -1,0 +1,116 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from dali_pose.datasets import (COCO, CROWDPOSE, MPII, DatasetError, box_to_center_scale,
+                                load_coco_style, load_mpii)
+
+from conftest import shared
+
+
+def _write_coco(tmp_path, anns, images=None, k=17):
+    img_dir = tmp_path / "img"
+    img_dir.mkdir(exist_ok=True)
+    cv2.imwrite(str(img_dir / "a.jpg"), np.zeros((100, 120, 3), np.uint8))
+    images = images or [{"id": 1, "file_name": "a.jpg", "width": 120, "height": 100}]
+    data = {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "person", "keypoints": [f"j{i}" for i in range(k)]}]}
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps(data))
+    return str(p), str(img_dir)
+
+
+def _ann(aid=7, bbox=(10, 10, 40, 60), kps=None, **kw):
+    kps = kps if kps is not None else [20, 30, 2] + [0, 0, 0] * 16
+    return {"id": aid, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": list(bbox),
+            "keypoints": kps, "area": 100.0, **kw}
+
+
+def test_center_scale_closed_form():
+    c, s = box_to_center_scale(10, 20, 30, 80, 192 / 256, 1.25)
+    assert c == (25.0, 60.0)
+    assert s == pytest.approx((80 * 0.75 * 1.25, 80 * 1.25))
+    c, s = box_to_center_scale(0, 0, 100, 10, 0.75, 1.0)
+    assert s == pytest.approx((100, 100 / 0.75))
+
+
+def test_good_file(tmp_path):
+    ann, img = _write_coco(tmp_path, [_ann(), _ann(8, iscrowd=1), _ann(9, kps=[0] * 51)])
+    with pytest.warns(UserWarning, match="skipped 1 crowd annotations, 1 people with no"):
+        idx = load_coco_style(ann, img, COCO, 0.75)
+    assert len(idx) == 1 and idx.instance_id[0] == 7
+    assert idx.keypoints.shape == (1, 17, 3)
+    # HRNet sanitising: w - 1, h - 1 after clipping, then centre and aspect fix.
+    np.testing.assert_allclose(idx.center[0], [10 + 39 / 2, 10 + 59 / 2])
+    np.testing.assert_allclose(idx.scale[0], [59 * 0.75 * 1.25, 59 * 1.25])
+
+
+@pytest.mark.parametrize("ann,needle", [
+    (_ann(kps=[1, 2, 2] * 16), "annotation 7 has 48 keypoint values, expected 51"),
+    (_ann(bbox=(1, 2, float("nan"), 4)), "annotation 7 has a NaN"),
+    (_ann(bbox=(1, 2, -3, 4)), "annotation 7 has a non-positive bbox"),
+    (_ann(bbox=(1, 2, 3)), "annotation 7 has a malformed bbox"),
+    (_ann(kps=[float("nan"), 2, 2] + [0] * 48), "annotation 7 has NaN"),
+    ({"id": 5, "image_id": 1, "category_id": 1, "keypoints": [0] * 51}, "annotation 5 has no 'bbox'"),
+    ({**_ann(), "image_id": 99}, "annotation 7 refers to unknown image_id 99"),
+])
+def test_bad_annotations_name_file_and_id(tmp_path, ann, needle):
+    p, img = _write_coco(tmp_path, [ann])
+    with pytest.raises(DatasetError) as e:
+        load_coco_style(p, img, COCO, 0.75)
+    assert needle in str(e.value) and "ann.json" in str(e.value)
+
+
+def test_missing_image(tmp_path):
+    p, img = _write_coco(tmp_path, [_ann()], images=[{"id": 1, "file_name": "nope.jpg",
+                                                       "width": 120, "height": 100}])
+    with pytest.raises(DatasetError, match="nope.jpg of annotation 7 does not exist"):
+        load_coco_style(p, img, COCO, 0.75)
+
+
+def test_malformed_json_and_wrong_dataset(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(DatasetError, match="bad.json is not valid JSON"):
+        load_coco_style(str(p), str(tmp_path), COCO, 0.75)
+    p2, img = _write_coco(tmp_path, [_ann(kps=[20, 30, 2] + [0] * 39)], k=14)
+    with pytest.raises(DatasetError, match="14 joints, but format 'coco' has 17"):
+        load_coco_style(p2, img, COCO, 0.75)
+
+
+def test_degenerate_box_skipped_with_count(tmp_path):
+    p, img = _write_coco(tmp_path, [_ann(), _ann(8, bbox=(500, 500, 10, 10))])
+    with pytest.warns(UserWarning, match="1 boxes empty after clipping"):
+        idx = load_coco_style(p, img, COCO, 0.75)
+    assert len(idx) == 1 and idx.skipped == {"boxes empty after clipping to the image": 1}
+
+
+def test_real_coco_gt_and_detections():
+    d = shared("coco-sample")
+    with pytest.warns(UserWarning):
+        gt = load_coco_style(str(d / "test_coco.json"), str(d), COCO, 0.75)
+    assert len(gt) == 12 and gt.skipped == {"people with no labelled keypoints": 2}
+    det = load_coco_style(str(d / "test_coco.json"), str(d), COCO, 0.75,
+                          det_file=str(d / "test_coco_det_AP_H_56.json"))
+    assert len(det) == 118 and (det.keypoints == 0).all()
+    assert det.score.min() < det.score.max() <= 1.0
+
+
+def test_real_crowdpose_and_mpii():
+    d = shared("crowdpose-sample")
+    with pytest.warns(UserWarning):
+        cp = load_coco_style(str(d / "test_crowdpose.json"), str(d), CROWDPOSE, 0.75)
+    assert cp.keypoints.shape[1:] == (14, 3)
+    # No 'area' in CrowdPose json: the official convention, box w*h*0.53.
+    m = shared("mpii-sample")
+    mp = load_mpii(str(m / "test_mpii.json"), str(m / "images"), 1.0)
+    raw = json.loads((m / "test_mpii.json").read_text())
+    assert len(mp) == len(raw) == 5
+    np.testing.assert_allclose(mp.keypoints[0, :, :2], np.array(raw[0]["joints"]) - 1.0)
+    s = raw[0]["scale"]
+    np.testing.assert_allclose(mp.center[0], [raw[0]["center"][0] - 1,
+                                              raw[0]["center"][1] + 15 * s - 1])
+    np.testing.assert_allclose(mp.scale[0], [s * 200 * 1.25] * 2)
+    assert mp.info is MPII

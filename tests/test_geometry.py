@@ -1,0 +1,125 @@
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from dali_pose.datasets import COCO
+from dali_pose.geometry import (apply_affine, augment, half_body_box, invert_affine,
+                                opencv_to_dali, source_roi, transform_keypoints, udp_matrix)
+
+
+def udp_reference(c, s, rot, out):
+    """The UDP paper's get_warp_matrix, written out: size_input = 2c, size_dst = out - 1,
+    size_target = box size in pixels."""
+    th = math.radians(rot)
+    sx, sy = (out[0] - 1) / s[0], (out[1] - 1) / s[1]
+    return np.array([
+        [math.cos(th) * sx, -math.sin(th) * sx,
+         sx * (-c[0] * math.cos(th) + c[1] * math.sin(th) + 0.5 * s[0])],
+        [math.sin(th) * sy, math.cos(th) * sy,
+         sy * (-c[0] * math.sin(th) - c[1] * math.cos(th) + 0.5 * s[1])]])
+
+
+@pytest.mark.parametrize("rot", [0.0, 17.0, -90.0, 135.0])
+def test_udp_matrix_closed_form(rot):
+    c, s, out = (310.3, 205.7), (150.0, 200.0), (192, 256)
+    m = udp_matrix(c[0], c[1], s[0], s[1], rot, out[0], out[1], False)
+    np.testing.assert_allclose(m, udp_reference(c, s, rot, out), rtol=0, atol=1e-10)
+    # box centre -> crop centre, box corners (unrotated) -> crop corners in unit lengths
+    np.testing.assert_allclose(apply_affine(m, [c]), [[95.5, 127.5]], atol=1e-10)
+    if rot == 0:
+        np.testing.assert_allclose(apply_affine(m, [[c[0] - s[0] / 2, c[1] - s[1] / 2]]),
+                                   [[0, 0]], atol=1e-10)
+
+
+def test_flip_is_mirror_of_crop():
+    m = udp_matrix(100.0, 80.0, 60.0, 80.0, 30.0, 192, 256, False)
+    mf = udp_matrix(100.0, 80.0, 60.0, 80.0, 30.0, 192, 256, True)
+    p = np.array([[90.0, 70.0], [120.0, 95.5]])
+    a, b = apply_affine(m, p), apply_affine(mf, p)
+    np.testing.assert_allclose(b[:, 0], 191 - a[:, 0], atol=1e-10)
+    np.testing.assert_allclose(b[:, 1], a[:, 1], atol=1e-10)
+
+
+def test_invert_and_dali_conversion():
+    m = udp_matrix(100.0, 80.0, 60.0, 80.0, 30.0, 192, 256, True)
+    inv = invert_affine(m)
+    p = np.random.default_rng(0).uniform(0, 200, (5, 2))
+    np.testing.assert_allclose(apply_affine(inv, apply_affine(m, p)), p, atol=1e-9)
+    # DALI puts pixel centres at +0.5: a point x (OpenCV) is x + 0.5 (DALI).
+    md = opencv_to_dali(m)
+    np.testing.assert_allclose(apply_affine(md, p + 0.5), apply_affine(m, p) + 0.5, atol=1e-9)
+
+
+def test_matches_opencv_warp_of_a_dot():
+    img = np.zeros((120, 160), np.float32)
+    img[40, 70] = 1.0
+    m = udp_matrix(75.0, 45.0, 40.0, 40.0, 0.0, 81, 81, False)  # 2x zoom
+    out = cv2.warpAffine(img, m, (81, 81), flags=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(out)
+    cx = (out[ys, xs] * xs).sum() / out[ys, xs].sum()
+    cy = (out[ys, xs] * ys).sum() / out[ys, xs].sum()
+    np.testing.assert_allclose([cx, cy], apply_affine(m, [[70, 40]])[0], atol=1e-3)
+
+
+def test_transform_keypoints_swaps_when_flipped():
+    kps = np.zeros((17, 3))
+    kps[5] = [10, 20, 2]  # left shoulder
+    kps[6] = [30, 20, 1]  # right shoulder
+    m = udp_matrix(20.0, 20.0, 60.0, 80.0, 0.0, 192, 256, True)
+    out = np.zeros((17, 3))
+    transform_keypoints(m, kps, True, COCO.flip_index, out)
+    # The right shoulder (x=30) becomes the left one and lands left of centre after flip.
+    np.testing.assert_allclose(out[5, :2], apply_affine(m, [kps[6, :2]])[0])
+    assert out[5, 2] == 1 and out[6, 2] == 2 and out[0, 2] == 0
+    assert out[5, 0] < out[6, 0]  # mirrored: the source-right joint lands on the crop left
+    np.testing.assert_allclose(out[6, :2], apply_affine(m, [kps[5, :2]])[0])
+
+
+def test_half_body_box():
+    kps = np.zeros((17, 3))
+    kps[[0, 5, 6, 9], :2] = [[50, 10], [40, 30], [60, 30], [30, 70]]
+    kps[[0, 5, 6, 9], 2] = 2
+    kps[[11, 12, 15], :2] = [[45, 100], [55, 100], [50, 180]]
+    kps[[11, 12, 15], 2] = 2
+    upper = np.zeros(17, np.bool_)
+    upper[:11] = True
+    ok, cx, cy, w, h = half_body_box(kps, upper, 0.1, 0.75, 1.5)
+    assert ok
+    np.testing.assert_allclose([cx, cy], kps[[0, 5, 6, 9], :2].mean(0))
+    np.testing.assert_allclose([w, h], [60 * 0.75 * 1.5, 60 * 1.5])
+    ok, cx, cy, w, h = half_body_box(kps, upper, 0.9, 0.75, 1.5)
+    np.testing.assert_allclose([cx, cy], kps[[11, 12, 15], :2].mean(0))
+
+
+def test_augment_ranges():
+    rng = np.random.default_rng(0)
+    kps = np.zeros((17, 3))
+    upper = np.zeros(17, np.bool_)
+    upper[:11] = True
+    rots, scales, flips = [], [], []
+    for _ in range(4000):
+        u, n = rng.random(6), rng.standard_normal(2)
+        cx, cy, sw, sh, rot, flip = augment(np.array([50.0, 60.0]), np.array([75.0, 100.0]),
+                                            kps, u, n, upper, 0.5, 0.6, 45.0, 0.35, 0.3, 8,
+                                            0.0, 0.75)
+        rots.append(rot)
+        scales.append(sw / 75.0)
+        flips.append(flip)
+        assert sh / 100.0 == pytest.approx(sw / 75.0) and (cx, cy) == (50.0, 60.0)
+    rots, scales = np.array(rots), np.array(scales)
+    assert scales.min() >= 0.65 - 1e-12 and scales.max() <= 1.35 + 1e-12
+    assert abs(rots).max() <= 90.0
+    assert abs((rots != 0).mean() - 0.6) < 0.03
+    assert abs(np.mean(flips) - 0.5) < 0.03
+
+
+def test_source_roi_covers_crop():
+    m = udp_matrix(300.0, 200.0, 150.0, 200.0, 33.0, 192, 256, False)
+    x0, y0, x1, y1 = source_roi(invert_affine(m), 192, 256, 640, 480, 1)
+    inv = invert_affine(m)
+    ys, xs = np.mgrid[0:256, 0:192]
+    src = apply_affine(inv, np.stack([xs.ravel(), ys.ravel()], 1))
+    assert src[:, 0].min() >= x0 and np.floor(src[:, 0].max()) + 1 < x1
+    assert src[:, 1].min() >= y0 and np.floor(src[:, 1].max()) + 1 < y1
