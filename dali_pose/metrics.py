@@ -24,7 +24,8 @@ Inputs
 * ``gt`` (COCO/CrowdPose): a keypoint json path, its loaded ``dict``, or a
   ``pycocotools.coco.COCO``. It is checked against the dataset: the person category and
   every annotation must have ``K`` joints (17 COCO, 14 CrowdPose); CrowdPose images must
-  carry ``crowdIndex``. It is never modified.
+  carry ``crowdIndex``. A path or dict is never modified; a COCO object receives only the
+  bookkeeping fields COCOeval itself adds (``ignore``, ``_ignore``).
 * ``results``: a COCO results json path or a list of dicts ``{"image_id", "category_id"
   (1; default 1), "keypoints": 3K numbers x, y, score (0-based source-image pixels; the
   third value is not used by the metric), "score"}``, as ``dali_pose.postprocess`` writes
@@ -42,8 +43,9 @@ COCO: identical to ``COCOeval``
 The ground truth and ``loadRes(results)`` go unchanged through the stock ``COCOeval`` with
 ``iouType="keypoints"`` and the COCO sigmas of ``dali_pose.datasets.COCO`` (the same numbers
 as pycocotools' defaults); the ten numbers are its ``stats``. Only one convenience differs
-from calling pycocotools by hand: an annotation without ``num_keypoints`` (pycocotools would
-raise ``KeyError``) gets the count of its joints with v > 0, on a copy.
+from calling pycocotools by hand: an annotation without ``num_keypoints`` or ``iscrowd``
+(pycocotools would raise ``KeyError``) gets the count of its joints with v > 0, resp. 0, on a
+copy.
 
 Occlusion breakdown (AP_vis, AP_invis)
 --------------------------------------
@@ -59,7 +61,10 @@ Detections are untouched. Therefore, exactly as in COCOeval for the kept joints:
   labelled joints: it is not a positive, and a detection matched to it (OKS by COCOeval's
   distance-to-the-doubled-box rule) is ignored rather than counted as a false positive.
   AP_invis thus measures localisation of occluded joints on the people that have some,
-  without penalising correct detections of fully visible people.
+  without penalising correct detections of fully visible people. (The box rule looks at
+  all predicted joints: a prediction that puts unlabelled joints at (0, 0), as ground
+  truth copied into results does, can fall outside the doubled box and count as a false
+  positive; real models predict every joint near the person.)
 * crowd annotations stay crowd regions. If no ground truth has a kept joint the value is
   -1 (pycocotools' "undefined").
 
@@ -114,7 +119,7 @@ import numpy as np
 from pycocotools.coco import COCO as _COCO
 from pycocotools.cocoeval import COCOeval
 
-from .datasets import COCO, CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo
+from .datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo
 
 __all__ = [
     "EvaluationError", "COCO_KEYS", "CROWDPOSE_KEYS", "MPII_GROUPS", "CrowdPoseEval",
@@ -206,14 +211,24 @@ def load_gt(gt: GtLike, dataset: Union[str, DatasetInfo] = "coco", verbose: bool
     Raises :class:`EvaluationError` when the file is not a keypoint file of ``dataset``: the
     wrong number of joints (e.g. a CrowdPose json with ``dataset="coco"``), no
     ``crowdIndex`` for CrowdPose, keypoints of the wrong length or NaN, no person with
-    labelled joints, ``area`` missing for COCO. The input is not modified; when it lacks
-    ``num_keypoints`` a copy is completed.
+    labelled joints, ``area`` missing for COCO. A dict is copied (COCOeval adds bookkeeping
+    fields to the annotations); a COCO object is used as is, as COCOeval would, unless an
+    annotation lacks ``num_keypoints`` or ``iscrowd`` (then a completed copy is made, with
+    the count of joints with v > 0, resp. 0).
     """
+    return _load_gt(gt, dataset, verbose)[0]
+
+
+def _load_gt(gt: GtLike, dataset, verbose: bool):
+    """(COCO, source name) -- see :func:`load_gt`."""
     info = _info(dataset)
     if isinstance(gt, _COCO):
         data, src, coco = gt.dataset, "ground truth (COCO object)", gt
     elif isinstance(gt, dict):
         data, src, coco = gt, "ground truth (dict)", None
+        if isinstance(data.get("annotations"), list):
+            data = dict(data, annotations=[dict(a) if isinstance(a, dict) else a
+                                           for a in data["annotations"]])
     else:
         src = os.fspath(gt)
         data, coco = _read_json(src, "ground-truth file"), None
@@ -233,12 +248,6 @@ def load_gt(gt: GtLike, dataset: Union[str, DatasetInfo] = "coco", verbose: bool
         if not isinstance(img, dict) or "id" not in img:
             raise EvaluationError(f"{src}: an image entry has no 'id'")
         image_ids.add(img["id"])
-        if info is CROWDPOSE:
-            ci = img.get("crowdIndex")
-            if not isinstance(ci, (int, float)) or not math.isfinite(ci):
-                raise EvaluationError(
-                    f"{src}: image {img['id']} has no valid 'crowdIndex' ({ci!r}); CrowdPose "
-                    f"ground truth needs it for AP easy/medium/hard (not a CrowdPose file?)")
     fill = False
     n_people = 0
     for ann in data["annotations"]:
@@ -260,23 +269,30 @@ def load_gt(gt: GtLike, dataset: Union[str, DatasetInfo] = "coco", verbose: bool
             raise EvaluationError(f"{what} has NaN or infinite keypoints")
         if info is not CROWDPOSE and "area" not in ann:
             raise EvaluationError(f"{what} has no 'area' field (COCO scores OKS by it)")
-        if "num_keypoints" not in ann:
+        if "num_keypoints" not in ann or "iscrowd" not in ann:
             fill = True
         if not ann.get("iscrowd", 0) and (kp[2::3] > 0).any():
             n_people += 1
     if n_people == 0:
         raise EvaluationError(f"{src}: no ground-truth person has labelled keypoints")
+    if info is CROWDPOSE:
+        for img in data["images"]:
+            ci = img.get("crowdIndex")
+            if isinstance(ci, bool) or not isinstance(ci, (int, float)) \
+                    or not math.isfinite(ci):
+                raise EvaluationError(
+                    f"{src}: image {img['id']} has no valid 'crowdIndex' ({ci!r}); CrowdPose "
+                    f"ground truth needs it for AP easy/medium/hard (not a CrowdPose file?)")
     if fill:
         data = dict(data)
         data["annotations"] = [
-            a if "num_keypoints" in a else
-            dict(a, num_keypoints=int(np.count_nonzero(np.asarray(a["keypoints"])[2::3] > 0)))
+            dict({"iscrowd": 0, "num_keypoints":
+                  int(np.count_nonzero(np.asarray(a["keypoints"])[2::3] > 0))}, **a)
             for a in data["annotations"]]
         coco = None
     if coco is None:
         coco = _make_coco(data, verbose)
-    coco.source = src  # used in error messages
-    return coco
+    return coco, src
 
 
 # --------------------------------------------------------------------------- results
@@ -292,7 +308,8 @@ def load_results(path) -> list:
 
 
 def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, DatasetInfo],
-                  source: str = "predictions") -> List[dict]:
+                  source: str = "predictions", gt_source: str = "the ground truth"
+                  ) -> List[dict]:
     """Validated shallow copies of ``results`` (keypoints as float lists, category 1).
 
     Errors: not a list, empty, unknown ``image_id``, ``category_id`` other than 1, wrong
@@ -305,7 +322,6 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
                               f"{type(results).__name__}")
     if len(results) == 0:
         raise EvaluationError(f"{source}: no predictions to score")
-    gt_src = getattr(gt_coco, "source", "the ground truth")
     image_ids = set(gt_coco.getImgIds())
     out = []
     for i, r in enumerate(results):
@@ -317,7 +333,7 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
                 raise EvaluationError(f"{what} has no '{key}' field")
         if r["image_id"] not in image_ids:
             raise EvaluationError(f"{what} has image_id {r['image_id']!r}, which is not in "
-                                  f"{gt_src}")
+                                  f"{gt_source}")
         if r.get("category_id", 1) != 1:
             raise EvaluationError(f"{what} has category_id {r['category_id']!r}; only person "
                                   f"(1) is scored")
@@ -406,13 +422,15 @@ def _masked_gt(coco_gt, keep_v: int, verbose: bool):
 
 def evaluate_coco(gt: GtLike, results, dataset: Union[str, DatasetInfo] = "coco",
                   occlusion: bool = True, crowd_thresholds: Tuple[float, float] =
-                  CROWDPOSE_THRESHOLDS, verbose: bool = False) -> Dict[str, float]:
+                  CROWDPOSE_THRESHOLDS, verbose: bool = False,
+                  source: str = "predictions") -> Dict[str, float]:
     """COCO or CrowdPose keypoint metrics of ``results`` against ``gt``.
 
     gt: keypoint json path, dict or ``pycocotools.coco.COCO``. results: COCO results json
     path or list of dicts (see module docstring). ``dataset``: 'coco' or 'crowdpose'.
     ``occlusion`` (COCO only): also compute ``AP_vis``/``AP_invis``. ``verbose``: let
-    pycocotools print its own summary.
+    pycocotools print its own summary. ``source`` names in-memory results in error messages
+    (a path names itself).
 
     Returns, for COCO, :data:`COCO_KEYS` (+ ``AP_vis``, ``AP_invis``); for CrowdPose,
     :data:`CROWDPOSE_KEYS`. Values are Python floats in [0, 1], or -1 where undefined.
@@ -420,12 +438,11 @@ def evaluate_coco(gt: GtLike, results, dataset: Union[str, DatasetInfo] = "coco"
     info = _info(dataset)
     if info is MPII:
         raise EvaluationError("evaluate_coco scores coco or crowdpose; use evaluate_mpii")
-    coco_gt = load_gt(gt, info, verbose)
-    source = "predictions"
+    coco_gt, gt_source = _load_gt(gt, info, verbose)
     if isinstance(results, (str, os.PathLike)):
         source = os.fspath(results)
         results = load_results(source)
-    res = check_results(results, coco_gt, info, source)
+    res = check_results(results, coco_gt, info, source, gt_source)
 
     def run(gt_obj, img_ids=None):
         with _quiet(verbose):
@@ -501,7 +518,8 @@ def load_mpii_gt(path) -> MpiiGroundTruth:
 
     try:
         mat = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError, NotImplementedError) as e:
+    except (OSError, ValueError, TypeError, NotImplementedError,
+            scipy.io.matlab.MatReadError) as e:
         raise EvaluationError(f"cannot read MPII ground truth {path} as a .mat file: {e}") \
             from e
     for key in ("jnt_missing", "pos_gt_src", "headboxes_src"):
@@ -581,12 +599,8 @@ def _pckh(correct: np.ndarray, counted: np.ndarray):
         counts[g] = int(count[idx].sum())
     mean_idx = [i for i, j in enumerate(MPII.joints) if j not in MPII_MEAN_EXCLUDES]
     total = count[mean_idx].sum()
-    if total > 0:
-        ratio = count[mean_idx] / total
-        ok = ratio > 0
-        values["Mean"] = float(np.sum(per_joint[mean_idx][ok] * ratio[ok]))
-    else:
-        values["Mean"] = float("nan")
+    # = sum_j PCKh_j * count_j / total (the official count-weighted mean), written pooled
+    values["Mean"] = float(100.0 * hits[mean_idx].sum() / total) if total else float("nan")
     counts["Mean"] = int(total)
     return values, counts
 

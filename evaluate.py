@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Score pose predictions with the official COCO, CrowdPose and MPII metrics.
+
+File mode (no model)::
+
+    python evaluate.py --dataset coco      --ann person_keypoints_val2017.json --preds results.json
+    python evaluate.py --dataset crowdpose --ann crowdpose_test.json --preds results.json
+    python evaluate.py --dataset mpii      --ann gt_valid.mat --preds preds.npy \\
+        [--visible visible_valid.npy]
+
+``--preds``: COCO/CrowdPose, a COCO results json (``dali_pose.postprocess.to_coco_results``
+writes one); MPII, an ``.npy`` (N, 16, 2) of 0-based pixel coordinates in the order of
+``gt_valid.mat``. The metrics are printed as a table and written to ``--out`` (default
+``runs/eval/<dataset>-<time>/metrics.json``) with the table's names as flat keys.
+``--vis N`` draws ground truth (left) and predictions (right) for N images (COCO/CrowdPose)
+or people (MPII) into ``<out dir>/vis/*.png``; on the photographs with ``--images DIR``
+(and, for MPII, ``--mpii-json`` the HRNet-format json listing the images in ground-truth
+order), else on a blank canvas.
+
+Bad input (unknown image ids, wrong shapes, NaN, a ground truth of another dataset) prints
+``error: ...`` naming the file and exits with status 1.
+
+The scoring itself is ``dali_pose.metrics``; a model-driven mode only has to produce the
+same predictions (``to_coco_results`` or an (N, 16, 2) array) and call :func:`score`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dali_pose.datasets import DATASETS, MPII, DatasetInfo
+from dali_pose.metrics import (EvaluationError, evaluate_coco, evaluate_mpii, format_table,
+                               load_gt, load_mpii_gt, load_results, write_metrics)
+
+GT_COLOR = (60, 200, 60)  # BGR
+PRED_COLOR = (40, 90, 240)
+
+
+def score(dataset: str, ann: str, preds, visible=None, verbose: bool = False,
+          source: str = "predictions") -> Dict[str, float]:
+    """Metrics of ``preds`` (results path/list, or MPII array/path) against ``ann``.
+
+    ``source`` names in-memory predictions in error messages.
+    """
+    if dataset == "mpii":
+        return evaluate_mpii(preds, ann, visible=visible, source=source)
+    if visible is not None:
+        raise EvaluationError("--visible is the MPII is_visible array; COCO/CrowdPose take "
+                              "visibility from the ground-truth json")
+    return evaluate_coco(ann, preds, dataset=dataset, verbose=verbose, source=source)
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def draw_pose(img: np.ndarray, xy: np.ndarray, valid: np.ndarray, info: DatasetInfo,
+              color: Tuple[int, int, int]) -> None:
+    """Draw one skeleton in place. xy (K, 2) 0-based pixels; valid (K,) bool."""
+    import cv2
+
+    h, w = img.shape[:2]
+    r = max(2, int(round(max(h, w) / 200)))
+    pts = [(int(round(x)), int(round(y))) for x, y in xy]
+    for a, b in info.skeleton:
+        if valid[a] and valid[b]:
+            cv2.line(img, pts[a], pts[b], color, max(1, r // 2 + 1), cv2.LINE_AA)
+    for k, p in enumerate(pts):
+        if valid[k]:
+            cv2.circle(img, p, r, color, -1, cv2.LINE_AA)
+
+
+def _panel(base: np.ndarray, label: str) -> np.ndarray:
+    import cv2
+
+    out = base.copy()
+    cv2.putText(out, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 3,
+                cv2.LINE_AA)
+    cv2.putText(out, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def _read_image(path: str, shape: Tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if path is None:
+        return np.full((shape[0], shape[1], 3), 96, np.uint8)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise EvaluationError(f"--vis: cannot read image {path}")
+    return img
+
+
+def _save(path: str, gt_img: np.ndarray, pred_img: np.ndarray) -> None:
+    import cv2
+
+    both = np.concatenate([_panel(gt_img, "ground truth"), _panel(pred_img, "prediction")],
+                          axis=1)
+    if not cv2.imwrite(path, both):
+        raise EvaluationError(f"--vis: cannot write {path}")
+
+
+def visualize_coco(ann: str, results: List[dict], info: DatasetInfo, n: int, out_dir: str,
+                   images_dir: Optional[str] = None, score_thr: float = 0.3) -> List[str]:
+    """Ground truth | predictions (score >= score_thr) for the first n images with people."""
+    coco = load_gt(ann, info)
+    by_img: Dict[object, List[dict]] = {}
+    for r in results:
+        by_img.setdefault(r["image_id"], []).append(r)
+    ids = [i for i in sorted(coco.getImgIds()) if coco.getAnnIds(imgIds=[i], iscrowd=False)]
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for iid in ids[:n]:
+        meta = coco.loadImgs([iid])[0]
+        path = os.path.join(images_dir, meta["file_name"]) if images_dir else None
+        shape = (int(meta.get("height", 480)), int(meta.get("width", 640)))
+        base = _read_image(path, shape)
+        gt_img, pred_img = base.copy(), base.copy()
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=[iid])):
+            kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
+            draw_pose(gt_img, kp[:, :2], kp[:, 2] > 0, info, GT_COLOR)
+        for r in sorted(by_img.get(iid, []), key=lambda r: r["score"]):
+            if r["score"] >= score_thr:
+                kp = np.asarray(r["keypoints"], dtype=np.float64).reshape(-1, 3)
+                draw_pose(pred_img, kp[:, :2], np.ones(len(kp), bool), info, PRED_COLOR)
+        out = os.path.join(out_dir, f"{iid}.png")
+        _save(out, gt_img, pred_img)
+        written.append(out)
+    return written
+
+
+def visualize_mpii(gt_mat: str, preds, n: int, out_dir: str, images_dir: Optional[str] = None,
+                   mpii_json: Optional[str] = None) -> List[str]:
+    """Ground truth | prediction for the first n people, cropped around each person."""
+    gt = load_mpii_gt(gt_mat)
+    p = np.load(preds) if isinstance(preds, str) else np.asarray(preds)
+    names = None
+    if images_dir:
+        if not mpii_json:
+            raise EvaluationError("--vis with --images for MPII also needs --mpii-json (the "
+                                  "HRNet-format json listing each person's image, in "
+                                  "gt_valid.mat order)")
+        try:
+            with open(mpii_json) as f:
+                names = [a["image"] for a in json.load(f)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EvaluationError(f"--mpii-json {mpii_json}: cannot read image names "
+                                  f"({e!r})") from e
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for i in range(min(n, len(gt))):
+        g, valid = gt.joints0[i], ~gt.missing[i]
+        pts = np.concatenate([g[valid], p[i], gt.headboxes[i] - 1.0])
+        margin = 2.0 * gt.head_size[i]
+        x0, y0 = np.floor(pts.min(0) - margin).astype(int)
+        x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
+        if names is not None and i < len(names):
+            img = _read_image(os.path.join(images_dir, names[i]), (0, 0))
+            h, w = img.shape[:2]
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+            crop = img[y0:y1, x0:x1]
+        else:
+            crop = _read_image(None, (y1 - y0, x1 - x0))
+        off = np.array([x0, y0], np.float64)
+        gt_img, pred_img = crop.copy(), crop.copy()
+        draw_pose(gt_img, g - off, valid, MPII, GT_COLOR)
+        draw_pose(pred_img, p[i] - off, np.ones(16, bool), MPII, PRED_COLOR)
+        out = os.path.join(out_dir, f"{i:05d}.png")
+        _save(out, gt_img, pred_img)
+        written.append(out)
+    return written
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    ap.add_argument("--ann", required=True,
+                    help="ground truth: keypoint json (coco/crowdpose) or gt_valid.mat (mpii)")
+    ap.add_argument("--preds", required=True,
+                    help="predictions: COCO results json, or .npy (N,16,2) 0-based for mpii")
+    ap.add_argument("--visible", help="mpii: is_visible flags (N,16) .npy for the "
+                                      "visible/occluded breakdown")
+    ap.add_argument("--out", help="metrics json (default runs/eval/<dataset>-<time>/"
+                                  "metrics.json); --vis draws into its folder's vis/")
+    ap.add_argument("--vis", type=int, default=0, metavar="N",
+                    help="draw ground truth and predictions of N images (people for mpii)")
+    ap.add_argument("--vis-thr", type=float, default=0.3, metavar="S",
+                    help="--vis draws predictions with score >= S (default 0.3)")
+    ap.add_argument("--images", help="image folder for --vis")
+    ap.add_argument("--mpii-json", help="mpii --vis: HRNet-format json naming each person's "
+                                        "image, in gt_valid.mat order")
+    ap.add_argument("--verbose", action="store_true", help="show pycocotools' own output")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = args.out or os.path.join("runs", "eval", f"{args.dataset}-"
+                                                   f"{time.strftime('%Y%m%d-%H%M%S')}",
+                                   "metrics.json")
+    try:
+        if args.vis < 0:
+            raise EvaluationError("--vis must be >= 0")
+        preds = args.preds
+        if args.dataset != "mpii":
+            preds = load_results(args.preds)  # read once, for scoring and drawing
+        metrics = score(args.dataset, args.ann, preds, args.visible, args.verbose,
+                        source=args.preds)
+        if args.dataset != "mpii":
+            covered = len({r["image_id"] for r in preds})
+            print(f"{args.preds}: {len(preds)} predictions on {covered} images")
+        print(format_table(metrics, title=f"{args.dataset}: {args.preds}"))
+        write_metrics(metrics, out)
+        print(f"metrics written to {out}")
+        if args.vis:
+            vis_dir = os.path.join(os.path.dirname(out) or ".", "vis")
+            if args.dataset == "mpii":
+                files = visualize_mpii(args.ann, args.preds, args.vis, vis_dir, args.images,
+                                       args.mpii_json)
+            else:
+                files = visualize_coco(args.ann, preds, DATASETS[args.dataset], args.vis,
+                                       vis_dir, args.images, args.vis_thr)
+            print(f"{len(files)} drawings written to {vis_dir}")
+    except (EvaluationError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
