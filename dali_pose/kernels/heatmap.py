@@ -1,7 +1,7 @@
 """Training targets (UDP): Gaussian heatmaps and the combined classification + offset target.
 
-Pure numba; this module imports without DALI (``numba.cuda`` is only touched when a kernel set
-is built with :func:`make_target_kernels`).
+Pure numba; this module imports without DALI and without a GPU (building the CUDA closures
+compiles nothing; DALI or ``numba.cuda.jit`` compiles them).
 
 Conventions (see :mod:`dali_pose.geometry`): crop keypoints are in crop pixels with pixel
 centres on integers; the heatmap pixel grid is the crop grid divided by the UDP stride
@@ -33,18 +33,16 @@ With ``ox = (mu_x - px) / r`` and ``oy = (mu_y - py) / r``: where ``ox^2 + oy^2 
 channels are ``1, ox, oy``; elsewhere all three are 0.
 
 Arithmetic is float64 (stored as float32) in all variants, so the CPU, CUDA and pure-Python
-(``NUMBA_DISABLE_JIT=1``) runs agree to float32 rounding. The per-pixel formulas are single
-leaf functions compiled twice (``numba.njit`` and ``numba.cuda.jit(device=True)``), so CPU and
-GPU cannot drift apart.
+(``NUMBA_DISABLE_JIT=1``) runs agree to float32 rounding. The CUDA kernels spell the per-pixel
+formulas out instead of calling the CPU helpers (so that they compile to PTX without a GPU);
+tests check CPU == CUDA (simulator) == a NumPy reference.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, NamedTuple, Tuple
 
 import numba
-import numpy as np
 
 from numba import cuda  # noqa: F401  (module global on purpose: the CUDA simulator swaps it)
 
@@ -53,13 +51,13 @@ GPU_THREADS_PER_BLOCK = (32, 8, 1)  # x: heatmap width, y: heatmap height, z: jo
 
 
 # ---------------------------------------------------------------------------------------------
-# Leaf formulas, shared verbatim by the CPU (njit) and CUDA (device) kernels.
+# Per-pixel formulas of the CPU kernels (the CUDA kernels below spell the same lines out).
 # ---------------------------------------------------------------------------------------------
 
 def _joint_center_py(x, y, v, stride_x, stride_y, w, h):
     """Heatmap position (mu_x, mu_y), nearest pixel (cx, cy) and the 0/1 weight of one joint."""
-    mu_x = x / stride_x
-    mu_y = y / stride_y
+    mu_x = float(x) / stride_x  # float(): float64 also in pure Python (NumPy 2 keeps float32)
+    mu_y = float(y) / stride_y
     ok = v > 0 and mu_x >= -0.5 and mu_x < w - 0.5 and mu_y >= -0.5 and mu_y < h - 0.5
     if ok:
         cx = int(math.floor(mu_x + 0.5))
@@ -162,60 +160,70 @@ def combined_target_cpu(heatmap, weight, kps, stride_x, stride_y, radius):
 # CUDA kernels: built per config (closure constants), compiled by DALI (or by cuda.jit in tests).
 # ---------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _cuda_leaf_functions():
-    """The leaf formulas as CUDA device functions (or simulator functions under CUDASIM)."""
-    dev = cuda.jit(device=True)
-    return dev(_joint_center_py), dev(_gauss_value_py), dev(_disk_value_py)
-
-
 def _make_gaussian_gpu(stride_x, stride_y, sigma, rad):
-    joint_center, gauss_value, _ = _cuda_leaf_functions()
     inv = 1.0 / (2.0 * sigma * sigma)
 
     def gaussian_target_gpu(heatmap, weight, kps, box):
-        # grid-stride in all three dims: correct for any launch configuration
+        # Same formulas as _joint_center_py / _gauss_value_py, written out: a CUDA kernel that
+        # calls device functions cannot be compiled without a GPU (numba asks the current
+        # device for its compute capability), and this one is checked by compiling it to PTX.
+        # Only builtins that lower inline are used (no int(), no helper calls).
         x0, y0, j0 = cuda.grid(3)
-        gx, gy, gz = cuda.gridsize(3)
+        gx, gy, gz = cuda.gridsize(3)  # grid-stride in all dims: any launch shape is correct
         k = heatmap.shape[0]
         h = heatmap.shape[1]
         w = heatmap.shape[2]
         for j in range(j0, k, gz):
-            mu_x, mu_y, cx, cy, wt = joint_center(kps[j, 0], kps[j, 1], kps[j, 2],
-                                                  stride_x, stride_y, w, h)
+            mu_x = float(kps[j, 0]) / stride_x
+            mu_y = float(kps[j, 1]) / stride_y
+            ok = (kps[j, 2] > 0 and mu_x >= -0.5 and mu_x < w - 0.5
+                  and mu_y >= -0.5 and mu_y < h - 0.5)
+            # nearest pixel, kept as a float: int() of a float needs a device-side helper
+            # that numba.cuda compiles only with a GPU present (no PTX check without one)
+            cx = math.floor(mu_x + 0.5) if ok else 0.0
+            cy = math.floor(mu_y + 0.5) if ok else 0.0
             if x0 == 0 and y0 == 0:
-                weight[j] = wt
+                weight[j] = 1.0 if ok else 0.0
             for py in range(y0, h, gy):
                 for px in range(x0, w, gx):
                     val = 0.0
-                    if wt != 0.0 and abs(px - cx) <= rad and abs(py - cy) <= rad:
-                        val = gauss_value(px, py, mu_x, mu_y, inv)
+                    if ok and abs(px - cx) <= rad and abs(py - cy) <= rad:
+                        dx = px - mu_x
+                        dy = py - mu_y
+                        val = math.exp(-(dx * dx + dy * dy) * inv)
                     heatmap[j, py, px] = val
 
     return gaussian_target_gpu
 
 
 def _make_combined_gpu(stride_x, stride_y, radius):
-    joint_center, _, disk_value = _cuda_leaf_functions()
-
     def combined_target_gpu(heatmap, weight, kps, box):
+        # Same formulas as _joint_center_py / _disk_value_py, written out (see above).
         x0, y0, j0 = cuda.grid(3)
         gx, gy, gz = cuda.gridsize(3)
         k = weight.shape[0]
         h = heatmap.shape[1]
         w = heatmap.shape[2]
         for j in range(j0, k, gz):
-            mu_x, mu_y, cx, cy, wt = joint_center(kps[j, 0], kps[j, 1], kps[j, 2],
-                                                  stride_x, stride_y, w, h)
+            mu_x = float(kps[j, 0]) / stride_x
+            mu_y = float(kps[j, 1]) / stride_y
+            ok = (kps[j, 2] > 0 and mu_x >= -0.5 and mu_x < w - 0.5
+                  and mu_y >= -0.5 and mu_y < h - 0.5)
             if x0 == 0 and y0 == 0:
-                weight[j] = wt
+                weight[j] = 1.0 if ok else 0.0
             for py in range(y0, h, gy):
                 for px in range(x0, w, gx):
                     m = 0.0
                     ox = 0.0
                     oy = 0.0
-                    if wt != 0.0:
-                        m, ox, oy = disk_value(px, py, mu_x, mu_y, radius)
+                    if ok:
+                        ox = (mu_x - px) / radius
+                        oy = (mu_y - py) / radius
+                        if ox * ox + oy * oy <= 1.0:
+                            m = 1.0
+                        else:
+                            ox = 0.0
+                            oy = 0.0
                     heatmap[3 * j, py, px] = m
                     heatmap[3 * j + 1, py, px] = ox
                     heatmap[3 * j + 2, py, px] = oy
@@ -256,20 +264,6 @@ class TargetKernels(NamedTuple):
     blocks: Tuple[int, int, int]
     threads_per_block: Tuple[int, int, int]
 
-    def dali_kwargs(self, device: str = "cpu") -> dict:
-        """Keyword arguments for ``numba_function`` (imports DALI)."""
-        from nvidia.dali import types
-
-        kw = dict(setup_fn=self.setup, out_types=[types.FLOAT, types.FLOAT],
-                  in_types=[types.FLOAT, types.FLOAT], outs_ndim=[3, 1], ins_ndim=[2, 1],
-                  batch_processing=False, device=device)
-        if device == "gpu":
-            kw.update(run_fn=self.gpu_run, blocks=list(self.blocks),
-                      threads_per_block=list(self.threads_per_block))
-        else:
-            kw.update(run_fn=self.cpu_run)
-        return kw
-
 
 def _model(cfg):
     return getattr(cfg, "model", cfg)
@@ -288,12 +282,8 @@ def make_setup(channels: int, w: int, h: int, k: int):
     return setup
 
 
-def make_target_kernels(model_cfg, num_joints: int, with_gpu: bool = True) -> TargetKernels:
-    """Target kernels for ``model_cfg`` (a ``ModelConfig`` or a whole ``Config``).
-
-    ``with_gpu=False`` skips building the CUDA closure (``gpu_run`` is then None), which avoids
-    touching ``numba.cuda`` at all.
-    """
+def make_target_kernels(model_cfg, num_joints: int) -> TargetKernels:
+    """Target kernels for ``model_cfg`` (a ``ModelConfig`` or a whole ``Config``)."""
     m = _model(model_cfg)
     w, h = int(m.heatmap_size[0]), int(m.heatmap_size[1])
     sx, sy = udp_stride(m.input_size, m.heatmap_size)
@@ -308,7 +298,7 @@ def make_target_kernels(model_cfg, num_joints: int, with_gpu: bool = True) -> Ta
         def cpu_run(heatmap_out, weight_out, kps, box):
             gaussian_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma, rad)
 
-        gpu_run = _make_gaussian_gpu(sx, sy, sigma, rad) if with_gpu else None
+        gpu_run = _make_gaussian_gpu(sx, sy, sigma, rad)
     elif m.target == "combined":
         radius = combined_radius(m.heatmap_size)
         channels = 3 * k
@@ -316,7 +306,7 @@ def make_target_kernels(model_cfg, num_joints: int, with_gpu: bool = True) -> Ta
         def cpu_run(heatmap_out, weight_out, kps, box):
             combined_target_cpu(heatmap_out, weight_out, kps, sx, sy, radius)
 
-        gpu_run = _make_combined_gpu(sx, sy, radius) if with_gpu else None
+        gpu_run = _make_combined_gpu(sx, sy, radius)
     else:
         raise ValueError(f"model.target: unknown target {m.target!r}")
     return TargetKernels(
