@@ -68,7 +68,7 @@ class OcclusionConfig:
     erasing_aspect: Tuple[float, float] = (0.3, 3.3)
     grid_sizes: Tuple[int, ...] = (0, 16, 32, 44, 56)  # hide-and-seek patch sizes in pixels
     hide_prob: float = 0.5
-    gridmask_ratio: float = 0.5  # fraction of each grid cell that is kept
+    gridmask_ratio: float = 0.5  # GridMask's r: kept stripe width / cell (keeps 1-(1-r)^2)
     gridmask_period: Tuple[int, int] = (32, 96)
 
 

@@ -65,15 +65,20 @@ def epoch_schedule(n: int, batch_size: int, *, train: bool, seed: int, epoch: in
 
 
 class _Source:
-    """External source: serves the batches of the current epoch, then StopIteration."""
+    """External source: serves the batches of the current epoch, then StopIteration.
 
-    def __init__(self, index: PoseIndex):
-        self.index = index
+    With a NODA ``pool``, each sample also gets one pool person (RGBA crop, box), drawn
+    from a generator seeded by (seed, epoch, batch) and never the sample's own instance.
+    """
+
+    def __init__(self, index: PoseIndex, pool=None, seed: int = 0):
+        self.index, self.pool, self.seed = index, pool, seed
         self.batches: List[np.ndarray] = []
         self.cursor = 0
+        self.epoch = 0
 
-    def start(self, batches: List[np.ndarray]) -> None:
-        self.batches, self.cursor = batches, 0
+    def start(self, batches: List[np.ndarray], epoch: int) -> None:
+        self.batches, self.cursor, self.epoch = batches, 0, epoch
 
     def _read(self, i: int) -> np.ndarray:
         path = self.index.image_paths[i]
@@ -94,11 +99,23 @@ class _Source:
         self.cursor += 1
         ix = self.index
         ids = np.stack([ix.image_id[rows], ix.instance_id[rows]], axis=1)
-        return ([self._read(i) for i in rows],
-                list(ix.center[rows].astype(np.float32)),
-                list(ix.scale[rows].astype(np.float32)),
-                list(ix.keypoints[rows]),
-                list(ids))
+        out = ([self._read(i) for i in rows],
+               list(ix.center[rows].astype(np.float32)),
+               list(ix.scale[rows].astype(np.float32)),
+               list(ix.keypoints[rows]),
+               list(ids))
+        if self.pool is not None:
+            out += self._pool_people(ids)
+        return out
+
+    def _pool_people(self, ids: np.ndarray):
+        n = len(self.pool)
+        rng = np.random.default_rng([self.seed, self.epoch, self.cursor])
+        pick = rng.integers(0, n, size=len(ids))
+        same = (self.pool.image_id[pick] == ids[:, 0]) & (self.pool.instance_id[pick] == ids[:, 1])
+        pick = np.where(same & (n > 1), (pick + 1) % n, pick)
+        people = [self.pool.get(int(i)) for i in pick]
+        return [p[0] for p in people], [p[2].astype(np.float32) for p in people]
 
 
 class PoseLoader:
@@ -119,7 +136,18 @@ class PoseLoader:
         self._in_epoch = False
         gpu = device == "gpu"
         warp = "fused" if (not gpu and cfg.loader.fast_cpu) else "dali"
-        self._source = _Source(index)
+        pool = None
+        if self.train and cfg.noda.prob > 0:
+            from .noda import load_pool
+
+            if not cfg.noda.pool:
+                raise ValueError("noda.prob > 0 needs noda.pool: build one with "
+                                 "`python -m dali_pose.noda build-pool --config CFG --out POOL`")
+            pool = load_pool(cfg.noda.pool)
+            if pool.kps.shape[1] != self.info.num_joints:
+                raise DatasetError(f"NODA pool {cfg.noda.pool} has {pool.kps.shape[1]} joints, "
+                                   f"the dataset {self.info.num_joints}")
+        self._source = _Source(index, pool, cfg.loader.seed)
         self._torch_device = torch.device("cuda", torch.cuda.current_device()) if gpu \
             else torch.device("cpu")
         self._pipe = make_pipeline(
@@ -147,7 +175,7 @@ class PoseLoader:
         if self._started:
             self._pipe.reset()
         self._started = True
-        self._source.start(batches)
+        self._source.start(batches, self.epoch)
         self._in_epoch = True
         for n_valid in valid:
             yield self._to_torch(self._pipe.run(), n_valid)

@@ -61,9 +61,12 @@ def build_graph(cfg, info, source, spec: GraphSpec):
     """Define the graph inside a ``pipeline_def`` body; returns the OUTPUTS tuple."""
     k = info.num_joints
     in_w, in_h = cfg.model.input_size
-    jpegs, center, scale, kps, ids = fn.external_source(
-        source=source, num_outputs=5, batch=True,
-        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64])
+    noda = spec.train and cfg.noda.prob > 0
+    dtypes = [types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64]
+    if noda:  # one pool person per sample: RGBA crop and its box
+        dtypes += [types.UINT8, types.FLOAT]
+    jpegs, center, scale, kps, ids, *pool = fn.external_source(
+        source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
     u = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORM])
     n = fn.random.normal(shape=[NUM_NORMAL])
     shape = fn.peek_image_shape(jpegs)
@@ -94,7 +97,7 @@ def build_graph(cfg, info, source, spec: GraphSpec):
     occluded = fn.constant(fdata=np.zeros(k, np.float32).tolist(), shape=[k],
                            dtype=types.FLOAT, device="gpu" if spec.gpu else "cpu")
     if spec.train:
-        image, occluded = _occlusion(cfg, info, image, kps_crop, box, occluded, spec)
+        image, occluded = _occlusion(cfg, info, image, kps_crop, box, occluded, pool, spec)
 
     t = make_target_kernels(cfg.model, k)
     heatmap, weight = _numba_op([kps_crop, box], t.cpu_run, t.setup,
@@ -106,8 +109,19 @@ def build_graph(cfg, info, source, spec: GraphSpec):
     return image, heatmap, weight, kps_crop, matrix, box, flipped, ids, occluded
 
 
-def _occlusion(cfg, info, image, kps_crop, box, occluded, spec):
-    """AID / information-dropping family and NODA, when configured (training only)."""
+def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, spec):
+    """NODA, then AID / the information-dropping family, when configured (training only)."""
+    if pool:
+        from .kernels.occlusion import make_noda_kernels
+
+        nk = make_noda_kernels(cfg.noda, cfg.model.input_size, info)
+        draws = fn.random.uniform(range=[0.0, 1.0], shape=[nk.num_draws])
+        image, occluded = _numba_op(
+            [image, kps_crop, box, pool[0], pool[1], draws], nk.cpu_run, nk.setup,
+            [types.FLOAT, types.FLOAT],
+            [types.FLOAT, types.FLOAT, types.FLOAT, types.UINT8, types.FLOAT, types.FLOAT],
+            [3, 1], [3, 2, 1, 3, 1, 1], gpu=spec.gpu, gpu_run=nk.gpu_run, blocks=nk.blocks,
+            threads=nk.threads_per_block)
     if cfg.occlusion.method != "none":
         from .kernels.occlusion import make_occlusion_kernels
 

@@ -1,0 +1,65 @@
+"""AID and NODA inside the DALI training pipeline, on a tiny synthetic dataset."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+from dali_pose import build_loader, load_config  # noqa: E402
+from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from dali_pose.noda import build_pool  # noqa: E402
+from dali_pose.synthetic import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("occ")
+    generate(str(d), seed=3, num_train=6, num_val=1)
+    return d
+
+
+def _cfg(d, extra):
+    return load_config(None, [
+        f"data.train_ann={d}/annotations/person_keypoints_train.json",
+        f"data.train_images={d}/images/train", "loader.batch_size=8", *extra])
+
+
+def _black_pixels(image):
+    black = torch.tensor([(0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    return (image - black[None, :, None, None]).abs().amax(dim=1) < 1e-5
+
+
+def test_aid_blacks_out_discs_and_keeps_targets(data):
+    base = ["aug.rot_prob=0", "aug.flip_prob=0", "aug.scale_factor=0",
+            "aug.half_body_prob=0"]
+    plain = next(iter(build_loader(_cfg(data, base), "train")))
+    aid = next(iter(build_loader(_cfg(data, base + ["occlusion.method=aid",
+                                                    "occlusion.prob=1"]), "train")))
+    assert torch.equal(plain["instance_id"], aid["instance_id"])
+    torch.testing.assert_close(aid["heatmap"], plain["heatmap"], rtol=0, atol=0)
+    torch.testing.assert_close(aid["keypoints"], plain["keypoints"], rtol=0, atol=0)
+    changed = (aid["image"] != plain["image"]).any(dim=1)
+    assert changed.flatten(1).any(dim=1).all()  # every crop got an occluder
+    assert _black_pixels(aid["image"])[changed].all()  # and only black was written
+    w = 192
+    area = changed.flatten(1).sum(dim=1).float()
+    assert (area <= np.pi * (0.2 * w + 1) ** 2).all()
+
+
+def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
+    cfg0 = _cfg(data, [])
+    pool_path = str(tmp_path / "pool.npz")
+    np.savez(pool_path, **build_pool(cfg0, level="cardboard", verbose=False))
+    cfg = _cfg(data, ["noda.prob=1", f"noda.pool={pool_path}"])
+    loader = build_loader(cfg, "train")
+    occluded = []
+    for batch in loader:
+        occ = batch["occluded"]
+        occluded.append(occ)
+        assert set(torch.unique(occ).tolist()) <= {0.0, 1.0}
+        # covered joints stay supervised
+        labelled = batch["keypoints"][..., 2] > 0
+        assert (batch["target_weight"][(occ > 0) & labelled] >= 0).all()
+    occ = torch.cat(occluded)
+    assert occ.sum() > 0
+    # COCO head joints (nose, eyes, ears) are never covered
+    assert occ[:, :5].sum() == 0
