@@ -97,9 +97,7 @@ import numpy as np
 from numba import cuda
 
 from dali_pose.config import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
 
 METHODS = ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask")
 QUANT = 256  # circle centres/radii in 1/QUANT px, inside test in exact int64
