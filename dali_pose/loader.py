@@ -194,15 +194,16 @@ class PoseLoader:
         self._in_epoch = False
 
     def _tensor(self, tl, n_valid: int) -> torch.Tensor:
-        if hasattr(tl, "as_cpu") and type(tl).__name__ == "TensorListGPU":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+        from nvidia.dali.tensors import TensorListGPU
 
-            t = tl.as_tensor()
-            out = torch.empty(t.shape(), dtype=_TORCH_DTYPES[str(t.dtype)],
+        t = tl.as_tensor()
+        if isinstance(tl, TensorListGPU):
+            out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype],
                               device=self._torch_device)
             feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self._torch_device))
             return out[:n_valid]
-        arr = torch.from_numpy(np.array(tl.as_tensor())[:n_valid])
+        arr = torch.from_numpy(np.array(t)[:n_valid])  # a copy: DALI reuses its buffers
         return arr.to(self._torch_device, non_blocking=True)
 
     def _to_torch(self, outs, n_valid: int) -> dict:
@@ -228,10 +229,6 @@ class PoseLoader:
             batch["image_flipped"] = torch.flip(batch["image"], dims=[3])
         return batch
 
-
-_TORCH_DTYPES = {"DALIDataType.FLOAT": torch.float32, "DALIDataType.FLOAT16": torch.float16,
-                 "DALIDataType.INT32": torch.int32, "DALIDataType.INT64": torch.int64,
-                 "DALIDataType.UINT8": torch.uint8}
 
 
 def build_loader(cfg, split: str, *, device: Optional[str] = None, shard_id: int = 0,

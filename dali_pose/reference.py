@@ -1,0 +1,323 @@
+"""The classic loader: a plain PyTorch ``DataLoader`` doing the DALI pipeline's work the way
+the HRNet and mmpose loaders do it (OpenCV decode and ``warpAffine``, NumPy heatmaps).
+
+It is the benchmark's baseline (``python -m dali_pose.bench``) and a second implementation
+the tests compare the DALI loader against. Per sample (:class:`ReferenceDataset`):
+
+    cv2.imread + BGR->RGB --> augmentation draws (``np.random.default_rng((seed, epoch,
+    row))``: NUM_UNIFORM uniforms then NUM_NORMAL normals, the layout of
+    ``geometry.augment``) --> ``geometry.augment`` / ``udp_matrix`` / ``transform_keypoints``
+    (the one place for geometry, shared with the pipeline) --> ``cv2.warpAffine(INTER_LINEAR,
+    BORDER_CONSTANT, 0)`` --> ImageNet normalisation to CHW float32 --> occlusion (NumPy mask,
+    when configured) --> UDP targets written in NumPy (Gaussian in the 3 sigma window, or the
+    combined disk + offsets target), following the rules in :mod:`dali_pose.kernels.heatmap`.
+NODA (pasting pool people, ``noda.prob > 0``) is not implemented here.
+
+The draws are a pure function of (seed, epoch, row): the batches do not depend on the
+number of workers. They are *not* the DALI pipeline's draws (DALI's generator is its own),
+so a training batch matches the DALI loader's batch in distribution, not sample by sample;
+validation applies no randomness and matches it sample by sample.
+
+Batches come from :func:`dali_pose.loader.epoch_schedule`, so both loaders visit the same
+rows in the same order (validation: the last batch is short instead of padded). The batch
+dict has the DALI loader's keys (``image_flipped`` for validation with ``loader.flip_test``).
+With ``timing=True`` each batch also carries ``stage_s`` (N, len(STAGES)) float64: CPU
+seconds (``time.thread_time``, so other processes' load does not count) each sample spent in
+each stage, measured inside the worker.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import List, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .datasets import DatasetError, PoseIndex, load_index
+from .geometry import NUM_NORMAL, NUM_UNIFORM, augment, transform_keypoints, udp_matrix
+from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD
+from .loader import epoch_schedule
+
+STAGES = ("read", "geometry", "warp", "normalize", "targets")
+COMBINED_RADIUS_FACTOR = 0.0546875  # x heatmap height, see dali_pose.kernels.heatmap
+
+
+# ------------------------------------------------------------------------ targets ----
+
+def gaussian_heatmaps(kps: np.ndarray, input_size, heatmap_size, sigma: float):
+    """UDP Gaussian targets in NumPy: heatmap (K, h, w) float32 and weight (K,) float32.
+
+    ``kps`` (K, >=3) crop keypoints (x, y, v). A joint at heatmap position ``mu = xy /
+    stride`` (stride = (input - 1) / (heatmap - 1)) gets weight 1 when labelled and its
+    nearest pixel ``floor(mu + 0.5)`` is on the map; the Gaussian of the exact ``mu`` is then
+    written on the window of half size ``floor(3 sigma)`` around that pixel.
+    """
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    sx = (input_size[0] - 1.0) / (w - 1.0)
+    sy = (input_size[1] - 1.0) / (h - 1.0)
+    rad = int(math.floor(3.0 * sigma))
+    k = kps.shape[0]
+    heatmap = np.zeros((k, h, w), np.float32)
+    weight = np.zeros(k, np.float32)
+    for j in range(k):
+        if not kps[j, 2] > 0:
+            continue
+        mu_x = float(kps[j, 0]) / sx
+        mu_y = float(kps[j, 1]) / sy
+        if not (-0.5 <= mu_x < w - 0.5 and -0.5 <= mu_y < h - 0.5):
+            continue  # also false for NaN
+        weight[j] = 1.0
+        cx = int(math.floor(mu_x + 0.5))
+        cy = int(math.floor(mu_y + 0.5))
+        x0, x1 = max(0, cx - rad), min(w, cx + rad + 1)
+        y0, y1 = max(0, cy - rad), min(h, cy + rad + 1)
+        dx = np.arange(x0, x1, dtype=np.float64) - mu_x
+        dy = np.arange(y0, y1, dtype=np.float64)[:, None] - mu_y
+        heatmap[j, y0:y1, x0:x1] = np.exp(-(dx * dx + dy * dy) / (2.0 * sigma * sigma))
+    return heatmap, weight
+
+
+def combined_targets(kps: np.ndarray, input_size, heatmap_size):
+    """UDP combined target in NumPy: (3K, h, w) = [disk, x-offset, y-offset] per joint.
+
+    Disk radius r = 0.0546875 x heatmap height; inside ``((mu - p) / r)^2 <= 1`` the three
+    channels are 1, (mu_x - px) / r, (mu_y - py) / r. Weight rule as for the Gaussian.
+    """
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    sx = (input_size[0] - 1.0) / (w - 1.0)
+    sy = (input_size[1] - 1.0) / (h - 1.0)
+    r = COMBINED_RADIUS_FACTOR * float(h)
+    k = kps.shape[0]
+    out = np.zeros((3 * k, h, w), np.float32)
+    weight = np.zeros(k, np.float32)
+    px = np.arange(w, dtype=np.float64)
+    py = np.arange(h, dtype=np.float64)[:, None]
+    for j in range(k):
+        if not kps[j, 2] > 0:
+            continue
+        mu_x = float(kps[j, 0]) / sx
+        mu_y = float(kps[j, 1]) / sy
+        if not (-0.5 <= mu_x < w - 0.5 and -0.5 <= mu_y < h - 0.5):
+            continue
+        weight[j] = 1.0
+        ox = (mu_x - px) / r + 0.0 * py
+        oy = (mu_y - py) / r + 0.0 * px
+        inside = ox * ox + oy * oy <= 1.0
+        out[3 * j] = inside
+        out[3 * j + 1] = np.where(inside, ox, 0.0)
+        out[3 * j + 2] = np.where(inside, oy, 0.0)
+    return out, weight
+
+
+def normalize_chw(crop: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  dtype=np.float32) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) ``(x / 255 - mean) / std``."""
+    std = np.asarray(std, np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(mean, np.float64) / std).astype(np.float32)[:, None, None]
+    img = np.ascontiguousarray(crop.transpose(2, 0, 1)).astype(np.float32)
+    img *= scale
+    img += offset
+    return img if dtype == np.float32 else img.astype(dtype)
+
+
+# ------------------------------------------------------------------------ dataset ----
+
+class ReferenceDataset(Dataset):
+    """One person instance per item; the item key is a row or an ``(epoch, row)`` pair.
+
+    ``train=True`` applies the training augmentation of ``cfg.aug`` (and occlusion of
+    ``cfg.occlusion``) with draws from ``np.random.default_rng((seed, epoch, row))``.
+    """
+
+    def __init__(self, cfg, index: PoseIndex, train: bool = True, timing: bool = False):
+        if train and cfg.noda.prob > 0:
+            raise NotImplementedError("the reference loader does not implement NODA "
+                                      "(noda.prob > 0); set noda.prob=0 to compare")
+        self.cfg, self.index, self.train, self.timing = cfg, index, bool(train), timing
+        self.epoch = 0
+        info = index.info
+        self.k = info.num_joints
+        self.flip_index = info.flip_index.astype(np.int64)
+        self.upper = np.zeros(self.k, np.bool_)
+        self.upper[list(info.upper_body)] = True
+        self.out_w, self.out_h = (int(v) for v in cfg.model.input_size)
+        self.dtype = np.float16 if cfg.loader.fp16 else np.float32
+        self._occ = None
+        if self.train and cfg.occlusion.method != "none":
+            from .kernels.occlusion import make_occlusion_kernels
+
+            self._occ = make_occlusion_kernels(cfg.occlusion, cfg.model.input_size)
+        if len(index):  # compile (or load) the numba geometry once, before workers fork
+            self._geometry(0, 0)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for items given as a plain row (the batch sampler passes pairs)."""
+        self.epoch = int(epoch)
+
+    def _geometry(self, epoch: int, row: int):
+        """(matrix (2, 3) f64, crop keypoints (K, 3) f32, box (4,) f32, flip, rng)."""
+        ix, a = self.index, self.cfg.aug
+        center = ix.center[row].astype(np.float32)  # float32, as the DALI source feeds them
+        scale = ix.scale[row].astype(np.float32)
+        kps = np.ascontiguousarray(ix.keypoints[row], dtype=np.float32)
+        rng = None
+        if self.train:
+            rng = np.random.default_rng((self.cfg.loader.seed, epoch, row))
+            u = rng.random(NUM_UNIFORM).astype(np.float32)
+            n = rng.standard_normal(NUM_NORMAL).astype(np.float32)
+            cx, cy, sw, sh, rot, flip = augment(
+                center, scale, kps, u, n, self.upper, a.flip_prob, a.rot_prob, a.rot_factor,
+                a.scale_factor, a.half_body_prob, a.half_body_min_joints, a.shift_factor,
+                self.out_w / self.out_h)
+        else:
+            cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
+        m = udp_matrix(cx, cy, sw, sh, rot, float(self.out_w), float(self.out_h), flip)
+        kps_crop = np.zeros((self.k, 3), np.float32)
+        transform_keypoints(m, kps, flip, self.flip_index, kps_crop)
+        box = np.array([cx, cy, sw, sh], np.float32)
+        return m, kps_crop, box, bool(flip), rng
+
+    def __getitem__(self, key):
+        epoch, row = key if isinstance(key, tuple) else (self.epoch, key)
+        row = int(row)
+        ix = self.index
+        t0 = time.thread_time()
+        path = ix.image_paths[row]
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise DatasetError(f"cannot read image {path} (instance {ix.instance_id[row]})")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        t1 = time.thread_time()
+        m, kps_crop, box, flip, rng = self._geometry(epoch, row)
+        t2 = time.thread_time()
+        crop = cv2.warpAffine(img, m, (self.out_w, self.out_h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        t3 = time.thread_time()
+        image = normalize_chw(crop)
+        if self._occ is not None:
+            draws = rng.random(self._occ.num_draws).astype(np.float32)
+            mask = self._occ.mask(kps_crop, draws)
+            for c in range(3):
+                image[c][mask] = self._occ.fill[c]
+        if self.dtype != np.float32:
+            image = image.astype(self.dtype)
+        t4 = time.thread_time()
+        mc = self.cfg.model
+        if mc.target == "combined":
+            heatmap, weight = combined_targets(kps_crop, mc.input_size, mc.heatmap_size)
+        else:
+            heatmap, weight = gaussian_heatmaps(kps_crop, mc.input_size, mc.heatmap_size,
+                                                mc.sigma)
+        t5 = time.thread_time()
+        sample = {
+            "image": image,
+            "heatmap": heatmap,
+            "target_weight": weight,
+            "keypoints": kps_crop,
+            "matrix": m.astype(np.float32),
+            "center": box[0:2].copy(),
+            "scale": box[2:4].copy(),
+            "image_id": np.int64(ix.image_id[row]),
+            "instance_id": np.int64(ix.instance_id[row]),
+            "flipped": flip,
+            "occluded": np.zeros(self.k, np.float32),
+        }
+        if self.timing:
+            sample["stage_s"] = np.array([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
+        return sample
+
+
+# ------------------------------------------------------------------------- loader ----
+
+class EpochBatchSampler:
+    """Batches of ``(epoch, row)`` keys from :func:`dali_pose.loader.epoch_schedule`.
+
+    Training: the (seed, epoch) shuffle, fixed-size batches; the epoch advances after each
+    complete pass (or is chosen with ``set_epoch``). Validation: dataset order, short last
+    batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, train: bool, seed: int,
+                 drop_last: bool = True):
+        self.n, self.batch_size, self.train = n, batch_size, train
+        self.seed, self.drop_last = seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _schedule(self):
+        return epoch_schedule(self.n, self.batch_size, train=self.train, seed=self.seed,
+                              epoch=self.epoch, drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        return len(self._schedule()[0])
+
+    def __iter__(self):
+        epoch = self.epoch
+        batches, valid = self._schedule()
+        for rows, v in zip(batches, valid):
+            yield [(epoch, int(r)) for r in rows[:v]]
+        if self.train:
+            self.epoch = epoch + 1
+
+
+class Collate:
+    """``default_collate``, plus the mirrored crop for validation with flip test."""
+
+    def __init__(self, flip_copy: bool):
+        self.flip_copy = flip_copy
+
+    def __call__(self, samples: List[dict]) -> dict:
+        batch = torch.utils.data.default_collate(samples)
+        if self.flip_copy:
+            batch["image_flipped"] = torch.flip(batch["image"], dims=[3])
+        return batch
+
+
+def _worker_init(worker_id: int) -> None:
+    # As mmengine does by default: no OpenCV thread pool inside loader workers.
+    cv2.setNumThreads(0)
+
+
+class ReferenceLoader(DataLoader):
+    """A torch ``DataLoader`` with ``set_epoch`` (like the DALI loader's)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+def build_reference_loader(cfg, split: str, num_workers: Optional[int] = None,
+                           index: Optional[PoseIndex] = None, *, timing: bool = False,
+                           persistent_workers: bool = True,
+                           multiprocessing_context=None) -> ReferenceLoader:
+    """The classic DataLoader for ``split`` ('train' or 'val').
+
+    ``num_workers`` defaults to ``cfg.loader.num_threads`` (the DALI pipeline's threads);
+    0 runs in the calling process. Workers persist across epochs by default (mmpose's
+    default); their randomness does not depend on the worker (see the module docstring).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if index is None:
+        index = load_index(cfg, split)
+    if num_workers is None:
+        num_workers = cfg.loader.num_threads
+    train = split == "train"
+    dataset = ReferenceDataset(cfg, index, train=train, timing=timing)
+    sampler = EpochBatchSampler(len(index), cfg.loader.batch_size, train=train,
+                                seed=cfg.loader.seed, drop_last=cfg.loader.drop_last)
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = dict(persistent_workers=persistent_workers, worker_init_fn=_worker_init,
+                      prefetch_factor=cfg.loader.prefetch,
+                      multiprocessing_context=multiprocessing_context)
+    return ReferenceLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                           collate_fn=Collate(not train and cfg.loader.flip_test), **kwargs)

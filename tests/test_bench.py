@@ -1,0 +1,189 @@
+"""The benchmark's smoke mode, and the reference loader as a second implementation."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dali_pose import build_loader, load_config, load_index
+from dali_pose.kernels.heatmap import make_target_kernels
+from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
+from dali_pose.reference import (ReferenceDataset, build_reference_loader, combined_targets,
+                                 gaussian_heatmaps)
+from dali_pose.synthetic import generate
+
+pytest.importorskip("nvidia.dali")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A rendered COCO-format dataset of a few images, and the overrides that select it."""
+    p = generate(str(tmp_path_factory.mktemp("synth")), seed=0, num_train=6, num_val=3)
+    return [f"data.{k}={p[k]}" for k in ("train_ann", "train_images", "val_ann",
+                                          "val_images")]
+
+
+# ---------------------------------------------------------------------- smoke ------
+
+def test_smoke_run_writes_report(tiny, tmp_path, capsys):
+    from dali_pose.bench import main
+
+    out = tmp_path / "bench.json"
+    args = ["--smoke", "--quiet", "--json", str(out), "--epochs-memory", "2",
+            "--backends", "dali-gpu,dali-cpu,reference"]
+    for o in tiny:
+        args += ["--set", o]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "samples/s" in text and "reference" in text and "dali-cpu" in text
+    rep = json.loads(out.read_text())  # strict JSON: no NaN
+    meta = rep["meta"]
+    assert meta["smoke"] and meta["batch_size"] == 4 and meta["cores"] >= 1
+    assert {"load_before", "load_after", "peak_rss_mb", "config_resolved"} <= set(meta)
+    be = rep["backends"]
+    assert set(be) == {"dali-gpu", "dali-cpu", "reference"}
+    if not torch.cuda.is_available():
+        assert be["dali-gpu"]["status"] == "skipped" and "CUDA" in be["dali-gpu"]["reason"]
+    for name in ("dali-cpu", "reference"):
+        r = be[name]
+        assert r["status"] == "ok"
+        assert r["median_samples_per_s"] > 0 and r["ratio_to_reference"] > 0
+        assert r["cpu_cores"] > 0 and r["cpu_ms_per_sample"] > 0
+        assert r["memory"]["main_rss_mb"] > 0
+        assert len(r["rounds"]) == meta["rounds"]
+        assert all(x["samples"] == 3 * 4 for x in r["rounds"])
+        mem = rep["epochs_memory"][name]
+        assert len(mem["epochs"]) == 2 and "main_rss_mb" in mem["growth_first_to_last_mb"]
+    assert be["reference"]["ratio_to_reference"] == pytest.approx(1.0)
+    assert be["reference"]["memory"]["workers"] == meta["threads"]
+    stages = be["reference"]["stages"]["ms_per_sample"]
+    assert all(stages[s] > 0 for s in ("read", "warp", "targets"))
+
+
+def test_smoke_stage_breakdown(tiny, tmp_path):
+    """The DALI graph's prefixes still build and run (they mirror pipeline.build_graph)."""
+    from dali_pose.bench import DALI_STAGES, main
+
+    out = tmp_path / "bench.json"
+    args = ["--smoke", "--quiet", "--stages", "--rounds", "1", "--json", str(out),
+            "--backends", "dali-cpu"]
+    for o in tiny:
+        args += ["--set", o]
+    assert main(args) == 0
+    st = json.loads(out.read_text())["backends"]["dali-cpu"]["stages"]
+    assert list(st["stages"]) == list(DALI_STAGES)
+    assert "full decode" in st["prefixes"] and st["warp"] == "fused"
+    assert all(p["samples_per_s"] > 0 for p in st["prefixes"].values())
+
+
+@pytest.mark.gpu
+def test_smoke_gpu_and_train_step(tiny, tmp_path):
+    from dali_pose.bench import main
+
+    out = tmp_path / "bench.json"
+    args = ["--smoke", "--quiet", "--json", str(out), "--backends", "dali-gpu,reference",
+            "--train-step", "--train-iters", "2"]
+    for o in tiny:
+        args += ["--set", o]
+    assert main(args) == 0
+    rep = json.loads(out.read_text())
+    assert rep["backends"]["dali-gpu"]["status"] == "ok"
+    assert rep["train_step"]["median_samples_per_s"] > 0
+    assert "dali-gpu" in rep["train_step"]["loader_over_training"]
+
+
+# ----------------------------------------------------- reference == DALI (CPU) ------
+
+def test_reference_matches_dali_cpu_on_validation(tiny):
+    """Validation applies no randomness: same matrices, keypoints, targets; crops equal
+    within the reference's uint8 rounding (OpenCV rounds the warped crop to uint8)."""
+    cfg = load_config(None, tiny + ["loader.batch_size=4", "loader.fast_cpu=true"])
+    index = load_index(cfg, "val")
+    ref = list(build_reference_loader(cfg, "val", num_workers=0, index=index))
+    dali = list(build_loader(cfg, "val", device="cpu", index=index))
+    assert len(ref) == len(dali) and len(ref) > 0
+    mean = np.array(IMAGENET_MEAN)[:, None, None]
+    std = np.array(IMAGENET_STD)[:, None, None]
+    diffs = []
+    for r, d in zip(ref, dali):
+        assert set(r) == set(d)
+        for key in ("image_id", "instance_id", "flipped", "target_weight"):
+            assert torch.equal(r[key], d[key]), key
+        for key in ("matrix", "center", "scale", "keypoints", "occluded"):
+            np.testing.assert_allclose(r[key].numpy(), d[key].numpy(), rtol=1e-6, atol=1e-4,
+                                       err_msg=key)
+        np.testing.assert_allclose(r["heatmap"].numpy(), d["heatmap"].numpy(), rtol=0,
+                                   atol=1e-5)
+        for key in ("image", "image_flipped"):
+            a = (r[key].numpy() * std + mean) * 255.0
+            b = (d[key].numpy() * std + mean) * 255.0
+            diffs.append(np.abs(a - b).ravel())
+    diffs = np.concatenate(diffs)
+    assert diffs.max() < 1.0, diffs.max()  # rounding to uint8: <= 0.5, plus float error
+    assert diffs.mean() < 0.3, diffs.mean()
+
+
+@pytest.mark.parametrize("target", ["gaussian", "combined"])
+def test_numpy_targets_match_the_numba_kernel(target):
+    cfg = load_config(None, [f"model.target={target}"])
+    k = 17
+    t = make_target_kernels(cfg.model, k)
+    rng = np.random.default_rng(3)
+    w_in, h_in = cfg.model.input_size
+    for trial in range(40):
+        kps = np.zeros((k, 3), np.float32)
+        kps[:, 0] = rng.uniform(-20, w_in + 20, k)
+        kps[:, 1] = rng.uniform(-20, h_in + 20, k)
+        kps[:, 2] = rng.integers(0, 3, k)
+        kps[0, :2] = (-0.5 * 191 / 47 + 1e-3, 0.0)  # just on the map
+        kps[1, :2] = (0.0, h_in - 1 + 0.49 * 255 / 63)
+        kps[2, :2] = (np.nan, 10.0)
+        if target == "gaussian":
+            hm, wt = gaussian_heatmaps(kps, cfg.model.input_size, cfg.model.heatmap_size,
+                                       cfg.model.sigma)
+        else:
+            hm, wt = combined_targets(kps, cfg.model.input_size, cfg.model.heatmap_size)
+        hm_k = np.full((t.channels, t.hm_size[1], t.hm_size[0]), np.nan, np.float32)
+        wt_k = np.full(k, np.nan, np.float32)
+        t.cpu_kernel(hm_k, wt_k, kps, np.zeros(1, np.float32))
+        np.testing.assert_array_equal(wt, wt_k)
+        np.testing.assert_allclose(hm, hm_k, rtol=0, atol=1e-6)
+
+
+def test_reference_training_batches_do_not_depend_on_workers(tiny):
+    cfg = load_config(None, tiny + ["loader.batch_size=4"])
+    index = load_index(cfg, "train")
+    a = next(iter(build_reference_loader(cfg, "train", num_workers=0, index=index)))
+    loader = build_reference_loader(cfg, "train", num_workers=2, index=index)
+    b = next(iter(loader))
+    for key in ("image", "heatmap", "keypoints", "matrix", "flipped", "instance_id"):
+        assert torch.equal(a[key], b[key]), key
+    loader.set_epoch(1)
+    c = next(iter(loader))
+    assert not torch.equal(b["matrix"], c["matrix"])
+    assert b["image"].shape == (4, 3, 256, 192) and b["heatmap"].shape == (4, 17, 64, 48)
+
+
+def test_reference_augmentation_draws_follow_the_config(tiny):
+    """flip_prob=1 flips every crop; flip_prob=0 none; rotations appear with rot_prob=1."""
+    index = load_index(load_config(None, tiny), "train")
+    for flip, rot in ((1.0, 1.0), (0.0, 0.0)):
+        cfg = load_config(None, tiny + [f"aug.flip_prob={flip}", f"aug.rot_prob={rot}"])
+        ds = ReferenceDataset(cfg, index, train=True)
+        samples = [ds[(0, i)] for i in range(len(ds))]
+        assert all(s["flipped"] == bool(flip) for s in samples)
+        angles = [math.degrees(math.atan2(s["matrix"][1, 0], abs(s["matrix"][0, 0])))
+                  for s in samples]
+        assert (max(abs(a) for a in angles) > 1.0) == bool(rot)
+
+
+def test_hrnet_w32_topology():
+    from dali_pose.hrnet import hrnet_w32
+
+    model = hrnet_w32(17)
+    n = sum(p.numel() for p in model.parameters())
+    assert 28.0e6 < n < 29.0e6, n  # HRNet-W32 (pose, 17 joints): 28.5 M
+    with torch.no_grad():
+        y = model(torch.zeros(1, 3, 128, 96))
+    assert y.shape == (1, 17, 32, 24)
