@@ -311,60 +311,11 @@ DALI_STAGES = ("source", "geometry", "decode", "warp+normalize", "occlusion+targ
 
 
 def _prefix_graph(cfg, info, source, spec, upto: str):
-    """The loader's graph cut after ``upto`` (mirrors ``pipeline.build_graph``)."""
-    from nvidia.dali import fn, types
+    """The loader's graph cut after ``upto`` ('occlusion+targets' = the whole graph)."""
+    from .pipeline import build_graph
 
-    from .geometry import NUM_NORMAL, NUM_UNIFORM
-    from .kernels.crop import make_crop_kernel
-    from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD, make_warp_kernel
-    from .pipeline import _numba_op, build_graph
-
-    if upto == "occlusion+targets":
-        return build_graph(cfg, info, source, spec)
-    in_w, in_h = cfg.model.input_size
-    dtypes = [types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64]
-    if source.pool is not None:  # NODA: the pool person's RGBA crop and box
-        dtypes += [types.UINT8, types.FLOAT]
-    jpegs, center, scale, kps, ids, *pool = fn.external_source(
-        source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
-    if upto == "source":
-        return (jpegs, center, scale, kps, ids, *pool)
-    if upto == "full decode":
-        return (fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
-                                  output_type=types.RGB),)
-    u = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORM])
-    n = fn.random.normal(shape=[NUM_NORMAL])
-    shape = fn.peek_image_shape(jpegs)
-    fused = spec.warp == "fused"
-    crop_run, crop_setup = make_crop_kernel(cfg, info, spec.train, roi_outputs=fused)
-    matrix, kps_crop, box, flipped, extra0, extra1 = _numba_op(
-        [center, scale, kps, u, n, shape], crop_run, crop_setup,
-        [types.FLOAT, types.FLOAT, types.FLOAT, types.INT32,
-         types.INT32 if fused else types.FLOAT, types.INT32],
-        [types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64],
-        [2, 2, 1, 1, 1 if fused else 2, 1], [1, 1, 2, 1, 1, 1])
-    if upto == "geometry":
-        return matrix, kps_crop, box, flipped, extra0, extra1
-    if fused:
-        img = fn.decoders.image_slice(jpegs, extra0, extra1, axis_names="WH",
-                                      normalized_anchor=False, normalized_shape=False,
-                                      output_type=types.RGB, device="cpu")
-        if upto == "decode":
-            return (img,)
-        warp_run, warp_setup = make_warp_kernel(cfg.model.input_size)
-        (img,) = _numba_op([img, matrix, extra0], warp_run, warp_setup, [types.FLOAT],
-                           [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1])
-        return (img,)
-    img = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
-                            output_type=types.RGB)
-    if upto == "decode":
-        return (img,)
-    img = fn.warp_affine(img, matrix=extra0, size=[in_h, in_w], fill_value=0,
-                         inverse_map=False, interp_type=types.INTERP_LINEAR)
-    img = fn.crop_mirror_normalize(
-        img, mean=[255.0 * v for v in IMAGENET_MEAN], std=[255.0 * v for v in IMAGENET_STD],
-        output_layout="CHW", dtype=types.FLOAT)
-    return (img,)
+    return build_graph(cfg, info, source, spec,
+                       stop_after=None if upto == "occlusion+targets" else upto)
 
 
 def _long_schedule(n_rows: int, batch_size: int, seed: int, n_batches: int):

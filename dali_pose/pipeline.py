@@ -42,7 +42,7 @@ def _plain(fn_):
 
 
 def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=False,
-              gpu_run=None, blocks=None, threads=None):
+              gpu_run=None, blocks=None, threads=None, batch=False):
     """A numba operator on the CPU, or with the kernel's CUDA variant on the GPU."""
     run, setup, gpu_run = _plain(run), _plain(setup), _plain(gpu_run)
     if gpu:
@@ -53,12 +53,22 @@ def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=
     else:
         out = numba_function(*inputs, run_fn=run, setup_fn=setup, out_types=out_types,
                              in_types=in_types, outs_ndim=outs_ndim, ins_ndim=ins_ndim,
-                             batch_processing=False)
+                             batch_processing=batch)
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
-def build_graph(cfg, info, source, spec: GraphSpec):
-    """Define the graph inside a ``pipeline_def`` body; returns the OUTPUTS tuple."""
+# Points where ``build_graph`` can stop early, for the benchmark's per-stage timing.
+STAGES = ("source", "full decode", "geometry", "decode", "warp+normalize")
+
+
+def build_graph(cfg, info, source, spec: GraphSpec, stop_after=None):
+    """Define the graph inside a ``pipeline_def`` body; returns the OUTPUTS tuple.
+
+    ``stop_after`` (one of STAGES) returns the graph's outputs at that point instead:
+    the benchmark times growing prefixes to attribute cost to stages.
+    """
+    if stop_after is not None and stop_after not in STAGES:
+        raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     k = info.num_joints
     in_w, in_h = cfg.model.input_size
     noda = spec.train and cfg.noda.prob > 0
@@ -67,6 +77,11 @@ def build_graph(cfg, info, source, spec: GraphSpec):
         dtypes += [types.UINT8, types.FLOAT]
     jpegs, center, scale, kps, ids, *pool = fn.external_source(
         source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
+    if stop_after == "source":
+        return (jpegs, center, scale, kps, ids, *pool)
+    if stop_after == "full decode":
+        return (fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
+                                  output_type=types.RGB),)
     u = fn.random.uniform(range=[0.0, 1.0], shape=[NUM_UNIFORM])
     n = fn.random.normal(shape=[NUM_NORMAL])
     shape = fn.peek_image_shape(jpegs)
@@ -77,22 +92,31 @@ def build_graph(cfg, info, source, spec: GraphSpec):
                    types.INT32 if fused else types.FLOAT, types.INT32],
         [types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64],
         [2, 2, 1, 1, 1 if fused else 2, 1], [1, 1, 2, 1, 1, 1])
+    if stop_after == "geometry":
+        return matrix, kps_crop, box, flipped, extra0, extra1
 
     if fused:
         roi = fn.decoders.image_slice(jpegs, extra0, extra1, axis_names="WH",
                                       normalized_anchor=False, normalized_shape=False,
                                       output_type=types.RGB, device="cpu")
+        if stop_after == "decode":
+            return (roi,)
         warp_run, warp_setup = make_warp_kernel(cfg.model.input_size)
         (image,) = _numba_op([roi, matrix, extra0], warp_run, warp_setup, [types.FLOAT],
-                             [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1])
+                             [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1],
+                             batch=True)
     else:
         decoded = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
                                     output_type=types.RGB)
+        if stop_after == "decode":
+            return (decoded,)
         warped = fn.warp_affine(decoded, matrix=extra0, size=[in_h, in_w], fill_value=0,
                                 inverse_map=False, interp_type=types.INTERP_LINEAR)
         image = fn.crop_mirror_normalize(
             warped, mean=[255.0 * v for v in IMAGENET_MEAN],
             std=[255.0 * v for v in IMAGENET_STD], output_layout="CHW", dtype=types.FLOAT)
+    if stop_after == "warp+normalize":
+        return (image,)
 
     occluded = fn.constant(fdata=np.zeros(k, np.float32).tolist(), shape=[k],
                            dtype=types.FLOAT, device="gpu" if spec.gpu else "cpu")
