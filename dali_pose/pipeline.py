@@ -42,7 +42,7 @@ def _plain(fn_):
 
 
 def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=False,
-              gpu_run=None, blocks=None, threads=None, batch=False):
+              gpu_run=None, blocks=None, threads=None):
     """A numba operator on the CPU, or with the kernel's CUDA variant on the GPU."""
     run, setup, gpu_run = _plain(run), _plain(setup), _plain(gpu_run)
     if gpu:
@@ -53,7 +53,7 @@ def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=
     else:
         out = numba_function(*inputs, run_fn=run, setup_fn=setup, out_types=out_types,
                              in_types=in_types, outs_ndim=outs_ndim, ins_ndim=ins_ndim,
-                             batch_processing=batch)
+                             batch_processing=False)
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
@@ -103,8 +103,7 @@ def build_graph(cfg, info, source, spec: GraphSpec, stop_after=None):
             return (roi,)
         warp_run, warp_setup = make_warp_kernel(cfg.model.input_size)
         (image,) = _numba_op([roi, matrix, extra0], warp_run, warp_setup, [types.FLOAT],
-                             [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1],
-                             batch=True)
+                             [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1])
     else:
         decoded = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
                                     output_type=types.RGB)

@@ -87,32 +87,21 @@ def warp_normalize(out, roi, m, anchor_x, anchor_y, mean, std):
             out[2, y, x] = acc2 * s2 + o2
 
 
-@numba.njit(parallel=True, cache=True)
-def warp_normalize_batch(outs, rois, matrices, anchors, mean, std):
-    """``warp_normalize`` over a batch (lists of per-sample arrays), samples in parallel.
-
-    DALI 2.4 runs a per-sample CPU numba operator's samples one after another on one
-    thread; with ``batch_processing`` the operator gets the whole batch and numba's own
-    threads share it out.
-    """
-    for i in numba.prange(len(outs)):
-        warp_normalize(outs[i], rois[i], matrices[i], float(anchors[i][0]),
-                       float(anchors[i][1]), mean, std)
-
-
 def make_warp_kernel(input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """DALI CPU numba_function pieces, ``batch_processing=True``: ``run`` and ``setup``.
+    """DALI CPU numba_function pieces (per sample): ``run(out, roi, matrix, anchor)``, ``setup``.
 
-    ``run(outs, rois, matrices, anchors)`` gets lists over the batch: ``roi`` (h, w, 3)
-    uint8; ``matrix`` (2, 3) float32 source px -> crop px; ``anchor`` (2,) int32 (x0, y0)
-    of the window in the source image. Each output is (3, H, W) float32.
+    ``roi`` (h, w, 3) uint8; ``matrix`` (2, 3) float32 source px -> crop px; ``anchor`` (2,)
+    int32 (x0, y0) of the window in the source image. Output (3, H, W) float32.
+    (A batch-parallel variant calling a ``parallel=True`` numba function from DALI's
+    ``batch_processing`` mode gave wrong crops now and then: numba's threading layer is not
+    safe under DALI's executor threads. Do not reintroduce it without a stress test.)
     """
     out_w, out_h = int(input_size[0]), int(input_size[1])
     mean_a = np.array(mean, np.float64)
     std_a = np.array(std, np.float64)
 
-    def run(outs, rois, matrices, anchors):
-        warp_normalize_batch(outs, rois, matrices, anchors, mean_a, std_a)
+    def run(out, roi, matrix, anchor):
+        warp_normalize(out, roi, matrix, float(anchor[0]), float(anchor[1]), mean_a, std_a)
 
     def setup(outs, ins):
         for i in range(len(outs[0])):
