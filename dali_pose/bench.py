@@ -310,11 +310,11 @@ DALI_STAGES = ("source", "geometry", "decode", "warp+normalize", "occlusion+targ
                "iterator (to torch)")
 
 
-def _prefix_graph(cfg, info, source, spec, upto: str):
+def _prefix_graph(cfg, info, source, pool_source, spec, upto: str):
     """The loader's graph cut after ``upto`` ('occlusion+targets' = the whole graph)."""
     from .pipeline import build_graph
 
-    return build_graph(cfg, info, source, spec,
+    return build_graph(cfg, info, source, pool_source, spec,
                        stop_after=None if upto == "occlusion+targets" else upto)
 
 
@@ -338,7 +338,7 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
     """Time growing prefixes of the graph as separate pipelines (see the module docstring)."""
     from nvidia.dali import pipeline_def
 
-    from .loader import _Source
+    from .loader import _PoolSource, _Source
     from .pipeline import GraphSpec
 
     gpu = device == "gpu"
@@ -359,14 +359,20 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
 
         pool = load_pool(cfg.noda.pool)
     for upto in prefixes + extra:
-        source = _Source(index, pool, cfg.loader.seed)
+        source = _Source(index)
         source.start(_long_schedule(len(index), bs, cfg.loader.seed, n_batches + warmup + 8),
                      0)
+        pool_source = None
+        if pool is not None:
+            import torch
+
+            pool_source = _PoolSource(source, pool, cfg.loader.seed,
+                                      torch.device("cuda", device_id) if gpu else None)
 
         @pipeline_def(batch_size=bs, num_threads=cfg.loader.num_threads, device_id=device_id,
                       seed=cfg.loader.seed * 1000, prefetch_queue_depth=cfg.loader.prefetch)
         def prefix_pipeline():
-            return _prefix_graph(cfg, index.info, source, spec, upto)
+            return _prefix_graph(cfg, index.info, source, pool_source, spec, upto)
 
         with warnings.catch_warnings():  # "output ... of the external source not used"
             warnings.simplefilter("ignore")

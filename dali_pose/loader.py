@@ -65,14 +65,10 @@ def epoch_schedule(n: int, batch_size: int, *, train: bool, seed: int, epoch: in
 
 
 class _Source:
-    """External source: serves the batches of the current epoch, then StopIteration.
+    """External source: serves the batches of the current epoch, then StopIteration."""
 
-    With a NODA ``pool``, each sample also gets one pool person (RGBA crop, box), drawn
-    from a generator seeded by (seed, epoch, batch) and never the sample's own instance.
-    """
-
-    def __init__(self, index: PoseIndex, pool=None, seed: int = 0):
-        self.index, self.pool, self.seed = index, pool, seed
+    def __init__(self, index: PoseIndex):
+        self.index = index
         self.batches: List[np.ndarray] = []
         self.cursor = 0
         self.epoch = 0
@@ -99,23 +95,55 @@ class _Source:
         self.cursor += 1
         ix = self.index
         ids = np.stack([ix.image_id[rows], ix.instance_id[rows]], axis=1)
-        out = ([self._read(i) for i in rows],
-               list(ix.center[rows].astype(np.float32)),
-               list(ix.scale[rows].astype(np.float32)),
-               list(ix.keypoints[rows]),
-               list(ids))
-        if self.pool is not None:
-            out += self._pool_people(ids)
-        return out
+        return ([self._read(i) for i in rows],
+                list(ix.center[rows].astype(np.float32)),
+                list(ix.scale[rows].astype(np.float32)),
+                list(ix.keypoints[rows]),
+                list(ids))
 
-    def _pool_people(self, ids: np.ndarray):
-        n = len(self.pool)
-        rng = np.random.default_rng([self.seed, self.epoch, self.cursor])
-        pick = rng.integers(0, n, size=len(ids))
-        same = (self.pool.image_id[pick] == ids[:, 0]) & (self.pool.instance_id[pick] == ids[:, 1])
-        pick = np.where(same & (n > 1), (pick + 1) % n, pick)
-        people = [self.pool.get(int(i)) for i in pick]
-        return [p[0] for p in people], [p[2].astype(np.float32) for p in people]
+
+class _PoolSource:
+    """NODA: one pool person (RGBA crop, box) per sample of the batches ``main`` serves.
+
+    The pick is a pure function of (seed, epoch, batch number): a generator seeded with
+    them, never the sample's own instance. It keeps its own cursor, so it agrees with
+    ``main`` whatever order DALI calls the two in. On the GPU the pool is uploaded once and
+    served as per-sample CUDA views (device-to-device copies, no host round trip).
+    """
+
+    def __init__(self, main: _Source, pool, seed: int, device: Optional[torch.device] = None):
+        self.main, self.pool, self.seed = main, pool, seed
+        self.cursor = 0
+        self._rgba, self._boxes = pool.rgba, pool.boxes.astype(np.float32)
+        if device is not None and device.type == "cuda":
+            self._rgba = torch.from_numpy(self._rgba).to(device)
+            self._boxes = torch.from_numpy(self._boxes).to(device)
+
+    def start(self) -> None:
+        self.cursor = 0
+
+    def picks(self, cursor: int) -> np.ndarray:
+        """Pool rows for batch number ``cursor`` of the current epoch."""
+        rows = self.main.batches[cursor]
+        ix, n = self.main.index, len(self.pool)
+        rng = np.random.default_rng([self.seed, self.main.epoch, cursor])
+        pick = rng.integers(0, n, size=len(rows))
+        same = ((self.pool.image_id[pick] == ix.image_id[rows])
+                & (self.pool.instance_id[pick] == ix.instance_id[rows]))
+        return np.where(same & (n > 1), (pick + 1) % n, pick)
+
+    def __call__(self):
+        if self.cursor >= len(self.main.batches):
+            raise StopIteration
+        pick = self.picks(self.cursor)
+        self.cursor += 1
+        rgba, boxes = [], []
+        for i in pick:
+            h, w = (int(v) for v in self.pool.shapes[i])
+            o = int(self.pool.offsets[i])
+            rgba.append(self._rgba[o:o + h * w * 4].reshape(h, w, 4))
+            boxes.append(self._boxes[i])
+        return rgba, boxes
 
 
 class PoseLoader:
@@ -136,6 +164,8 @@ class PoseLoader:
         self._in_epoch = False
         gpu = device == "gpu"
         warp = "fused" if (not gpu and cfg.loader.fast_cpu) else "dali"
+        self._torch_device = torch.device("cuda", torch.cuda.current_device()) if gpu \
+            else torch.device("cpu")
         pool = None
         if self.train and cfg.noda.prob > 0:
             from .noda import load_pool
@@ -147,11 +177,12 @@ class PoseLoader:
             if pool.kps.shape[1] != self.info.num_joints:
                 raise DatasetError(f"NODA pool {cfg.noda.pool} has {pool.kps.shape[1]} joints, "
                                    f"the dataset {self.info.num_joints}")
-        self._source = _Source(index, pool, cfg.loader.seed)
-        self._torch_device = torch.device("cuda", torch.cuda.current_device()) if gpu \
-            else torch.device("cpu")
+        self._source = _Source(index)
+        self._pool_source = None if pool is None else _PoolSource(
+            self._source, pool, cfg.loader.seed, self._torch_device)
         self._pipe = make_pipeline(
-            cfg, self.info, self._source, GraphSpec(train=self.train, gpu=gpu, warp=warp),
+            cfg, self.info, self._source, self._pool_source,
+            GraphSpec(train=self.train, gpu=gpu, warp=warp),
             self.batch_size, seed=cfg.loader.seed * 1000 + shard_id,
             device_id=self._torch_device.index if gpu else None)
 
@@ -176,6 +207,8 @@ class PoseLoader:
             self._pipe.reset()
         self._started = True
         self._source.start(batches, self.epoch)
+        if self._pool_source is not None:
+            self._pool_source.start()
         self._in_epoch = True
         for n_valid in valid:
             yield self._to_torch(self._pipe.run(), n_valid)
@@ -186,6 +219,8 @@ class PoseLoader:
     def _drain(self) -> None:
         """Run the pipeline into the source's StopIteration (prefetched batches included)."""
         self._source.cursor = len(self._source.batches)
+        if self._pool_source is not None:
+            self._pool_source.cursor = len(self._source.batches)
         try:
             while True:
                 self._pipe.run()

@@ -61,7 +61,7 @@ def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=
 STAGES = ("source", "full decode", "geometry", "decode", "warp+normalize")
 
 
-def build_graph(cfg, info, source, spec: GraphSpec, stop_after=None):
+def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None):
     """Define the graph inside a ``pipeline_def`` body; returns the OUTPUTS tuple.
 
     ``stop_after`` (one of STAGES) returns the graph's outputs at that point instead:
@@ -71,12 +71,14 @@ def build_graph(cfg, info, source, spec: GraphSpec, stop_after=None):
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     k = info.num_joints
     in_w, in_h = cfg.model.input_size
-    noda = spec.train and cfg.noda.prob > 0
-    dtypes = [types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64]
-    if noda:  # one pool person per sample: RGBA crop and its box
-        dtypes += [types.UINT8, types.FLOAT]
-    jpegs, center, scale, kps, ids, *pool = fn.external_source(
-        source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
+    jpegs, center, scale, kps, ids = fn.external_source(
+        source=source, num_outputs=5, batch=True,
+        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64])
+    pool = ()
+    if spec.train and pool_source is not None:  # NODA: one pool person per sample
+        pool = fn.external_source(source=pool_source, num_outputs=2, batch=True,
+                                  dtype=[types.UINT8, types.FLOAT],
+                                  device="gpu" if spec.gpu else "cpu")
     if stop_after == "source":
         return (jpegs, center, scale, kps, ids, *pool)
     if stop_after == "full decode":
@@ -157,12 +159,12 @@ def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, spec):
     return image, occluded
 
 
-def make_pipeline(cfg, info, source, spec: GraphSpec, batch_size: int, seed: int,
-                  device_id):
+def make_pipeline(cfg, info, source, pool_source, spec: GraphSpec, batch_size: int,
+                  seed: int, device_id):
     @pipeline_def(batch_size=batch_size, num_threads=cfg.loader.num_threads,
                   device_id=device_id, seed=seed, prefetch_queue_depth=cfg.loader.prefetch)
     def pose_pipeline():
-        return build_graph(cfg, info, source, spec)
+        return build_graph(cfg, info, source, pool_source, spec)
 
     pipe = pose_pipeline()
     pipe.build()

@@ -198,3 +198,13 @@ def test_gpu_request_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("has CUDA")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         build_loader(load_config(), "train", device="gpu", index=_dot_dataset(tmp_path, 1))
+
+
+def test_fp16_images_and_combined_targets(tmp_path):
+    index = _dot_dataset(tmp_path, 2)
+    cfg = load_config(None, ["loader.batch_size=2", "loader.fp16=true", "model.target=combined"])
+    b16 = next(iter(build_loader(cfg, "val", index=index)))
+    b32 = next(iter(build_loader(load_config(None, ["loader.batch_size=2"]), "val",
+                                 index=index)))
+    assert b16["image"].dtype == torch.float16 and b16["heatmap"].shape == (2, 51, 64, 48)
+    torch.testing.assert_close(b16["image"].float(), b32["image"], rtol=1e-3, atol=2e-3)

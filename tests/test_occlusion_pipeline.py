@@ -63,3 +63,32 @@ def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
     assert occ.sum() > 0
     # COCO head joints (nose, eyes, ears) are never covered
     assert occ[:, :5].sum() == 0
+
+
+def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, tmp_path):
+    from dali_pose.datasets import load_index
+    from dali_pose.loader import _PoolSource, _Source, epoch_schedule
+    from dali_pose.noda import load_pool
+
+    cfg = _cfg(data, [])
+    pool_path = str(tmp_path / "pool.npz")
+    np.savez(pool_path, **build_pool(cfg, level="box", verbose=False))
+    pool = load_pool(pool_path)
+    index = load_index(cfg, "train")
+    main = _Source(index)
+    batches, _ = epoch_schedule(len(index), 4, train=True, seed=0, epoch=5)
+    main.start(batches, 5)
+    a, b = _PoolSource(main, pool, seed=0), _PoolSource(main, pool, seed=0)
+    for cursor in range(len(batches)):
+        rows = batches[cursor]
+        pick = a.picks(cursor)
+        np.testing.assert_array_equal(pick, b.picks(cursor))
+        same = (pool.image_id[pick] == index.image_id[rows]) & \
+            (pool.instance_id[pick] == index.instance_id[rows])
+        assert not same.any()
+        rgba, boxes = a()
+        for r, bx, i in zip(rgba, boxes, pick):
+            np.testing.assert_array_equal(r, pool.get(int(i))[0])
+            np.testing.assert_array_equal(bx, pool.boxes[i])
+    with pytest.raises(StopIteration):
+        a()

@@ -1,0 +1,64 @@
+"""The GPU backend (nvJPEG decode, warp_affine, CUDA numba kernels). Skipped without CUDA.
+
+Run on a GPU machine: ``python -m pytest -q -m gpu tests``.
+"""
+import numpy as np
+import pytest
+import torch
+
+from dali_pose import build_loader, load_config
+
+pytest.importorskip("nvidia.dali")
+pytestmark = pytest.mark.gpu
+
+
+def _index(tmp_path, n=6):
+    from test_loader import _dot_dataset
+
+    return _dot_dataset(tmp_path, n)
+
+
+def test_gpu_batch_is_cuda_and_matches_cpu_on_validation(tmp_path):
+    index = _index(tmp_path)
+    cfg = load_config(None, ["loader.batch_size=3"])
+    gpu = list(build_loader(cfg, "val", device="gpu", index=index))
+    cpu = list(build_loader(cfg, "val", device="cpu", index=index))
+    for g, c in zip(gpu, cpu):
+        assert g["image"].is_cuda and g["heatmap"].is_cuda and g["matrix"].is_cuda
+        for key in ("matrix", "keypoints", "center", "scale", "target_weight"):
+            torch.testing.assert_close(g[key].cpu(), c[key], rtol=0, atol=1e-5)
+        torch.testing.assert_close(g["heatmap"].cpu(), c["heatmap"], rtol=0, atol=1e-6)
+        # DALI's warp_affine writes uint8: half a grey level, in normalised units
+        assert (g["image"].cpu() - c["image"]).abs().max() < 0.6 / (255 * 0.224)
+
+
+def test_gpu_dot_test(tmp_path):
+    from test_loader import test_dot_lands_where_the_loader_says  # noqa: F401
+    from test_loader import BLOB_SIGMA, _centroid
+    from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = load_config(None, ["loader.batch_size=6", "aug.rot_prob=1", "aug.half_body_prob=0"])
+    loader = build_loader(cfg, "train", device="gpu", index=_index(tmp_path))
+    mean = np.array(IMAGENET_MEAN)[:, None, None]
+    std = np.array(IMAGENET_STD)[:, None, None]
+    errs = []
+    for _ in range(3):
+        for batch in loader:
+            imgs = (batch["image"].cpu().numpy() * std + mean)[:, 0]
+            for i in range(imgs.shape[0]):
+                k = batch["keypoints"][i].cpu().numpy()
+                zoom = float(np.linalg.norm(batch["matrix"][i, 0, :2].cpu().numpy()))
+                r = int(np.ceil(4 * BLOB_SIGMA * zoom))
+                for j in np.nonzero(k[:, 2] > 0)[0]:
+                    x, y = k[j, :2]
+                    if r + 1 < x < 191 - r - 1 and r + 1 < y < 255 - r - 1:
+                        cx, cy = _centroid(imgs[i], x, y, r)
+                        errs.append(max(abs(cx - x), abs(cy - y)))
+    assert len(errs) > 30 and max(errs) < 0.05, max(errs)
+
+
+def test_gpu_occlusion_and_combined_targets(tmp_path):
+    cfg = load_config(None, ["loader.batch_size=6", "occlusion.method=aid", "occlusion.prob=1",
+                             "model.target=combined", "loader.fp16=true"])
+    batch = next(iter(build_loader(cfg, "train", device="gpu", index=_index(tmp_path))))
+    assert batch["image"].dtype == torch.float16 and batch["heatmap"].shape[1] == 51
