@@ -90,22 +90,37 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
     fused = spec.warp == "fused"
     crop_run, crop_setup = make_crop_kernel(cfg, info, spec.train, roi_outputs=fused)
     matrix, kps_crop, box, flipped, extra0, extra1 = _numba_op(
-        [center, scale, kps, u, n, shape], crop_run, crop_setup, [types.FLOAT, types.FLOAT, types.FLOAT, types.INT32,
-                   types.INT32 if fused else types.FLOAT, types.INT32],
+        [center, scale, kps, u, n, shape], crop_run, crop_setup,
+        [types.FLOAT, types.FLOAT, types.FLOAT, types.INT32,
+         types.INT32 if fused else types.FLOAT, types.INT32],
         [types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64],
         [2, 2, 1, 1, 1 if fused else 2, 1], [1, 1, 2, 1, 1, 1])
     if stop_after == "geometry":
         return matrix, kps_crop, box, flipped, extra0, extra1
 
+    # Information dropping (AID & co.) fuses into the CPU warp unless NODA must paste first.
+    occ = None
+    if spec.train and cfg.occlusion.method != "none":
+        from .kernels.occlusion import make_occlusion_kernels
+
+        occ = make_occlusion_kernels(cfg.occlusion, cfg.model.input_size)
+    fuse_occlusion = fused and occ is not None and not pool
     if fused:
         roi = fn.decoders.image_slice(jpegs, extra0, extra1, axis_names="WH",
                                       normalized_anchor=False, normalized_shape=False,
                                       output_type=types.RGB, device="cpu")
         if stop_after == "decode":
             return (roi,)
-        warp_run, warp_setup = make_warp_kernel(cfg.model.input_size)
-        (image,) = _numba_op([roi, matrix, extra0], warp_run, warp_setup, [types.FLOAT],
-                             [types.UINT8, types.FLOAT, types.INT32], [3], [3, 2, 1])
+        inputs = [roi, matrix, extra0]
+        in_types, ins_ndim = [types.UINT8, types.FLOAT, types.INT32], [3, 2, 1]
+        if fuse_occlusion:
+            inputs += [kps_crop, fn.random.uniform(range=[0.0, 1.0], shape=[occ.num_draws])]
+            in_types += [types.FLOAT, types.FLOAT]
+            ins_ndim += [2, 1]
+        warp_run, warp_setup = make_warp_kernel(
+            cfg.model.input_size, occlude=occ.cpu_kernel if fuse_occlusion else None)
+        (image,) = _numba_op(inputs, warp_run, warp_setup, [types.FLOAT], in_types, [3],
+                             ins_ndim)
     else:
         decoded = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
                                     output_type=types.RGB)
@@ -122,7 +137,8 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
     occluded = fn.constant(fdata=np.zeros(k, np.float32).tolist(), shape=[k],
                            dtype=types.FLOAT, device="gpu" if spec.gpu else "cpu")
     if spec.train:
-        image, occluded = _occlusion(cfg, info, image, kps_crop, box, occluded, pool, spec)
+        image, occluded = _occlusion(cfg, info, image, kps_crop, box, occluded, pool,
+                                     None if fuse_occlusion else occ, spec)
 
     t = make_target_kernels(cfg.model, k)
     heatmap, weight = _numba_op([kps_crop, box], t.cpu_run, t.setup,
@@ -134,8 +150,8 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
     return image, heatmap, weight, kps_crop, matrix, box, flipped, ids, occluded
 
 
-def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, spec):
-    """NODA, then AID / the information-dropping family, when configured (training only)."""
+def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, occ, spec):
+    """NODA, then ``occ`` (AID / the information-dropping family), when configured."""
     if pool:
         from .kernels.occlusion import make_noda_kernels
 
@@ -147,15 +163,12 @@ def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, spec):
             [types.FLOAT, types.FLOAT, types.FLOAT, types.UINT8, types.FLOAT, types.FLOAT],
             [3, 1], [3, 2, 1, 3, 1, 1], gpu=spec.gpu, gpu_run=nk.gpu_run, blocks=nk.blocks,
             threads=nk.threads_per_block)
-    if cfg.occlusion.method != "none":
-        from .kernels.occlusion import make_occlusion_kernels
-
-        o = make_occlusion_kernels(cfg.occlusion, cfg.model.input_size)
-        draws = fn.random.uniform(range=[0.0, 1.0], shape=[o.num_draws])
-        (image,) = _numba_op([image, kps_crop, draws], o.cpu_run, o.setup, [types.FLOAT],
-                          [types.FLOAT, types.FLOAT, types.FLOAT], [3], [3, 2, 1],
-                          gpu=spec.gpu, gpu_run=o.gpu_run, blocks=o.blocks,
-                          threads=o.threads_per_block)
+    if occ is not None:
+        draws = fn.random.uniform(range=[0.0, 1.0], shape=[occ.num_draws])
+        (image,) = _numba_op([image, kps_crop, draws], occ.cpu_run, occ.setup, [types.FLOAT],
+                             [types.FLOAT, types.FLOAT, types.FLOAT], [3], [3, 2, 1],
+                             gpu=spec.gpu, gpu_run=occ.gpu_run, blocks=occ.blocks,
+                             threads=occ.threads_per_block)
     return image, occluded
 
 

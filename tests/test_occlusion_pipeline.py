@@ -28,9 +28,10 @@ def _black_pixels(image):
     return (image - black[None, :, None, None]).abs().amax(dim=1) < 1e-5
 
 
-def test_aid_blacks_out_discs_and_keeps_targets(data):
+@pytest.mark.parametrize("fast_cpu", ["true", "false"])  # fused into the warp, or its own op
+def test_aid_blacks_out_discs_and_keeps_targets(data, fast_cpu):
     base = ["aug.rot_prob=0", "aug.flip_prob=0", "aug.scale_factor=0",
-            "aug.half_body_prob=0"]
+            "aug.half_body_prob=0", f"loader.fast_cpu={fast_cpu}"]
     plain = next(iter(build_loader(_cfg(data, base), "train")))
     aid = next(iter(build_loader(_cfg(data, base + ["occlusion.method=aid",
                                                     "occlusion.prob=1"]), "train")))
@@ -40,6 +41,8 @@ def test_aid_blacks_out_discs_and_keeps_targets(data):
     changed = (aid["image"] != plain["image"]).any(dim=1)
     assert changed.flatten(1).any(dim=1).all()  # every crop got an occluder
     assert _black_pixels(aid["image"])[changed].all()  # and only black was written
+    # exactly one disc per crop: area within [pi (0.1 w)^2, pi (0.2 w)^2] up to pixelation,
+    # less where it is cut by the crop border or overlaps the black fill
     w = 192
     area = changed.flatten(1).sum(dim=1).float()
     assert (area <= np.pi * (0.2 * w + 1) ** 2).all()

@@ -87,11 +87,15 @@ def warp_normalize(out, roi, m, anchor_x, anchor_y, mean, std):
             out[2, y, x] = acc2 * s2 + o2
 
 
-def make_warp_kernel(input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def make_warp_kernel(input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, occlude=None):
     """DALI CPU numba_function pieces (per sample): ``run(out, roi, matrix, anchor)``, ``setup``.
 
     ``roi`` (h, w, 3) uint8; ``matrix`` (2, 3) float32 source px -> crop px; ``anchor`` (2,)
     int32 (x0, y0) of the window in the source image. Output (3, H, W) float32.
+    With ``occlude`` (an occlusion kernel, njit ``(image_out, image_in, kps, draws)`` that
+    copies and then draws, so it may run in place), ``run(out, roi, matrix, anchor, kps,
+    draws)`` also occludes the crop: numba operators cannot work in place, and a separate
+    operator would copy every crop once more.
     (A batch-parallel variant calling a ``parallel=True`` numba function from DALI's
     ``batch_processing`` mode gave wrong crops now and then: numba's threading layer is not
     safe under DALI's executor threads. Do not reintroduce it without a stress test.)
@@ -103,10 +107,14 @@ def make_warp_kernel(input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     def run(out, roi, matrix, anchor):
         warp_normalize(out, roi, matrix, float(anchor[0]), float(anchor[1]), mean_a, std_a)
 
+    def run_occlude(out, roi, matrix, anchor, kps, draws):
+        warp_normalize(out, roi, matrix, float(anchor[0]), float(anchor[1]), mean_a, std_a)
+        occlude(out, out, kps, draws)
+
     def setup(outs, ins):
         for i in range(len(outs[0])):
             outs[0][i][0] = 3
             outs[0][i][1] = out_h
             outs[0][i][2] = out_w
 
-    return run, setup
+    return (run if occlude is None else run_occlude), setup
