@@ -93,6 +93,7 @@ class LoaderConfig:
     drop_last: bool = True  # training: drop (True) or fill (False) the last partial batch
     prefetch: int = 2
     fast_cpu: bool = True  # CPU backend: region-of-interest decode + fused numba warp
+    pipelines: int = 1  # DALI pipelines taking batches in turn, num_threads shared among them
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("config key 'loader.batch_size': must be >= 1")
     if cfg.loader.num_threads < 1:
         raise ConfigError("config key 'loader.num_threads': must be >= 1")
+    if cfg.loader.pipelines < 1:
+        raise ConfigError("config key 'loader.pipelines': must be >= 1")
     for key in ("flip_prob", "rot_prob", "half_body_prob"):
         v = getattr(cfg.aug, key)
         if not 0.0 <= v <= 1.0:

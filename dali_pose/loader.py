@@ -70,11 +70,13 @@ class _Source:
     def __init__(self, index: PoseIndex):
         self.index = index
         self.batches: List[np.ndarray] = []
+        self.numbers: List[int] = []  # each batch's number in the epoch (lanes interleave)
         self.cursor = 0
         self.epoch = 0
 
-    def start(self, batches: List[np.ndarray], epoch: int) -> None:
+    def start(self, batches: List[np.ndarray], epoch: int, numbers=None) -> None:
         self.batches, self.cursor, self.epoch = batches, 0, epoch
+        self.numbers = list(range(len(batches))) if numbers is None else list(numbers)
 
     def _read(self, i: int) -> np.ndarray:
         path = self.index.image_paths[i]
@@ -105,7 +107,7 @@ class _Source:
 class _PoolSource:
     """NODA: one pool person (RGBA crop, box) per sample of the batches ``main`` serves.
 
-    The pick is a pure function of (seed, epoch, batch number): a generator seeded with
+    The pick is a pure function of (seed, epoch, batch number in the epoch): a generator seeded with
     them, never the sample's own instance. It keeps its own cursor, so it agrees with
     ``main`` whatever order DALI calls the two in. On the GPU the pool is uploaded once and
     served as per-sample CUDA views (device-to-device copies, no host round trip).
@@ -126,7 +128,7 @@ class _PoolSource:
         """Pool rows for batch number ``cursor`` of the current epoch."""
         rows = self.main.batches[cursor]
         ix, n = self.main.index, len(self.pool)
-        rng = np.random.default_rng([self.seed, self.main.epoch, cursor])
+        rng = np.random.default_rng([self.seed, self.main.epoch, self.main.numbers[cursor]])
         pick = rng.integers(0, n, size=len(rows))
         same = ((self.pool.image_id[pick] == ix.image_id[rows])
                 & (self.pool.instance_id[pick] == ix.instance_id[rows]))
@@ -177,14 +179,21 @@ class PoseLoader:
             if pool.kps.shape[1] != self.info.num_joints:
                 raise DatasetError(f"NODA pool {cfg.noda.pool} has {pool.kps.shape[1]} joints, "
                                    f"the dataset {self.info.num_joints}")
-        self._source = _Source(index)
-        self._pool_source = None if pool is None else _PoolSource(
-            self._source, pool, cfg.loader.seed, self._torch_device)
-        self._pipe = make_pipeline(
-            cfg, self.info, self._source, self._pool_source,
-            GraphSpec(train=self.train, gpu=gpu, warp=warp),
-            self.batch_size, seed=cfg.loader.seed * 1000 + shard_id,
-            device_id=self._torch_device.index if gpu else None)
+        # Several pipelines ("lanes") take batches in turn: DALI runs a CPU numba operator's
+        # samples one after another on one thread, so one lane cannot fill the cores.
+        spec = GraphSpec(train=self.train, gpu=gpu, warp=warp)
+        n_lanes = cfg.loader.pipelines
+        self._lanes = []
+        for lane in range(n_lanes):
+            source = _Source(index)
+            pool_source = None if pool is None else _PoolSource(
+                source, pool, cfg.loader.seed, self._torch_device)
+            pipe = make_pipeline(
+                cfg, self.info, source, pool_source, spec, self.batch_size,
+                seed=(cfg.loader.seed * 1000 + shard_id) * 16 + lane,
+                device_id=self._torch_device.index if gpu else None,
+                num_threads=max(1, cfg.loader.num_threads // n_lanes))
+            self._lanes.append((source, pool_source, pipe))
 
     def _schedule(self):
         return epoch_schedule(len(self.index), self.batch_size, train=self.train,
@@ -203,29 +212,33 @@ class PoseLoader:
         if self._in_epoch:  # a previous iteration was abandoned part-way
             self._drain()
         batches, valid = self._schedule()
-        if self._started:
-            self._pipe.reset()
+        n_lanes = len(self._lanes)
+        for lane, (source, pool_source, pipe) in enumerate(self._lanes):
+            if self._started:
+                pipe.reset()
+            source.start(batches[lane::n_lanes], self.epoch,
+                         range(lane, len(batches), n_lanes))
+            if pool_source is not None:
+                pool_source.start()
         self._started = True
-        self._source.start(batches, self.epoch)
-        if self._pool_source is not None:
-            self._pool_source.start()
         self._in_epoch = True
-        for n_valid in valid:
-            yield self._to_torch(self._pipe.run(), n_valid)
+        for b, n_valid in enumerate(valid):
+            yield self._to_torch(self._lanes[b % n_lanes][2].run(), n_valid)
         self._drain()
         if self.train:  # without set_epoch, the next epoch still gets a new shuffle
             self.epoch += 1
 
     def _drain(self) -> None:
-        """Run the pipeline into the source's StopIteration (prefetched batches included)."""
-        self._source.cursor = len(self._source.batches)
-        if self._pool_source is not None:
-            self._pool_source.cursor = len(self._source.batches)
-        try:
-            while True:
-                self._pipe.run()
-        except StopIteration:
-            pass
+        """Run each pipeline into its source's StopIteration (prefetched batches included)."""
+        for source, pool_source, pipe in self._lanes:
+            source.cursor = len(source.batches)
+            if pool_source is not None:
+                pool_source.cursor = len(source.batches)
+            try:
+                while True:
+                    pipe.run()
+            except StopIteration:
+                pass
         self._in_epoch = False
 
     def _tensor(self, tl, n_valid: int) -> torch.Tensor:

@@ -173,8 +173,8 @@ def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, occ, spec):
 
 
 def make_pipeline(cfg, info, source, pool_source, spec: GraphSpec, batch_size: int,
-                  seed: int, device_id):
-    @pipeline_def(batch_size=batch_size, num_threads=cfg.loader.num_threads,
+                  seed: int, device_id, num_threads: int):
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads,
                   device_id=device_id, seed=seed, prefetch_queue_depth=cfg.loader.prefetch)
     def pose_pipeline():
         return build_graph(cfg, info, source, pool_source, spec)

@@ -208,3 +208,20 @@ def test_fp16_images_and_combined_targets(tmp_path):
                                  index=index)))
     assert b16["image"].dtype == torch.float16 and b16["heatmap"].shape == (2, 51, 64, 48)
     torch.testing.assert_close(b16["image"].float(), b32["image"], rtol=1e-3, atol=2e-3)
+
+
+def test_several_pipelines_give_the_same_validation_batches(tmp_path):
+    index = _dot_dataset(tmp_path, 5)
+    one = list(build_loader(load_config(None, ["loader.batch_size=2"]), "val", index=index))
+    two = list(build_loader(load_config(None, ["loader.batch_size=2", "loader.pipelines=2"]),
+                            "val", index=index))
+    assert [b["instance_id"].tolist() for b in two] == [b["instance_id"].tolist() for b in one]
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)
+        torch.testing.assert_close(a["heatmap"], b["heatmap"], rtol=0, atol=0)
+    # training: every lane's batches, in turn, make up the epoch's schedule
+    cfg = load_config(None, ["loader.batch_size=2", "loader.pipelines=2", "loader.drop_last=false"])
+    loader = build_loader(cfg, "train", index=index)
+    ids = [b["instance_id"].tolist() for b in loader]
+    expected = epoch_schedule(5, 2, train=True, seed=0, epoch=0, drop_last=False)[0]
+    assert ids == [(index.instance_id[b]).tolist() for b in expected]
