@@ -41,11 +41,26 @@ def _plain(fn_):
     return getattr(fn_, "py_func", fn_)
 
 
+def _allow_newer_cuda_toolkit() -> None:
+    """DALI 2.4 gates GPU numba operators on a table of known CUDA majors (11, 12); a CUDA 13
+    toolkit is refused before anything is compiled. numba-cuda itself supports it, so add the
+    running major to the table with the CUDA 12 minimum. (Not yet exercised on a GPU here:
+    tests/test_gpu.py is the check.)"""
+    from numba import cuda
+    from nvidia.dali.plugin import numba as dali_numba
+
+    table = dali_numba.minimal_numba_version
+    major = cuda.runtime.get_version()[0]
+    if major not in table and major > max(table):
+        table[major] = table[max(table)]
+
+
 def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=False,
               gpu_run=None, blocks=None, threads=None):
     """A numba operator on the CPU, or with the kernel's CUDA variant on the GPU."""
     run, setup, gpu_run = _plain(run), _plain(setup), _plain(gpu_run)
     if gpu:
+        _allow_newer_cuda_toolkit()
         out = numba_function(*[x.gpu() for x in inputs], run_fn=gpu_run, setup_fn=setup,
                              out_types=out_types, in_types=in_types, outs_ndim=outs_ndim,
                              ins_ndim=ins_ndim, device="gpu", blocks=list(blocks),
