@@ -269,7 +269,8 @@ def gridmask_params(draws, base, d_lo, d_hi, ratio):
 
 @numba.njit(cache=True)
 def gridmask_dropped(x, y, d, keep, dx, dy):
-    return (x - dx + d) % d >= keep and (y - dy + d) % d >= keep
+    # row test first: it fails on a whole kept row, sparing the CPU loop the column test
+    return (y - dy + d) % d >= keep and (x - dx + d) % d >= keep
 
 
 @numba.njit(cache=True)
@@ -287,26 +288,99 @@ def _copy_image(dst, src):
                 dst[c, y, x] = src[c, y, x]
 
 
-@numba.njit(cache=True)
-def _fill_disc_cpu(img, cxq, cyq, rq, f0, f1, f2):
-    h = img.shape[1]
-    w = img.shape[2]
-    y0 = _imax(0, (cyq - rq) // QUANT)
-    y1 = _imin(h - 1, (cyq + rq) // QUANT + 1)
-    x0 = _imax(0, (cxq - rq) // QUANT)
-    x1 = _imin(w - 1, (cxq + rq) // QUANT + 1)
-    for y in range(y0, y1 + 1):
-        for x in range(x0, x1 + 1):
-            if in_disc(x, y, cxq, cyq, rq):
-                _fill3(img, y, x, f0, f1, f2)
+# --------------------------------------------------------------------------------------
+# Information dropping: per-method geometry, shared by the CPU and the GPU kernel
+# --------------------------------------------------------------------------------------
+# A method drops the union of ``pieces`` pieces (aid/cutout: one per disc, else one).
+# Two njit functions describe it, callable from CPU njit code and CUDA device code alike:
+#   ``*_geom(kps, draws, w, h, cfg, i) -> prm``: piece i as 8 int64s: (x0, y0, x1, y1) a
+#   half-open pixel box holding every pixel the piece may drop (empty: none), then up to 4
+#   method-specific values; ``cfg`` is the method's constant tuple of config values;
+#   ``*_cover(x, y, prm, draws, cfg) -> bool``: pixel (x, y) of the box is dropped.
+# ``_dropping_runs`` builds the one CPU and the one GPU kernel from such a pair. Everything
+# decisive is an integer (1/QUANT px for discs), so both targets pick the same pixels.
+
+NO_PIECE = (0, 0, 0, 0, 0, 0, 0, 0)  # empty box: drops nothing
 
 
 @numba.njit(cache=True)
-def _fill_rect_cpu(img, x0, y0, x1, y1, f0, f1, f2):
-    """Fill [x0, x1) x [y0, y1), clipped."""
-    for y in range(_imax(0, y0), _imin(img.shape[1], y1)):
-        for x in range(_imax(0, x0), _imin(img.shape[2], x1)):
-            _fill3(img, y, x, f0, f1, f2)
+def _clip_box(prm, w, h):
+    """The box of ``prm`` clipped to a w x h crop: (x0, y0, x1, y1), half-open."""
+    return _imax(0, prm[0]), _imax(0, prm[1]), _imin(w, prm[2]), _imin(h, prm[3])
+
+
+@numba.njit(cache=True)
+def _none_geom(kps, draws, w, h, cfg, i):
+    return NO_PIECE
+
+
+@numba.njit(cache=True)
+def _box_cover(x, y, prm, draws, cfg):
+    """Every pixel of the box (erasing)."""
+    return True
+
+
+@numba.njit(cache=True)
+def _disc_piece(ok, cxq, cyq, rq):
+    """A disc (1/QUANT px): the box of the pixels it can touch, centre and radius."""
+    if not ok:
+        return NO_PIECE
+    return ((cxq - rq) // QUANT, (cyq - rq) // QUANT, (cxq + rq) // QUANT + 1,
+            (cyq + rq) // QUANT + 1, cxq, cyq, rq, 0)
+
+
+@numba.njit(cache=True)
+def _disc_cover(x, y, prm, draws, cfg):
+    return in_disc(x, y, prm[4], prm[5], prm[6])
+
+
+@numba.njit(cache=True)
+def _aid_geom(kps, draws, w, h, cfg, i):
+    num, r_lo, r_hi, shift_prob, spread = cfg
+    ok, joint, shifted, cxq, cyq, rq = aid_occluder(
+        kps, draws, 1 + AID_DRAWS_PER_OCCLUDER * i, w, h, r_lo, r_hi, shift_prob, spread)
+    return _disc_piece(ok, cxq, cyq, rq)
+
+
+@numba.njit(cache=True)
+def _cutout_geom(kps, draws, w, h, cfg, i):
+    num, r_lo, r_hi = cfg
+    cxq, cyq, rq = cutout_occluder(draws, 1 + CUTOUT_DRAWS_PER_OCCLUDER * i, w, h, r_lo, r_hi)
+    return _disc_piece(True, cxq, cyq, rq)
+
+
+@numba.njit(cache=True)
+def _erasing_geom(kps, draws, w, h, cfg, i):
+    a_lo, a_hi, asp_lo, asp_hi, tries = cfg
+    ok, x0, y0, we, he = erasing_rect(draws, 1, w, h, a_lo, a_hi, asp_lo, asp_hi, tries)
+    if not ok:
+        return NO_PIECE
+    return x0, y0, x0 + we, y0 + he, 0, 0, 0, 0
+
+
+@numba.njit(cache=True)
+def _hide_and_seek_geom(kps, draws, w, h, cfg, i):
+    g = pick_grid(_f64(draws[1]), cfg[0])
+    if g <= 0:
+        return NO_PIECE
+    return 0, 0, w, h, g, (w + g - 1) // g, 0, 0  # patch size, patches per row
+
+
+@numba.njit(cache=True)
+def _hide_and_seek_cover(x, y, prm, draws, cfg):
+    g = prm[4]
+    return _f64(draws[2 + (y // g) * prm[5] + x // g]) < cfg[1]
+
+
+@numba.njit(cache=True)
+def _gridmask_geom(kps, draws, w, h, cfg, i):
+    d, keep, dx, dy = gridmask_params(draws, 1, cfg[0], cfg[1], cfg[2])
+    return 0, 0, w, h, d, keep, dx, dy
+
+
+@numba.njit(cache=True)
+def _gridmask_cover(x, y, prm, draws, cfg):
+    return gridmask_dropped(x, y, prm[4], prm[5], prm[6], prm[7])
 
 
 def hide_and_seek_cells(w: int, h: int, grid_sizes) -> int:
@@ -382,6 +456,56 @@ def _check_occ_cfg(o) -> None:
         raise ConfigError("config key 'occlusion.gridmask_period': need 1 <= min <= max")
 
 
+def _dropping_runs(prob, geom, cover, cfg, pieces, fill):
+    """(cpu_run, gpu_run) for one method: copy the image; then, when ``draws[0] < prob``,
+    set to ``fill`` the pixels that ``cover`` picks in the box of each of the ``pieces``
+    pieces ``geom`` gives. Outputs first, then inputs: (image_out, image_in, kps, draws).
+
+    Both copy first and then only read kps/draws, so ``cpu_run`` may run in place
+    (``image_out is image_in``; the CPU warp kernel calls it that way). ``gpu_run``'s copy
+    and fill passes give each pixel to the same thread (the same grid-stride loop), so no
+    synchronisation is needed and any launch shape is correct.
+    """
+    f0, f1, f2 = fill
+
+    def cpu_run(image_out, image_in, kps, draws):
+        _copy_image(image_out, image_in)
+        if not _f64(draws[0]) < prob:
+            return
+        hh = image_in.shape[1]
+        ww = image_in.shape[2]
+        for i in range(pieces):
+            prm = geom(kps, draws, ww, hh, cfg, i)
+            x0, y0, x1, y1 = _clip_box(prm, ww, hh)
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    if cover(x, y, prm, draws, cfg):
+                        _fill3(image_out, y, x, f0, f1, f2)
+
+    def gpu_run(image_out, image_in, kps, draws):
+        hh = image_in.shape[1]
+        ww = image_in.shape[2]
+        tid = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        for q in range(tid, hh * ww, stride):
+            y = q // ww
+            x = q - y * ww
+            for c in range(image_in.shape[0]):
+                image_out[c, y, x] = image_in[c, y, x]
+        if not _f64(draws[0]) < prob:
+            return
+        for i in range(pieces):
+            prm = geom(kps, draws, ww, hh, cfg, i)
+            x0, y0, x1, y1 = _clip_box(prm, ww, hh)
+            for q in range(tid, hh * ww, stride):
+                y = q // ww
+                x = q - y * ww
+                if x0 <= x < x1 and y0 <= y < y1 and cover(x, y, prm, draws, cfg):
+                    _fill3(image_out, y, x, f0, f1, f2)
+
+    return cpu_run, gpu_run
+
+
 def make_occlusion_kernels(occ_cfg, input_size, mean=IMAGENET_MEAN,
                            std=IMAGENET_STD) -> OcclusionKernels:
     """Kernels for ``occ_cfg.method`` on crops of ``input_size`` = [w, h].
@@ -405,198 +529,33 @@ def make_occlusion_kernels(occ_cfg, input_size, mean=IMAGENET_MEAN,
     d_lo, d_hi = (int(v) for v in occ_cfg.gridmask_period)
     tries = ERASING_TRIES
 
+    # Per method: its geometry/coverage pair, constant config tuple and number of pieces
+    # (see "Information dropping: per-method geometry").
     if method == "aid":
         num_draws = 1 + AID_DRAWS_PER_OCCLUDER * num
+        geom, cover, cfg = _aid_geom, _disc_cover, (num, r_lo, r_hi, shift_prob, spread)
     elif method == "cutout":
         num_draws = 1 + CUTOUT_DRAWS_PER_OCCLUDER * num
+        geom, cover, cfg = _cutout_geom, _disc_cover, (num, r_lo, r_hi)
     elif method == "erasing":
         num_draws = 1 + 4 * tries
+        geom, cover, cfg = _erasing_geom, _box_cover, (a_lo, a_hi, asp_lo, asp_hi, tries)
     elif method == "hide_and_seek":
         num_draws = 2 + hide_and_seek_cells(w, h, grid_sizes)
+        geom, cover, cfg = _hide_and_seek_geom, _hide_and_seek_cover, (grid_sizes, hide_prob)
     elif method == "gridmask":
         num_draws = 4
-    else:
+        geom, cover, cfg = _gridmask_geom, _gridmask_cover, (d_lo, d_hi, gm_ratio)
+    else:  # none: prob is 0 and the piece empty, so the kernels only copy
         num_draws = 1
+        geom, cover, cfg = _none_geom, _box_cover, (0,)
+    pieces = num if method in ("aid", "cutout") else 1
 
     def setup(outs, ins):
         for i in range(len(outs[0])):
             outs[0][i][:] = ins[0][i][:]
 
-    # ---- CPU run functions (DALI njit's them; outputs first, then inputs) ----
-    if method == "aid":
-        def cpu_run(image_out, image_in, kps, draws):
-            _copy_image(image_out, image_in)
-            if not _f64(draws[0]) < prob:
-                return
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            for i in range(num):
-                ok, joint, shifted, cxq, cyq, rq = aid_occluder(
-                    kps, draws, 1 + AID_DRAWS_PER_OCCLUDER * i, ww, hh, r_lo, r_hi,
-                    shift_prob, spread)
-                if ok:
-                    _fill_disc_cpu(image_out, cxq, cyq, rq, f0, f1, f2)
-
-        def gpu_run(image_out, image_in, kps, draws):
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            tid = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            for p in range(tid, hh * ww, stride):
-                y = p // ww
-                x = p - y * ww
-                for c in range(image_in.shape[0]):
-                    image_out[c, y, x] = image_in[c, y, x]
-            if not _f64(draws[0]) < prob:
-                return
-            for i in range(num):
-                ok, joint, shifted, cxq, cyq, rq = aid_occluder(
-                    kps, draws, 1 + AID_DRAWS_PER_OCCLUDER * i, ww, hh, r_lo, r_hi,
-                    shift_prob, spread)
-                if ok:
-                    for p in range(tid, hh * ww, stride):
-                        y = p // ww
-                        x = p - y * ww
-                        if in_disc(x, y, cxq, cyq, rq):
-                            _fill3(image_out, y, x, f0, f1, f2)
-
-    elif method == "cutout":
-        def cpu_run(image_out, image_in, kps, draws):
-            _copy_image(image_out, image_in)
-            if not _f64(draws[0]) < prob:
-                return
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            for i in range(num):
-                cxq, cyq, rq = cutout_occluder(draws, 1 + CUTOUT_DRAWS_PER_OCCLUDER * i, ww,
-                                               hh, r_lo, r_hi)
-                _fill_disc_cpu(image_out, cxq, cyq, rq, f0, f1, f2)
-
-        def gpu_run(image_out, image_in, kps, draws):
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            tid = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            for p in range(tid, hh * ww, stride):
-                y = p // ww
-                x = p - y * ww
-                for c in range(image_in.shape[0]):
-                    image_out[c, y, x] = image_in[c, y, x]
-            if not _f64(draws[0]) < prob:
-                return
-            for i in range(num):
-                cxq, cyq, rq = cutout_occluder(draws, 1 + CUTOUT_DRAWS_PER_OCCLUDER * i, ww,
-                                               hh, r_lo, r_hi)
-                for p in range(tid, hh * ww, stride):
-                    y = p // ww
-                    x = p - y * ww
-                    if in_disc(x, y, cxq, cyq, rq):
-                        _fill3(image_out, y, x, f0, f1, f2)
-
-    elif method == "erasing":
-        def cpu_run(image_out, image_in, kps, draws):
-            _copy_image(image_out, image_in)
-            if not _f64(draws[0]) < prob:
-                return
-            ok, x0, y0, we, he = erasing_rect(draws, 1, image_in.shape[2], image_in.shape[1],
-                                              a_lo, a_hi, asp_lo, asp_hi, tries)
-            if ok:
-                _fill_rect_cpu(image_out, x0, y0, x0 + we, y0 + he, f0, f1, f2)
-
-        def gpu_run(image_out, image_in, kps, draws):
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            tid = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            apply = _f64(draws[0]) < prob
-            ok, x0, y0, we, he = erasing_rect(draws, 1, ww, hh, a_lo, a_hi, asp_lo, asp_hi,
-                                              tries)
-            hit = apply and ok
-            for p in range(tid, hh * ww, stride):
-                y = p // ww
-                x = p - y * ww
-                if hit and x0 <= x < x0 + we and y0 <= y < y0 + he:
-                    _fill3(image_out, y, x, f0, f1, f2)
-                else:
-                    for c in range(image_in.shape[0]):
-                        image_out[c, y, x] = image_in[c, y, x]
-
-    elif method == "hide_and_seek":
-        def cpu_run(image_out, image_in, kps, draws):
-            _copy_image(image_out, image_in)
-            if not _f64(draws[0]) < prob:
-                return
-            g = pick_grid(_f64(draws[1]), grid_sizes)
-            if g <= 0:
-                return
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            nx = (ww + g - 1) // g
-            ny = (hh + g - 1) // g
-            for cy in range(ny):
-                for cx in range(nx):
-                    if _f64(draws[2 + cy * nx + cx]) < hide_prob:
-                        _fill_rect_cpu(image_out, cx * g, cy * g, cx * g + g, cy * g + g,
-                                       f0, f1, f2)
-
-        def gpu_run(image_out, image_in, kps, draws):
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            tid = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            g = pick_grid(_f64(draws[1]), grid_sizes)
-            apply = _f64(draws[0]) < prob and g > 0
-            gg = _imax(g, 1)
-            nx = (ww + gg - 1) // gg
-            for p in range(tid, hh * ww, stride):
-                y = p // ww
-                x = p - y * ww
-                if apply and _f64(draws[2 + (y // gg) * nx + x // gg]) < hide_prob:
-                    _fill3(image_out, y, x, f0, f1, f2)
-                else:
-                    for c in range(image_in.shape[0]):
-                        image_out[c, y, x] = image_in[c, y, x]
-
-    elif method == "gridmask":
-        def cpu_run(image_out, image_in, kps, draws):
-            _copy_image(image_out, image_in)
-            if not _f64(draws[0]) < prob:
-                return
-            d, keep, dx, dy = gridmask_params(draws, 1, d_lo, d_hi, gm_ratio)
-            for y in range(image_in.shape[1]):
-                if (y - dy + d) % d >= keep:  # a row through the dropped squares
-                    for x in range(image_in.shape[2]):
-                        if gridmask_dropped(x, y, d, keep, dx, dy):
-                            _fill3(image_out, y, x, f0, f1, f2)
-
-        def gpu_run(image_out, image_in, kps, draws):
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            tid = cuda.grid(1)
-            stride = cuda.gridsize(1)
-            apply = _f64(draws[0]) < prob
-            d, keep, dx, dy = gridmask_params(draws, 1, d_lo, d_hi, gm_ratio)
-            for p in range(tid, hh * ww, stride):
-                y = p // ww
-                x = p - y * ww
-                if apply and gridmask_dropped(x, y, d, keep, dx, dy):
-                    _fill3(image_out, y, x, f0, f1, f2)
-                else:
-                    for c in range(image_in.shape[0]):
-                        image_out[c, y, x] = image_in[c, y, x]
-
-    else:  # none
-        def cpu_run(image_out, image_in, kps, draws):
-            _copy_image(image_out, image_in)
-
-        def gpu_run(image_out, image_in, kps, draws):
-            hh = image_in.shape[1]
-            ww = image_in.shape[2]
-            for p in range(cuda.grid(1), hh * ww, cuda.gridsize(1)):
-                y = p // ww
-                x = p - y * ww
-                for c in range(image_in.shape[0]):
-                    image_out[c, y, x] = image_in[c, y, x]
+    cpu_run, gpu_run = _dropping_runs(prob, geom, cover, cfg, pieces, (f0, f1, f2))
 
     def params(kps, draws, size=None):
         """Per-sample geometry as plain Python (same njit helpers as the kernels).
