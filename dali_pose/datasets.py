@@ -138,14 +138,16 @@ def box_to_center_scale(x, y, w, h, aspect_ratio: float, padding: float):
     return (cx, cy), (w * padding, h * padding)
 
 
-def _load_json(path: str):
+def read_json(path: str, what: str = "annotation file", error=None):
+    """``json.load`` with errors that name the file (``error``: the exception class)."""
+    error = error or DatasetError
     try:
         with open(path) as f:
             return json.load(f)
     except OSError as e:
-        raise DatasetError(f"cannot read annotation file {path}: {e}") from e
+        raise error(f"cannot read {what} {path}: {e}") from e
     except json.JSONDecodeError as e:
-        raise DatasetError(f"annotation file {path} is not valid JSON: {e}") from e
+        raise error(f"{what} {path} is not valid JSON: {e}") from e
 
 
 def _require(obj: dict, key: str, path: str, what: str):
@@ -243,7 +245,7 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
     Detection boxes: one row per detection of category 1 with score >= ``det_score_min``;
     keypoints are zeros.
     """
-    data = _load_json(ann_path)
+    data = read_json(ann_path)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DatasetError(f"{ann_path}: not a COCO-format keypoint file (needs 'images' "
                            f"and 'annotations')")
@@ -299,7 +301,7 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                 area = box[2] * box[3]
             add_box(box, images[iid], kps, area, aid, 1.0, what)
     else:
-        dets = _load_json(det_file)
+        dets = read_json(det_file, "detection file")
         if not isinstance(dets, list):
             raise DatasetError(f"{det_file}: a detection file is a list of results")
         zeros = np.zeros((k, 3))
@@ -331,7 +333,7 @@ def load_mpii(ann_path: str, images_dir: str, aspect_ratio: float,
     pixel (w, h) with the aspect fix to the input. ``image_id`` is the row's position in the
     json (MPII json has no ids), ``instance_id`` the same.
     """
-    data = _load_json(ann_path)
+    data = read_json(ann_path)
     if not isinstance(data, list):
         raise DatasetError(f"{ann_path}: an MPII json is a list of people")
     info = MPII

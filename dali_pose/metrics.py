@@ -119,7 +119,7 @@ import numpy as np
 from pycocotools.coco import COCO as _COCO
 from pycocotools.cocoeval import COCOeval
 
-from .datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo
+from .datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo, read_json
 
 __all__ = [
     "EvaluationError", "COCO_KEYS", "CROWDPOSE_KEYS", "MPII_GROUPS", "CrowdPoseEval",
@@ -172,13 +172,7 @@ def _quiet(verbose: bool):
 
 
 def _read_json(path, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise EvaluationError(f"cannot read {what} {path}: {e}") from e
-    except json.JSONDecodeError as e:
-        raise EvaluationError(f"{what} {path} is not valid JSON: {e}") from e
+    return read_json(path, what, EvaluationError)
 
 
 def _info(dataset: Union[str, DatasetInfo]) -> DatasetInfo:

@@ -33,27 +33,10 @@ def test_gpu_batch_is_cuda_and_matches_cpu_on_validation(tmp_path):
 
 
 def test_gpu_dot_test(tmp_path):
-    from test_loader import test_dot_lands_where_the_loader_says  # noqa: F401
-    from test_loader import BLOB_SIGMA, _centroid
-    from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
+    from test_loader import dot_errors
 
     cfg = load_config(None, ["loader.batch_size=6", "aug.rot_prob=1", "aug.half_body_prob=0"])
-    loader = build_loader(cfg, "train", device="gpu", index=_index(tmp_path))
-    mean = np.array(IMAGENET_MEAN)[:, None, None]
-    std = np.array(IMAGENET_STD)[:, None, None]
-    errs = []
-    for _ in range(3):
-        for batch in loader:
-            imgs = (batch["image"].cpu().numpy() * std + mean)[:, 0]
-            for i in range(imgs.shape[0]):
-                k = batch["keypoints"][i].cpu().numpy()
-                zoom = float(np.linalg.norm(batch["matrix"][i, 0, :2].cpu().numpy()))
-                r = int(np.ceil(4 * BLOB_SIGMA * zoom))
-                for j in np.nonzero(k[:, 2] > 0)[0]:
-                    x, y = k[j, :2]
-                    if r + 1 < x < 191 - r - 1 and r + 1 < y < 255 - r - 1:
-                        cx, cy = _centroid(imgs[i], x, y, r)
-                        errs.append(max(abs(cx - x), abs(cy - y)))
+    errs, _ = dot_errors(build_loader(cfg, "train", device="gpu", index=_index(tmp_path)), 3)
     assert len(errs) > 30 and max(errs) < 0.05, max(errs)
 
 

@@ -92,6 +92,27 @@ def _centroid(gray, x, y, r):
     return (win * xs).sum() / win.sum(), (win * ys).sum() / win.sum()
 
 
+def dot_errors(loader, epochs):
+    """Per visible dot: max |centroid - reported keypoint| (crop px); and each crop's flip."""
+    mean = np.array(IMAGENET_MEAN)[:, None, None]
+    std = np.array(IMAGENET_STD)[:, None, None]
+    errs, flips = [], []
+    for _ in range(epochs):
+        for batch in loader:
+            imgs = (batch["image"].cpu().numpy() * std + mean)[:, 0]  # red channel, 0..1
+            for i in range(imgs.shape[0]):
+                flips.append(bool(batch["flipped"][i]))
+                k = batch["keypoints"][i].cpu().numpy()
+                zoom = float(np.linalg.norm(batch["matrix"][i, 0, :2].cpu().numpy()))
+                r = int(np.ceil(4 * BLOB_SIGMA * zoom))
+                for j in np.nonzero(k[:, 2] > 0)[0]:
+                    x, y = k[j, :2]
+                    if r + 1 < x < 191 - r - 1 and r + 1 < y < 255 - r - 1:
+                        cx, cy = _centroid(imgs[i], x, y, r)
+                        errs.append(max(abs(cx - x), abs(cy - y)))
+    return errs, flips
+
+
 @pytest.mark.parametrize("fast_cpu", [True, False])
 def test_dot_lands_where_the_loader_says(tmp_path, fast_cpu):
     """A keypoint drawn as a dot appears in the crop within 0.05 px of the reported
@@ -99,23 +120,7 @@ def test_dot_lands_where_the_loader_says(tmp_path, fast_cpu):
     index = _dot_dataset(tmp_path)
     cfg = load_config(None, ["loader.batch_size=6", f"loader.fast_cpu={str(fast_cpu).lower()}",
                              "aug.rot_prob=1", "aug.half_body_prob=0", "loader.num_threads=1"])
-    loader = build_loader(cfg, "train", index=index)
-    mean = np.array(IMAGENET_MEAN)[:, None, None]
-    std = np.array(IMAGENET_STD)[:, None, None]
-    errs, flips = [], []
-    for epoch in range(3):
-        for batch in loader:
-            imgs = (batch["image"].numpy() * std + mean)[:, 0]  # red channel, 0..1
-            for i in range(imgs.shape[0]):
-                flips.append(bool(batch["flipped"][i]))
-                k = batch["keypoints"][i].numpy()
-                zoom = float(np.linalg.norm(batch["matrix"][i, 0, :2]))
-                r = int(np.ceil(4 * BLOB_SIGMA * zoom))
-                for j in np.nonzero(k[:, 2] > 0)[0]:
-                    x, y = k[j, :2]
-                    if r + 1 < x < 191 - r - 1 and r + 1 < y < 255 - r - 1:
-                        cx, cy = _centroid(imgs[i], x, y, r)
-                        errs.append(max(abs(cx - x), abs(cy - y)))
+    errs, flips = dot_errors(build_loader(cfg, "train", index=index), epochs=3)
     assert len(errs) > 30 and any(flips) and not all(flips)
     assert max(errs) < 0.05, max(errs)
 
