@@ -11,6 +11,7 @@ import time
 
 from dali_pose import build_loader, load_config, save_config
 from dali_pose.config import add_config_args
+from dali_pose.loader import measure
 from dali_pose.preview import write_preview
 
 
@@ -28,17 +29,9 @@ def main(argv=None):
     print(f"train set: {len(loader.index)} people, {len(loader)} batches of "
           f"{cfg.loader.batch_size} on {loader.device} ({time.perf_counter() - t0:.1f} s to build)")
 
-    n, t_first = 0, None
-    for i, batch in enumerate(loader):
-        if i == 0:
-            t_first = time.perf_counter()  # the first batch pays for warm-up
-        else:
-            n += batch["image"].shape[0]
-        if args.max_batches is not None and i + 1 >= args.max_batches:
-            break
-    dt = time.perf_counter() - t_first if t_first is not None else 0.0
-    rate = n / dt if dt > 0 else float("nan")
-    print(f"epoch: {n} samples after warm-up in {dt:.2f} s = {rate:.0f} samples/s")
+    m = measure(loader, args.max_batches)
+    print(f"epoch: {m['samples']} samples after warm-up in {m['seconds']:.2f} s = "
+          f"{m['samples_per_s']:.0f} samples/s")
 
     preview = os.path.join(cfg.out_dir, "preview.png")
     write_preview(cfg, preview, "train", 16, loader=loader)

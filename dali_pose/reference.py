@@ -38,14 +38,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from .datasets import DatasetError, PoseIndex, load_index
 from .geometry import NUM_NORMAL, NUM_UNIFORM, augment, transform_keypoints, udp_matrix
+from .kernels.heatmap import COMBINED_RADIUS_FACTOR
 from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD
 from .loader import epoch_schedule
 
 STAGES = ("read", "geometry", "warp", "normalize", "targets")
-COMBINED_RADIUS_FACTOR = 0.0546875  # x heatmap height, see dali_pose.kernels.heatmap
 
 
 # ------------------------------------------------------------------------ targets ----
+
+def _joints_on_map(kps: np.ndarray, input_size, heatmap_size):
+    """Heatmap positions ``mu`` (K, 2) = xy / UDP stride, and weight (K,) float32: 1 for a
+    labelled joint whose nearest heatmap pixel is on the map (NaN counts as off)."""
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    stride = np.array([(input_size[0] - 1.0) / (w - 1.0), (input_size[1] - 1.0) / (h - 1.0)])
+    mu = kps[:, :2].astype(np.float64) / stride
+    on = ((kps[:, 2] > 0) & (mu[:, 0] >= -0.5) & (mu[:, 0] < w - 0.5)
+          & (mu[:, 1] >= -0.5) & (mu[:, 1] < h - 0.5))
+    return mu, on.astype(np.float32)
+
 
 def gaussian_heatmaps(kps: np.ndarray, input_size, heatmap_size, sigma: float):
     """UDP Gaussian targets in NumPy: heatmap (K, h, w) float32 and weight (K,) float32.
@@ -56,20 +67,11 @@ def gaussian_heatmaps(kps: np.ndarray, input_size, heatmap_size, sigma: float):
     written on the window of half size ``floor(3 sigma)`` around that pixel.
     """
     w, h = int(heatmap_size[0]), int(heatmap_size[1])
-    sx = (input_size[0] - 1.0) / (w - 1.0)
-    sy = (input_size[1] - 1.0) / (h - 1.0)
     rad = int(math.floor(3.0 * sigma))
-    k = kps.shape[0]
-    heatmap = np.zeros((k, h, w), np.float32)
-    weight = np.zeros(k, np.float32)
-    for j in range(k):
-        if not kps[j, 2] > 0:
-            continue
-        mu_x = float(kps[j, 0]) / sx
-        mu_y = float(kps[j, 1]) / sy
-        if not (-0.5 <= mu_x < w - 0.5 and -0.5 <= mu_y < h - 0.5):
-            continue  # also false for NaN
-        weight[j] = 1.0
+    mu, weight = _joints_on_map(kps, input_size, heatmap_size)
+    heatmap = np.zeros((kps.shape[0], h, w), np.float32)
+    for j in np.nonzero(weight)[0]:
+        mu_x, mu_y = mu[j]
         cx = int(math.floor(mu_x + 0.5))
         cy = int(math.floor(mu_y + 0.5))
         x0, x1 = max(0, cx - rad), min(w, cx + rad + 1)
@@ -87,22 +89,13 @@ def combined_targets(kps: np.ndarray, input_size, heatmap_size):
     channels are 1, (mu_x - px) / r, (mu_y - py) / r. Weight rule as for the Gaussian.
     """
     w, h = int(heatmap_size[0]), int(heatmap_size[1])
-    sx = (input_size[0] - 1.0) / (w - 1.0)
-    sy = (input_size[1] - 1.0) / (h - 1.0)
     r = COMBINED_RADIUS_FACTOR * float(h)
-    k = kps.shape[0]
-    out = np.zeros((3 * k, h, w), np.float32)
-    weight = np.zeros(k, np.float32)
+    mu, weight = _joints_on_map(kps, input_size, heatmap_size)
+    out = np.zeros((3 * kps.shape[0], h, w), np.float32)
     px = np.arange(w, dtype=np.float64)
     py = np.arange(h, dtype=np.float64)[:, None]
-    for j in range(k):
-        if not kps[j, 2] > 0:
-            continue
-        mu_x = float(kps[j, 0]) / sx
-        mu_y = float(kps[j, 1]) / sy
-        if not (-0.5 <= mu_x < w - 0.5 and -0.5 <= mu_y < h - 0.5):
-            continue
-        weight[j] = 1.0
+    for j in np.nonzero(weight)[0]:
+        mu_x, mu_y = mu[j]
         ox = (mu_x - px) / r + 0.0 * py
         oy = (mu_y - py) / r + 0.0 * px
         inside = ox * ox + oy * oy <= 1.0

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,18 @@ def shared(*parts) -> Path:
     if not p.exists():
         pytest.skip(f"real sample data not present: {p}")
     return p
+
+
+def run_python(code: str, args=(), env_extra=None, timeout=240) -> str:
+    """Run ``code`` in a fresh interpreter (e.g. with NUMBA_DISABLE_JIT=1 or the numba CUDA
+    simulator, which must be set before numba is imported); assert success; return stdout."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(env_extra or {})
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
 
 
 def pytest_collection_modifyitems(config, items):

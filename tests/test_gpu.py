@@ -2,7 +2,6 @@
 
 Run on a GPU machine: ``python -m pytest -q -m gpu tests``.
 """
-import numpy as np
 import pytest
 import torch
 

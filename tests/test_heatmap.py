@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -18,6 +16,8 @@ from dali_pose.kernels.heatmap import (
     make_target_kernels,
     udp_stride,
 )
+
+from conftest import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 17
@@ -196,13 +196,8 @@ _DUMP = textwrap.dedent("""
 """)
 
 
-def _subprocess(code, env_extra, *args, timeout=180):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(env_extra)
-    p = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+def _subprocess(code, env_extra, *args):
+    return json.loads(run_python(code, args, env_extra).strip().splitlines()[-1])
 
 
 def _cfg_kwargs(m: ModelConfig):

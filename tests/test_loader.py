@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dali_pose import build_loader, load_config
-from dali_pose.datasets import COCO, DatasetError, PoseIndex
+from dali_pose.datasets import COCO, PoseIndex
 from dali_pose.loader import epoch_schedule
 from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -27,7 +25,7 @@ from dali_pose.kernels.occlusion import (
     make_noda_kernels,
 )
 
-from conftest import shared
+from conftest import run_python, shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (96, 128)
@@ -347,12 +345,8 @@ def _inputs(tmp_path, n=4):
     return path, arrays, kern
 
 
-def _run_script(inputs, out, mode, env_extra, timeout=240):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(env_extra)
-    p = subprocess.run([sys.executable, "-c", _SCRIPT, str(inputs), str(out), mode],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr[-3000:]
+def _run_script(inputs, out, mode, env_extra):
+    run_python(_SCRIPT, (inputs, out, mode), env_extra)
     return dict(np.load(out))
 
 

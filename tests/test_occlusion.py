@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -23,6 +21,8 @@ from dali_pose.kernels.occlusion import (
     black_fill,
     make_occlusion_kernels,
 )
+
+from conftest import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 17
@@ -403,12 +403,8 @@ def _inputs(tmp_path, n=4):
     return path, arrays
 
 
-def _run_script(inputs, out, mode, env_extra, timeout=240):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(env_extra)
-    p = subprocess.run([sys.executable, "-c", _SCRIPT, str(inputs), str(out), mode],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr[-3000:]
+def _run_script(inputs, out, mode, env_extra):
+    run_python(_SCRIPT, (inputs, out, mode), env_extra)
     return dict(np.load(out))
 
 
