@@ -135,7 +135,8 @@ def test_flip_swaps_joints_and_mirrors(tmp_path):
                                 index=index)))
     order = [int(np.nonzero(b1["instance_id"] == i)[0][0]) for i in b0["instance_id"]]
     img0, img1 = b0["image"], b1["image"][order]
-    torch.testing.assert_close(img1, torch.flip(img0, dims=[3]), atol=2e-5, rtol=0)
+    # float32 source positions round differently when mirrored: < 1/100 of an intensity level.
+    torch.testing.assert_close(img1, torch.flip(img0, dims=[3]), atol=1e-4, rtol=0)
     k0, k1 = b0["keypoints"], b1["keypoints"][order]
     fi = torch.as_tensor(COCO.flip_index)
     torch.testing.assert_close(k1[:, fi, 0][k0[..., 2] > 0], (191 - k0[..., 0])[k0[..., 2] > 0])

@@ -469,7 +469,8 @@ def _dropping_runs(prob, geom, cover, cfg, pieces, fill):
     f0, f1, f2 = fill
 
     def cpu_run(image_out, image_in, kps, draws):
-        _copy_image(image_out, image_in)
+        if image_out.ctypes.data != image_in.ctypes.data:  # in place: nothing to copy
+            _copy_image(image_out, image_in)
         if not _f64(draws[0]) < prob:
             return
         hh = image_in.shape[1]
