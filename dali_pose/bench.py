@@ -457,8 +457,6 @@ def train_step(cfg, num_joints: int, batch: int, iters: int, warmup: int, rounds
            "channels_last": True, "input_size": list(cfg.model.input_size),
            "median_samples_per_s": statistics.median(sps), "rounds": sps,
            "max_memory_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20}
-    del model, opt, x, y
-    torch.cuda.empty_cache()
     return res
 
 
@@ -809,6 +807,7 @@ def main(argv=None) -> int:
                            args.train_batch or cfg.loader.batch_size, args.train_iters,
                            warmup=10, rounds=max(2, min(args.rounds, 5)),
                            amp_dtype=args.amp_dtype, log=log)
+            torch.cuda.empty_cache()  # the model and its optimiser state are gone now
             t["status"] = "ok"
             t["loader_over_training"] = {
                 n: report["backends"][n]["median_samples_per_s"] / t["median_samples_per_s"]

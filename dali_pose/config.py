@@ -41,6 +41,11 @@ class ModelConfig:
     heatmap_size: Tuple[int, int] = (48, 64)  # [w, h] of the targets
     sigma: float = 2.0  # Gaussian sigma in heatmap pixels
     target: str = "gaussian"  # gaussian | combined (UDP classification + offsets)
+    # HRNet (dali_pose.hrnet): defaults are HRNet-W32; the synthetic config trains a tiny one.
+    width: int = 32  # channels of the highest-resolution branch (W in HRNet-W32)
+    stem_width: int = 64  # stem channels; stage 1 bottlenecks output 4x this
+    num_blocks: int = 4  # basic blocks per branch in each module
+    stage_modules: Tuple[int, ...] = (1, 4, 3)  # modules in stages 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,19 @@ class LoaderConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """``train.py``: Adam with step decay, as the HRNet/UDP recipes (210 epochs there)."""
+
+    epochs: int = 210
+    lr: float = 1e-3
+    lr_steps: Tuple[int, ...] = (170, 200)  # epochs after which lr *= lr_factor
+    lr_factor: float = 0.1
+    amp: bool = True  # CUDA: float16 autocast + gradient scaling (ignored on the CPU)
+    log_every: int = 20  # steps between log lines
+    validate: bool = True  # after training: flip-test predictions on the val set, scored
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -104,6 +122,7 @@ class Config:
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     noda: NodaConfig = field(default_factory=NodaConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/default"
 
 
@@ -204,6 +223,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'aug.{key}': a probability in [0, 1], got {v}")
     if not 0.0 <= cfg.aug.scale_factor < 1.0:
         raise ConfigError("config key 'aug.scale_factor': must be in [0, 1)")
+    m = cfg.model
+    if min(m.width, m.stem_width, m.num_blocks) < 1 or not m.stage_modules \
+            or min(m.stage_modules) < 1:
+        raise ConfigError("config keys 'model.width', 'model.stem_width', 'model.num_blocks', "
+                          "'model.stage_modules': must be >= 1 (stage_modules non-empty)")
+    if cfg.train.epochs < 1 or cfg.train.lr <= 0 or cfg.train.log_every < 1:
+        raise ConfigError("config keys 'train.epochs', 'train.lr', 'train.log_every': "
+                          "must be positive")
     lo, hi = cfg.occlusion.radius
     if not 0.0 < lo <= hi:
         raise ConfigError("config key 'occlusion.radius': need 0 < min <= max")

@@ -15,8 +15,9 @@ stride-2 conv of the lowest-resolution one. Each module ends with fuse layers: e
 branch sums all branches, brought to its resolution by a 1x1 conv + nearest upsampling
 (lower resolutions) or a chain of stride-2 3x3 convs (higher resolutions).
 
-Used by ``python -m dali_pose.bench --train-step`` to measure how many samples per second a
-training step consumes; it is not tuned for anything else.
+``build_model(cfg.model, num_joints)`` builds the configured variant (``train.py``;
+``model.width`` etc.); ``python -m dali_pose.bench --train-step`` measures how many samples
+per second a W32 training step consumes.
 """
 from __future__ import annotations
 
@@ -134,11 +135,12 @@ class Transition(nn.Module):
 
 class HRNet(nn.Module):
     def __init__(self, num_joints: int, width: int = 32, num_blocks: int = 4,
-                 modules_per_stage=(1, 4, 3)):
+                 modules_per_stage=(1, 4, 3), stem_width: int = 64):
         super().__init__()
-        self.stem = nn.Sequential(_conv_bn(3, 64, 3, 2), _conv_bn(64, 64, 3, 2))
-        self.layer1 = _blocks(Bottleneck, 64, 64, 4)
-        prev = [64 * Bottleneck.expansion]
+        self.stem = nn.Sequential(_conv_bn(3, stem_width, 3, 2),
+                                  _conv_bn(stem_width, stem_width, 3, 2))
+        self.layer1 = _blocks(Bottleneck, stem_width, stem_width, 4)
+        prev = [stem_width * Bottleneck.expansion]
         stages, transitions = [], []
         for s, n_mod in enumerate(modules_per_stage):
             widths = [width * 2 ** b for b in range(s + 2)]
@@ -172,3 +174,13 @@ class HRNet(nn.Module):
 def hrnet_w32(num_joints: int = 17) -> HRNet:
     """HRNet-W32: heatmaps (N, K, H/4, W/4) for input (N, 3, H, W)."""
     return HRNet(num_joints, width=32)
+
+
+def build_model(model_cfg, num_joints: int) -> HRNet:
+    """The HRNet of ``model_cfg`` (a ``ModelConfig``): output (N, C, H/4, W/4) for input
+    (N, 3, H, W), C = K heatmaps (``target: gaussian``) or 3K (``combined``: per joint a
+    disk, an x-offset and a y-offset map, in the order of the loader's targets)."""
+    channels = num_joints * (3 if model_cfg.target == "combined" else 1)
+    return HRNet(channels, width=model_cfg.width, num_blocks=model_cfg.num_blocks,
+                 modules_per_stage=tuple(model_cfg.stage_modules),
+                 stem_width=model_cfg.stem_width)

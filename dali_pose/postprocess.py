@@ -127,15 +127,18 @@ def to_coco_results(image_ids, keypoints, box_scores, areas, info: DatasetInfo,
     return out
 
 
-def index_to_results(index, keypoints, **kwargs) -> List[dict]:
+def index_to_results(index, keypoints, rows=None, **kwargs) -> List[dict]:
     """COCO results for the rows of a ``dali_pose.datasets.PoseIndex``.
 
     keypoints: (N, K, 3) decoded predictions for the N index rows, in index order (x, y in
-    0-based source-image pixels, joint score). Box scores are ``index.score`` and OKS areas
-    the crop box ``scale_w * scale_h``, as HRNet. ``kwargs`` go to :func:`to_coco_results`.
+    0-based source-image pixels, joint score), or for the index rows ``rows`` (N,) when
+    given. Box scores are ``index.score`` and OKS areas the crop box ``scale_w * scale_h``,
+    as HRNet. ``kwargs`` go to :func:`to_coco_results`.
     """
-    area = index.scale[:, 0] * index.scale[:, 1]
-    return to_coco_results(index.image_id, keypoints, index.score, area, index.info, **kwargs)
+    sel = slice(None) if rows is None else np.asarray(rows)
+    area = index.scale[sel, 0] * index.scale[sel, 1]
+    return to_coco_results(index.image_id[sel], keypoints, index.score[sel], area, index.info,
+                           **kwargs)
 
 
 def write_results(results: Iterable[dict], path) -> None:

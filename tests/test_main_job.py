@@ -1,9 +1,11 @@
 """The README's main job, end to end on a tiny synthetic dataset."""
 import importlib.util
+import json
 from pathlib import Path
 
 import cv2
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("nvidia.dali")
@@ -26,7 +28,7 @@ def tiny(tmp_path_factory):
     return d
 
 
-def test_train_py_runs_loader_and_writes_outputs(tiny, tmp_path, capsys):
+def test_train_py_trains_validates_and_writes_outputs(tiny, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("train_main", ROOT / "train.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -34,9 +36,19 @@ def test_train_py_runs_loader_and_writes_outputs(tiny, tmp_path, capsys):
     args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
     for o in _overrides(tiny, out):
         args += ["--set", o]
-    mod.main(args)
+    mod.main(args + ["--set", "train.epochs=1"])
     text = capsys.readouterr().out
-    assert "samples/s" in text
+    assert "samples/s" in text and "data wait" in text and "AP" in text
+    ckpt = torch.load(out / "model.pt")
+    assert ckpt["config"]["out_dir"] == str(out) and "head.weight" in ckpt["model"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP"] <= 1.0
+    results = json.loads((out / "val_results.json").read_text())
+    gt = json.loads((tiny / "annotations" / "person_keypoints_val.json").read_text())
+    people = [a for a in gt["annotations"] if a["num_keypoints"] > 0]
+    # One result per val person, minus those OKS-NMS merges; all of the val images.
+    assert 0 < len(results) <= len(people)
+    assert {r["image_id"] for r in results} == {a["image_id"] for a in people}
     grid = cv2.imread(str(out / "preview.png"))
     assert grid is not None and grid.shape[0] >= 256
     saved = yaml.safe_load((out / "config.yaml").read_text())
