@@ -607,6 +607,10 @@ def format_report(report: dict) -> str:
                         f"{t['batch']}): {t['median_samples_per_s']:.1f} samples/s"]
             for name, v in t.get("loader_over_training", {}).items():
                 out.append(f"  {name}: loader / training = {v:.2f}")
+    if report.get("kernels"):
+        from .bench_kernels import format_kernels
+
+        out += ["", format_kernels(report["kernels"])]
     if report.get("scaling"):
         rows = [[f"{r['dimension']}={r['value']}", r["backend"],
                  _fmt(r["median_samples_per_s"]), _fmt(r["ratio_to_reference"], "{:.2f}x"),
@@ -696,6 +700,11 @@ def parse_args(argv=None):
                    help="training batch (default loader.batch_size)")
     p.add_argument("--train-iters", type=int, default=30)
     p.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16")
+    p.add_argument("--kernels", action="store_true",
+                   help="time each numba kernel (CPU, and CUDA when available) next to the "
+                        "classic OpenCV/NumPy way, per batch of --kernel-batch")
+    p.add_argument("--kernel-batch", type=int, default=None,
+                   help="samples per kernel batch (default 256; smoke 8)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run that only checks the benchmark works (CI)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report here")
@@ -707,6 +716,7 @@ def parse_args(argv=None):
     args.warmup = args.warmup if args.warmup is not None else (2 if smoke else 8)
     args.stage_batches = args.stage_batches or (3 if smoke else 30)
     args.scaling_batches = args.scaling_batches or (3 if smoke else 15)
+    args.kernel_batch = args.kernel_batch or (8 if smoke else 256)
     if args.stages is None:
         args.stages = not smoke
     names = [s.strip() for s in args.backends.split(",") if s.strip()]
@@ -818,6 +828,12 @@ def main(argv=None) -> int:
         if names:
             report["scaling"] = scaling(cfg, index, names, args.scaling_rounds,
                                         args.scaling_batches, args.warmup, log=log)
+    if args.kernels:
+        from .bench_kernels import kernel_times
+
+        log(f"kernels (batch {args.kernel_batch})")
+        report["kernels"] = kernel_times(cfg, index.info.num_joints, args.kernel_batch,
+                                         args.rounds, gpu=cuda, log=log)
     report["meta"]["load_after"] = _load()
     report["meta"]["peak_rss_mb"] = _peak_rss_mb()
     report["meta"]["children_peak_rss_mb"] = _peak_rss_mb(resource.RUSAGE_CHILDREN)

@@ -31,7 +31,7 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--json", str(out), "--epochs-memory", "2",
-            "--backends", "dali-gpu,dali-cpu,reference"]
+            "--backends", "dali-gpu,dali-cpu,reference", "--kernels"]
     for o in tiny:
         args += ["--set", o]
     assert main(args) == 0
@@ -59,6 +59,12 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
     assert be["reference"]["memory"]["workers"] == meta["threads"]
     stages = be["reference"]["stages"]["ms_per_sample"]
     assert all(stages[s] > 0 for s in ("read", "warp", "targets"))
+    k = rep["kernels"]
+    assert k["batch"] == 8 and "kernels (ms per batch of 8" in text
+    assert sum(v["samples"] for v in k["warp"].values()) == 8
+    for v in list(k["warp"].values()) + [k["targets"], k["occlusion"]]:
+        assert v["speedup"] > 0 and math.isfinite(v["speedup"])
+    assert k["occlusion"]["method"] == "aid"  # the config has none: AID is timed
 
 
 def test_smoke_stage_breakdown(tiny, tmp_path):
