@@ -16,6 +16,7 @@ end with a device synchronisation. The issue's GPU target is < 0.2 ms per batch 
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -25,7 +26,7 @@ from .geometry import udp_matrix
 from .kernels.heatmap import make_target_kernels
 from .kernels.occlusion import make_occlusion_kernels
 from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD, warp_normalize
-from .reference import combined_targets, gaussian_heatmaps, normalize_chw
+from .reference import normalize_chw, occlude_numpy, targets_numpy
 
 SOURCE_HW = (480, 640)  # COCO-like source image
 
@@ -102,26 +103,19 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
     hm = np.empty((batch, t.channels, th, tw), np.float32)
     wt = np.empty((batch, num_joints), np.float32)
     dummy = np.zeros(1, np.float32)
-    m = cfg.model
-
     def targets_cpu():
         for i in range(batch):
             t.cpu_kernel(hm[i], wt[i], kps[i], dummy)
 
-    def targets_numpy():
+    def targets_classic():
         for i in range(batch):
-            if m.target == "combined":
-                combined_targets(kps[i], m.input_size, m.heatmap_size)
-            else:
-                gaussian_heatmaps(kps[i], m.input_size, m.heatmap_size, m.sigma)
+            targets_numpy(kps[i], cfg.model)
 
-    a, b = _median_ms(targets_cpu, rounds), _median_ms(targets_numpy, rounds)
-    report["targets"] = {"target": m.target, "numba_cpu_ms": a, "numpy_ms": b, "speedup": b / a}
+    a, b = _median_ms(targets_cpu, rounds), _median_ms(targets_classic, rounds)
+    report["targets"] = {"target": cfg.model.target, "numba_cpu_ms": a, "numpy_ms": b, "speedup": b / a}
 
     occ_cfg = cfg.occlusion
     if occ_cfg.method == "none":  # time AID, the method the speed targets name
-        import dataclasses
-
         occ_cfg = dataclasses.replace(occ_cfg, method="aid")
     occ = make_occlusion_kernels(occ_cfg, cfg.model.input_size)
     draws = rng.random((batch, occ.num_draws)).astype(np.float32)
@@ -131,13 +125,11 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
         for i in range(batch):
             occ.cpu_kernel(crops[i], crops[i], kps[i], draws[i])
 
-    def occ_numpy():
+    def occ_classic():
         for i in range(batch):
-            mask = occ.mask(kps[i], draws[i])
-            for c in range(3):
-                crops[i, c][mask] = occ.fill[c]
+            occlude_numpy(crops[i], occ, kps[i], draws[i])
 
-    a, b = _median_ms(occ_cpu, rounds), _median_ms(occ_numpy, rounds)
+    a, b = _median_ms(occ_cpu, rounds), _median_ms(occ_classic, rounds)
     report["occlusion"] = {"method": occ.method, "numba_cpu_ms": a, "numpy_ms": b,
                            "speedup": b / a}
 

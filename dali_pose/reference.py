@@ -105,6 +105,22 @@ def combined_targets(kps: np.ndarray, input_size, heatmap_size):
     return out, weight
 
 
+def targets_numpy(kps: np.ndarray, model_cfg):
+    """The targets of ``model_cfg.target`` for crop keypoints ``kps``: (heatmap, weight)."""
+    m = model_cfg
+    if m.target == "combined":
+        return combined_targets(kps, m.input_size, m.heatmap_size)
+    return gaussian_heatmaps(kps, m.input_size, m.heatmap_size, m.sigma)
+
+
+def occlude_numpy(image: np.ndarray, occ, kps: np.ndarray, draws: np.ndarray) -> None:
+    """The classic way: build the (H, W) drop mask in NumPy (``occ.mask``, an
+    ``OcclusionKernels``) and fill ``image`` (3, H, W) there, in place."""
+    mask = occ.mask(kps, draws)
+    for c in range(3):
+        image[c][mask] = occ.fill[c]
+
+
 def normalize_chw(crop: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                   dtype=np.float32) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, H, W) ``(x / 255 - mean) / std``."""
@@ -196,18 +212,11 @@ class ReferenceDataset(Dataset):
         image = normalize_chw(crop)
         if self._occ is not None:
             draws = rng.random(self._occ.num_draws).astype(np.float32)
-            mask = self._occ.mask(kps_crop, draws)
-            for c in range(3):
-                image[c][mask] = self._occ.fill[c]
+            occlude_numpy(image, self._occ, kps_crop, draws)
         if self.dtype != np.float32:
             image = image.astype(self.dtype)
         t4 = time.thread_time()
-        mc = self.cfg.model
-        if mc.target == "combined":
-            heatmap, weight = combined_targets(kps_crop, mc.input_size, mc.heatmap_size)
-        else:
-            heatmap, weight = gaussian_heatmaps(kps_crop, mc.input_size, mc.heatmap_size,
-                                                mc.sigma)
+        heatmap, weight = targets_numpy(kps_crop, self.cfg.model)
         t5 = time.thread_time()
         sample = {
             "image": image,

@@ -31,7 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _f32 = np.float32
-# Fused multiply-add and reassociation (~20% here); no NaN/Inf assumptions.
+# Fused multiply-add only (~15% on the rotated loop here); no NaN/Inf or reordering licence.
 _FAST = {"contract"}
 
 
