@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score pose predictions with the official COCO, CrowdPose and MPII metrics.
+"""Score pose predictions, or a trained model, with the official COCO, CrowdPose and MPII metrics.
 
 File mode (no model)::
 
@@ -8,6 +8,18 @@ File mode (no model)::
     python evaluate.py --dataset mpii      --ann gt_valid.mat --preds preds.npy \\
         [--visible visible_valid.npy]
 
+Model mode (a ``model.pt`` that train.py wrote)::
+
+    python evaluate.py --checkpoint runs/synthetic/model.pt [--config CFG] [--set KEY=VALUE]
+    python evaluate.py --checkpoint runs/mpii/model.pt --ann gt_valid.mat
+
+runs the model over the config's val split (the config saved in the checkpoint unless
+``--config`` is given; ``--set`` overrides either, e.g. ``loader.device=cpu`` or
+``data.val_ann=...``) with the flip test, maps the keypoints back to source pixels and
+scores them exactly as train.py does at the end of a run (``dali_pose.inference``). The
+predictions are written next to the metrics (``val_results.json``, or ``val_preds.npy`` for
+MPII, which is scored when ``--ann`` names ``gt_valid.mat``).
+
 ``--preds``: COCO/CrowdPose, a COCO results json (``dali_pose.postprocess.to_coco_results``
 writes one); MPII, an ``.npy`` (N, 16, 2) of 0-based pixel coordinates in the order of
 ``gt_valid.mat``. The metrics are printed as a table and written to ``--out`` (default
@@ -15,13 +27,11 @@ writes one); MPII, an ``.npy`` (N, 16, 2) of 0-based pixel coordinates in the or
 ``--vis N`` draws ground truth (left) and predictions (right) for N images (COCO/CrowdPose)
 or people (MPII) into ``<out dir>/vis/*.png``; on the photographs with ``--images DIR``
 (and, for MPII, ``--mpii-json`` the HRNet-format json listing the images in ground-truth
-order), else on a blank canvas.
+order), else on a blank canvas. Model mode takes both from the config's val split.
 
-Bad input (unknown image ids, wrong shapes, NaN, a ground truth of another dataset) prints
-``error: ...`` naming the file and exits with status 1.
-
-The scoring itself is ``dali_pose.metrics``; a model-driven mode only has to produce the
-same predictions (``to_coco_results`` or an (N, 16, 2) array) and call :func:`score`.
+Bad input (unknown image ids, wrong shapes, NaN, a ground truth of another dataset, a
+checkpoint whose weights do not fit its config) prints ``error: ...`` naming the file and
+exits with status 1.
 """
 from __future__ import annotations
 
@@ -34,7 +44,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dali_pose.datasets import DATASETS, MPII, DatasetInfo
+from dali_pose.config import add_config_args
+from dali_pose.datasets import DATASETS, MPII, DatasetError, DatasetInfo
 from dali_pose.metrics import (EvaluationError, evaluate_coco, evaluate_mpii, format_table,
                                load_gt, load_mpii_gt, load_results, write_metrics)
 
@@ -182,13 +193,19 @@ def visualize_mpii(gt_mat: str, preds, n: int, out_dir: str, images_dir: Optiona
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    ap.add_argument("--ann", required=True,
-                    help="ground truth: keypoint json (coco/crowdpose) or gt_valid.mat (mpii)")
-    ap.add_argument("--preds", required=True,
-                    help="predictions: COCO results json, or .npy (N,16,2) 0-based for mpii")
-    ap.add_argument("--visible", help="mpii: is_visible flags (N,16) .npy for the "
+    ap.add_argument("--dataset", choices=sorted(DATASETS),
+                    help="file mode (required there); model mode takes data.format")
+    ap.add_argument("--ann", help="ground truth: keypoint json (coco/crowdpose) or "
+                                  "gt_valid.mat (mpii); model mode: default data.val_ann")
+    ap.add_argument("--preds", help="file mode: COCO results json, or .npy (N,16,2) 0-based "
+                                    "for mpii")
+    ap.add_argument("--visible", help="mpii file mode: is_visible flags (N,16) .npy for the "
                                       "visible/occluded breakdown")
+    ap.add_argument("--checkpoint", help="model mode: a model.pt written by train.py")
+    add_config_args(ap)
+    ap.add_argument("--max-batches", type=int, default=None, metavar="N",
+                    help="model mode: predict only the first N val batches (a quick look; "
+                         "the people left out count as missed)")
     ap.add_argument("--out", help="metrics json (default runs/eval/<dataset>-<time>/"
                                   "metrics.json); --vis draws into its folder's vis/")
     ap.add_argument("--vis", type=int, default=0, metavar="N",
@@ -202,35 +219,96 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _default_out(dataset: str) -> str:
+    return os.path.join("runs", "eval", f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
+                        "metrics.json")
+
+
+def _file_mode(args) -> None:
+    out = args.out or _default_out(args.dataset)
+    preds = args.preds
+    if args.dataset != "mpii":
+        preds = load_results(args.preds)  # read once, for scoring and drawing
+    metrics = score(args.dataset, args.ann, preds, args.visible, args.verbose,
+                    source=args.preds)
+    if args.dataset != "mpii":
+        covered = len({r["image_id"] for r in preds})
+        print(f"{args.preds}: {len(preds)} predictions on {covered} images")
+    print(format_table(metrics, title=f"{args.dataset}: {args.preds}"))
+    write_metrics(metrics, out)
+    print(f"metrics written to {out}")
+    if args.vis:
+        _draw(args.dataset, args.ann, preds if args.dataset != "mpii" else args.preds,
+              args, out, args.images, args.mpii_json)
+
+
+def _model_mode(args) -> None:
+    import torch
+
+    from dali_pose.inference import load_checkpoint, predict
+    from dali_pose.inference import score as score_model
+
+    if args.preds or args.visible:
+        raise EvaluationError("--preds/--visible belong to file mode; with --checkpoint the "
+                              "model makes the predictions")
+    cfg, model, epochs = load_checkpoint(args.checkpoint, args.config, args.overrides)
+    fmt = cfg.data.format
+    if args.dataset and args.dataset != fmt:
+        raise EvaluationError(f"--dataset {args.dataset} but {args.checkpoint}'s config has "
+                              f"data.format {fmt}")
+    out = args.out or _default_out(fmt)
+    gpu = cfg.loader.device == "gpu"
+    if gpu and not torch.cuda.is_available():
+        raise EvaluationError("loader.device is 'gpu' but CUDA is not available; add "
+                              "--set loader.device=cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+    print(f"{args.checkpoint}: HRNet width {cfg.model.width}, {epochs} epochs; val "
+          f"{cfg.data.val_ann} on {device}")
+    preds = predict(cfg, model.to(device), device, args.max_batches)
+    out_dir = os.path.dirname(out) or "."
+    metrics = score_model(cfg, preds, out_dir, ann=args.ann, metrics_path=out)
+    if metrics is not None:
+        print(f"metrics written to {out}")
+    if args.vis:
+        if fmt == "mpii":
+            if args.ann is None:
+                raise EvaluationError("--vis for MPII needs --ann gt_valid.mat")
+            _draw(fmt, args.ann, os.path.join(out_dir, "val_preds.npy"), args, out,
+                  args.images or cfg.data.val_images, args.mpii_json or cfg.data.val_ann)
+        else:
+            _draw(fmt, args.ann or cfg.data.val_ann,
+                  load_results(os.path.join(out_dir, "val_results.json")), args, out,
+                  args.images or cfg.data.val_images, None)
+
+
+def _draw(dataset, ann, preds, args, out, images, mpii_json) -> None:
+    vis_dir = os.path.join(os.path.dirname(out) or ".", "vis")
+    if dataset == "mpii":
+        files = visualize_mpii(ann, preds, args.vis, vis_dir, images, mpii_json)
+    else:
+        files = visualize_coco(ann, preds, DATASETS[dataset], args.vis, vis_dir, images,
+                               args.vis_thr)
+    print(f"{len(files)} drawings written to {vis_dir}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = args.out or os.path.join("runs", "eval", f"{args.dataset}-"
-                                                   f"{time.strftime('%Y%m%d-%H%M%S')}",
-                                   "metrics.json")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.checkpoint:
+        missing = [f"--{f}" for f in ("dataset", "ann", "preds") if not getattr(args, f)]
+        if missing:
+            parser.error(f"file mode needs {', '.join(missing)} (or give --checkpoint to "
+                         f"score a model)")
+        if args.config or args.overrides or args.max_batches is not None:
+            parser.error("--config/--set/--max-batches belong to model mode (--checkpoint)")
     try:
         if args.vis < 0:
             raise EvaluationError("--vis must be >= 0")
-        preds = args.preds
-        if args.dataset != "mpii":
-            preds = load_results(args.preds)  # read once, for scoring and drawing
-        metrics = score(args.dataset, args.ann, preds, args.visible, args.verbose,
-                        source=args.preds)
-        if args.dataset != "mpii":
-            covered = len({r["image_id"] for r in preds})
-            print(f"{args.preds}: {len(preds)} predictions on {covered} images")
-        print(format_table(metrics, title=f"{args.dataset}: {args.preds}"))
-        write_metrics(metrics, out)
-        print(f"metrics written to {out}")
-        if args.vis:
-            vis_dir = os.path.join(os.path.dirname(out) or ".", "vis")
-            if args.dataset == "mpii":
-                files = visualize_mpii(args.ann, args.preds, args.vis, vis_dir, args.images,
-                                       args.mpii_json)
-            else:
-                files = visualize_coco(args.ann, preds, DATASETS[args.dataset], args.vis,
-                                       vis_dir, args.images, args.vis_thr)
-            print(f"{len(files)} drawings written to {vis_dir}")
-    except (EvaluationError, OSError) as e:
+        if args.checkpoint:
+            _model_mode(args)
+        else:
+            _file_mode(args)
+    except (EvaluationError, DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

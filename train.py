@@ -8,22 +8,20 @@ Each log line and each epoch report the share of wall time spent waiting for the
 (``data wait``: time inside ``next(loader)``, the HRNet trainer's ``data_time``) next to the
 loss and samples/s. Outputs in ``out_dir``: config.yaml (resolved), model.pt, preview.png,
 and for COCO/CrowdPose val_results.json + metrics.json (MPII: val_preds.npy, to score with
-``evaluate.py --dataset mpii --ann gt_valid.mat --preds ...``).
+``evaluate.py --dataset mpii --ann gt_valid.mat --preds ...``). ``evaluate.py --checkpoint
+OUT_DIR/model.pt`` scores the saved model again the same way (``dali_pose.inference``).
 """
 import argparse
 import os
 import time
 
-import numpy as np
 import torch
 
 from dali_pose import build_loader, load_config, save_config
-from dali_pose.codecs import decode
-from dali_pose.config import add_config_args, to_dict
+from dali_pose.config import add_config_args
 from dali_pose.hrnet import build_model
+from dali_pose.inference import predict, save_checkpoint, score
 from dali_pose.losses import pose_loss
-from dali_pose.metrics import evaluate_coco, format_table, write_metrics
-from dali_pose.postprocess import index_to_results, write_results
 from dali_pose.preview import write_preview
 
 
@@ -101,54 +99,17 @@ def main(argv=None):
               f"{total:.1f} s, lr {sched.get_last_lr()[0]:.2e}")
 
     ckpt = os.path.join(cfg.out_dir, "model.pt")
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epochs": tc.epochs}, ckpt)
-    print(f"wrote {ckpt}")
+    save_checkpoint(ckpt, model, cfg, tc.epochs)
+    print(f"wrote {ckpt} (score it again: python evaluate.py --checkpoint {ckpt})")
 
     # ---- validate: flip test, back to source pixels, official metrics
     if tc.validate:
-        validate(cfg, model, device, args.max_batches)
+        preds = predict(cfg, model, device, args.max_batches)
+        score(cfg, preds, cfg.out_dir)
 
     preview = os.path.join(cfg.out_dir, "preview.png")
     write_preview(cfg, preview, "train", 16, loader=loader)
     print(f"wrote {preview} and {os.path.join(cfg.out_dir, 'config.yaml')}")
-
-
-@torch.no_grad()
-def validate(cfg, model, device, max_batches=None):
-    """Predict every val instance (flip test when ``loader.flip_test``), score, save."""
-    val = build_loader(cfg, "val")
-    index, info = val.index, val.info
-    row_of = {int(i): r for r, i in enumerate(index.instance_id)}
-    preds = np.full((len(index), info.num_joints, 3), np.nan, np.float32)
-    model.eval()
-    for b, batch in enumerate(val):
-        output = model(batch["image"].to(device)).float()
-        flipped = None
-        if "image_flipped" in batch:
-            flipped = model(batch["image_flipped"].to(device)).float()
-        kps = decode(output, batch, cfg, flipped, info.flip_index).cpu().numpy()
-        for i, iid in enumerate(batch["instance_id"].tolist()):
-            preds[row_of[int(iid)]] = kps[i]
-        if max_batches is not None and b + 1 >= max_batches:
-            break
-    done = ~np.isnan(preds[:, 0, 0])
-    if cfg.data.format == "mpii":
-        path = os.path.join(cfg.out_dir, "val_preds.npy")
-        np.save(path, preds[:, :, :2])
-        print(f"wrote {path} ({done.sum()} of {len(index)} people); score with evaluate.py "
-              f"--dataset mpii --ann gt_valid.mat --preds {path}")
-        return None
-    if not done.all():  # --max-batches: score what was predicted (the rest counts as missed)
-        print(f"validation stopped early: {done.sum()} of {len(index)} people predicted")
-    results = index_to_results(index, preds[done], rows=np.flatnonzero(done))
-    path = os.path.join(cfg.out_dir, "val_results.json")
-    write_results(results, path)
-    metrics = evaluate_coco(cfg.data.val_ann, results, dataset=cfg.data.format,
-                            source=path)
-    print(format_table(metrics, title=f"val ({done.sum()} of {len(index)} people, "
-                                      f"{'flip test' if cfg.loader.flip_test else 'no flip'})"))
-    write_metrics(metrics, os.path.join(cfg.out_dir, "metrics.json"))
-    return metrics
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Sizes are always ``[w, h]`` (width first), as in mmpose and HRNet configs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -249,12 +250,21 @@ def load_config(path: Optional[str] = None, overrides=()) -> Config:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping")
+    return config_from_dict(tree, overrides, source=path or "<defaults>")
+
+
+def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config:
+    """The Config of a nested mapping (a YAML tree, or ``to_dict`` of a saved config, e.g.
+    the one in a checkpoint), with ``overrides`` applied; errors name ``source``."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: a config is a mapping, got {type(tree).__name__}")
+    tree = copy.deepcopy(tree)  # overrides must not edit the caller's mapping
     for item in overrides:
         _apply_override(tree, item)
     try:
         cfg = _build(Config, tree, "")
     except ConfigError as e:
-        raise ConfigError(f"{path or '<defaults>'}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     _validate(cfg)
     return cfg
 

@@ -658,28 +658,6 @@ def joint_roles(info):
 
 
 @numba.njit(cache=True)
-def _bilinear_alpha(rgba, u, v):
-    """Alpha in [0, 1] of the pool crop at (u, v), bilinear, zero outside."""
-    ph = rgba.shape[0]
-    pw = rgba.shape[1]
-    x0 = int(math.floor(u))
-    y0 = int(math.floor(v))
-    fx = u - x0
-    fy = v - y0
-    acc = 0.0
-    for dy in range(2):
-        yy = y0 + dy
-        wy = fy if dy == 1 else 1.0 - fy
-        if 0 <= yy < ph:
-            for dx in range(2):
-                xx = x0 + dx
-                wx = fx if dx == 1 else 1.0 - fx
-                if 0 <= xx < pw:
-                    acc += wx * wy * _f64(rgba[yy, xx, 3])
-    return acc / 255.0
-
-
-@numba.njit(cache=True)
 def _bilinear_rgba(rgba, u, v):
     """(r, g, b, a) of the pool crop at (u, v), bilinear, zero outside; all in [0, 255]."""
     ph = rgba.shape[0]
@@ -729,7 +707,8 @@ def noda_alpha_at(x, y, rgba, pool_box, ox, oy, s):
     """Rendered alpha at crop pixel (x, y) for a placement (ox, oy, s)."""
     u = (x - ox) / s + _f64(pool_box[0])
     v = (y - oy) / s + _f64(pool_box[1])
-    return _bilinear_alpha(rgba, u, v)
+    # The very sum noda_blend_px renders with: "covered" and the drawn alpha cannot disagree.
+    return _bilinear_rgba(rgba, u, v)[3] / 255.0
 
 
 @numba.njit(cache=True)
@@ -793,7 +772,7 @@ def noda_blend_px(image_out, image_in, x, y, rgba, pool_box, ox, oy, s, m0, m1, 
     u = (x - ox) / s + _f64(pool_box[0])
     v = (y - oy) / s + _f64(pool_box[1])
     r, g, bb, a = _bilinear_rgba(rgba, u, v)
-    a = a / 255.0  # the same sum, in the same order, as _bilinear_alpha
+    a = a / 255.0  # as noda_alpha_at
     if a <= 0.0:
         for c in range(image_in.shape[0]):
             image_out[c, y, x] = image_in[c, y, x]
