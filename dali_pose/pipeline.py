@@ -13,11 +13,12 @@ Every other operator is shared; numba operators get the CUDA variant of their ke
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali.plugin.numba.fn.experimental import numba_function
+from nvidia.dali import Pipeline, fn, pipeline_def, types
+from nvidia.dali.plugin.numba import NumbaFunction
 
 from .geometry import NUM_NORMAL, NUM_UNIFORM
 from .kernels.crop import make_crop_kernel
@@ -55,20 +56,34 @@ def _allow_newer_cuda_toolkit() -> None:
         table[major] = table[max(table)]
 
 
-def _numba_op(inputs, run, setup, out_types, in_types, outs_ndim, ins_ndim, gpu=False,
-              gpu_run=None, blocks=None, threads=None):
-    """A numba operator on the CPU, or with the kernel's CUDA variant on the GPU."""
-    run, setup, gpu_run = _plain(run), _plain(setup), _plain(gpu_run)
-    if gpu:
-        _allow_newer_cuda_toolkit()
-        out = numba_function(*[x.gpu() for x in inputs], run_fn=gpu_run, setup_fn=setup,
-                             out_types=out_types, in_types=in_types, outs_ndim=outs_ndim,
-                             ins_ndim=ins_ndim, device="gpu", blocks=list(blocks),
-                             threads_per_block=list(threads))
-    else:
-        out = numba_function(*inputs, run_fn=run, setup_fn=setup, out_types=out_types,
-                             in_types=in_types, outs_ndim=outs_ndim, ins_ndim=ins_ndim,
-                             batch_processing=False)
+@functools.lru_cache(maxsize=16)
+def _compiled_ops(cfg, info, spec: GraphSpec, device_id) -> dict:
+    """name -> NumbaFunction operator, shared by every graph of this (config, dataset, spec,
+    device). Compiling one numba operator takes 1-3 s on a small CPU; an operator object
+    holds only the compiled functions' addresses and can be called in many pipelines, so
+    the loader's lanes (and later loaders of the same config and split) compile each kernel
+    once instead of once per pipeline."""
+    return {}
+
+
+def _numba_op(ops: dict, name: str, inputs, run, setup, out_types, in_types, outs_ndim,
+              ins_ndim, gpu=False, gpu_run=None, blocks=None, threads=None):
+    """A numba operator on the CPU, or with the kernel's CUDA variant on the GPU; ``ops``
+    (from ``_compiled_ops``) keeps it under ``name`` for the next graph that needs it."""
+    op = ops.get(name)
+    if op is None:
+        if gpu:
+            _allow_newer_cuda_toolkit()
+            op = NumbaFunction(run_fn=_plain(gpu_run), setup_fn=_plain(setup),
+                               out_types=out_types, in_types=in_types, outs_ndim=outs_ndim,
+                               ins_ndim=ins_ndim, device="gpu", blocks=list(blocks),
+                               threads_per_block=list(threads))
+        else:
+            op = NumbaFunction(run_fn=_plain(run), setup_fn=_plain(setup),
+                               out_types=out_types, in_types=in_types, outs_ndim=outs_ndim,
+                               ins_ndim=ins_ndim, device="cpu", batch_processing=False)
+        ops[name] = op
+    out = op(*([x.gpu() for x in inputs] if gpu else inputs))
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
@@ -86,6 +101,7 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     k = info.num_joints
     in_w, in_h = cfg.model.input_size
+    ops = _compiled_ops(cfg, info, spec, Pipeline.current().device_id)
     jpegs, center, scale, kps, ids = fn.external_source(
         source=source, num_outputs=5, batch=True,
         dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64])
@@ -105,7 +121,7 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
     fused = spec.warp == "fused"
     crop_run, crop_setup = make_crop_kernel(cfg, info, spec.train, roi_outputs=fused)
     matrix, kps_crop, box, flipped, extra0, extra1 = _numba_op(
-        [center, scale, kps, u, n, shape], crop_run, crop_setup,
+        ops, "crop", [center, scale, kps, u, n, shape], crop_run, crop_setup,
         [types.FLOAT, types.FLOAT, types.FLOAT, types.INT32,
          types.INT32 if fused else types.FLOAT, types.INT32],
         [types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.FLOAT, types.INT64],
@@ -134,8 +150,8 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
             ins_ndim += [2, 1]
         warp_run, warp_setup = make_warp_kernel(
             cfg.model.input_size, occlude=occ.cpu_kernel if fuse_occlusion else None)
-        (image,) = _numba_op(inputs, warp_run, warp_setup, [types.FLOAT], in_types, [3],
-                             ins_ndim)
+        (image,) = _numba_op(ops, "warp+occlusion" if fuse_occlusion else "warp", inputs,
+                             warp_run, warp_setup, [types.FLOAT], in_types, [3], ins_ndim)
     else:
         decoded = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu",
                                     output_type=types.RGB)
@@ -153,10 +169,10 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
                            dtype=types.FLOAT, device="gpu" if spec.gpu else "cpu")
     if spec.train:
         image, occluded = _occlusion(cfg, info, image, kps_crop, box, occluded, pool,
-                                     None if fuse_occlusion else occ, spec)
+                                     None if fuse_occlusion else occ, spec, ops)
 
     t = make_target_kernels(cfg.model, k)
-    heatmap, weight = _numba_op([kps_crop, box], t.cpu_run, t.setup,
+    heatmap, weight = _numba_op(ops, "targets", [kps_crop, box], t.cpu_run, t.setup,
                                 [types.FLOAT, types.FLOAT], [types.FLOAT, types.FLOAT],
                                 [3, 1], [2, 1], gpu=spec.gpu, gpu_run=t.gpu_run,
                                 blocks=t.blocks, threads=t.threads_per_block)
@@ -165,7 +181,7 @@ def build_graph(cfg, info, source, pool_source, spec: GraphSpec, stop_after=None
     return image, heatmap, weight, kps_crop, matrix, box, flipped, ids, occluded
 
 
-def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, occ, spec):
+def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, occ, spec, ops):
     """NODA, then ``occ`` (AID / the information-dropping family), when configured."""
     if pool:
         from .kernels.occlusion import make_noda_kernels
@@ -173,15 +189,16 @@ def _occlusion(cfg, info, image, kps_crop, box, occluded, pool, occ, spec):
         nk = make_noda_kernels(cfg.noda, cfg.model.input_size, info)
         draws = fn.random.uniform(range=[0.0, 1.0], shape=[nk.num_draws])
         image, occluded = _numba_op(
-            [image, kps_crop, box, pool[0], pool[1], draws], nk.cpu_run, nk.setup,
+            ops, "noda", [image, kps_crop, box, pool[0], pool[1], draws], nk.cpu_run, nk.setup,
             [types.FLOAT, types.FLOAT],
             [types.FLOAT, types.FLOAT, types.FLOAT, types.UINT8, types.FLOAT, types.FLOAT],
             [3, 1], [3, 2, 1, 3, 1, 1], gpu=spec.gpu, gpu_run=nk.gpu_run, blocks=nk.blocks,
             threads=nk.threads_per_block)
     if occ is not None:
         draws = fn.random.uniform(range=[0.0, 1.0], shape=[occ.num_draws])
-        (image,) = _numba_op([image, kps_crop, draws], occ.cpu_run, occ.setup, [types.FLOAT],
-                             [types.FLOAT, types.FLOAT, types.FLOAT], [3], [3, 2, 1],
+        (image,) = _numba_op(ops, "occlusion", [image, kps_crop, draws], occ.cpu_run,
+                             occ.setup, [types.FLOAT], [types.FLOAT, types.FLOAT, types.FLOAT],
+                             [3], [3, 2, 1],
                              gpu=spec.gpu, gpu_run=occ.gpu_run, blocks=occ.blocks,
                              threads=occ.threads_per_block)
     return image, occluded

@@ -231,3 +231,34 @@ def test_several_pipelines_give_the_same_validation_batches(tmp_path):
     ids = [b["instance_id"].tolist() for b in loader]
     expected = epoch_schedule(5, 2, train=True, seed=0, epoch=0, drop_last=False)[0]
     assert ids == [(index.instance_id[b]).tolist() for b in expected]
+
+
+def test_numba_operators_compile_once_per_config(tmp_path, monkeypatch):
+    """Lanes and later loaders of the same config reuse the compiled numba operators (1-3 s
+    each to compile), and the batches are those of freshly compiled ones."""
+    import dali_pose.pipeline as pipeline
+
+    built = []
+
+    class Counting(pipeline.NumbaFunction):
+        def __init__(self, *a, **k):
+            built.append(k["run_fn"].__name__)
+            super().__init__(*a, **k)
+
+    index = _dot_dataset(tmp_path, 4)
+    cfg = load_config(None, ["loader.batch_size=2", "loader.pipelines=2",
+                             "occlusion.method=aid", "occlusion.prob=1", "loader.seed=5"])
+    pipeline._compiled_ops.cache_clear()
+    monkeypatch.setattr(pipeline, "NumbaFunction", Counting)
+    first = list(build_loader(cfg, "train", index=index))
+    assert len(built) == 3, built  # crop, warp + AID, targets: once for both lanes
+    again = list(build_loader(cfg, "train", index=index))
+    assert len(built) == 3, built
+    pipeline._compiled_ops.cache_clear()
+    fresh = list(build_loader(cfg, "train", index=index))
+    assert len(built) == 6
+    assert len(first) == len(again) == len(fresh) == 2
+    for a, b, c in zip(first, again, fresh):
+        for key in ("image", "heatmap", "keypoints", "matrix"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+            torch.testing.assert_close(a[key], c[key], rtol=0, atol=0)
