@@ -196,13 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dataset", choices=sorted(DATASETS),
                     help="file mode (required there); model mode takes data.format")
     ap.add_argument("--ann", help="ground truth: keypoint json (coco/crowdpose) or "
-                                  "gt_valid.mat (mpii); model mode: default data.val_ann")
+                                  "gt_valid.mat (mpii). Model mode: coco/crowdpose default "
+                                  "to data.val_ann (the people predicted are always "
+                                  "data.val_ann's: change both with --set data.val_ann=); "
+                                  "mpii is scored only with --ann gt_valid.mat")
     ap.add_argument("--preds", help="file mode: COCO results json, or .npy (N,16,2) 0-based "
                                     "for mpii")
     ap.add_argument("--visible", help="mpii file mode: is_visible flags (N,16) .npy for the "
                                       "visible/occluded breakdown")
     ap.add_argument("--checkpoint", help="model mode: a model.pt written by train.py")
-    add_config_args(ap)
+    add_config_args(ap, default="model mode: the config saved in the checkpoint")
     ap.add_argument("--max-batches", type=int, default=None, metavar="N",
                     help="model mode: predict only the first N val batches (a quick look; "
                          "the people left out count as missed)")
@@ -248,14 +251,14 @@ def _model_mode(args) -> None:
     from dali_pose.inference import load_checkpoint, predict
     from dali_pose.inference import score as score_model
 
-    if args.preds or args.visible:
-        raise EvaluationError("--preds/--visible belong to file mode; with --checkpoint the "
-                              "model makes the predictions")
     cfg, model, epochs = load_checkpoint(args.checkpoint, args.config, args.overrides)
     fmt = cfg.data.format
     if args.dataset and args.dataset != fmt:
         raise EvaluationError(f"--dataset {args.dataset} but {args.checkpoint}'s config has "
                               f"data.format {fmt}")
+    if fmt == "mpii" and args.vis and args.ann is None:
+        raise EvaluationError("--vis for MPII needs --ann gt_valid.mat (the drawings show "
+                              "its ground truth)")
     out = args.out or _default_out(fmt)
     gpu = cfg.loader.device == "gpu"
     if gpu and not torch.cuda.is_available():
@@ -266,13 +269,12 @@ def _model_mode(args) -> None:
           f"{cfg.data.val_ann} on {device}")
     preds = predict(cfg, model.to(device), device, args.max_batches)
     out_dir = os.path.dirname(out) or "."
-    metrics = score_model(cfg, preds, out_dir, ann=args.ann, metrics_path=out)
+    metrics = score_model(cfg, preds, out_dir, ann=args.ann, metrics_path=out,
+                          verbose=args.verbose)
     if metrics is not None:
         print(f"metrics written to {out}")
     if args.vis:
         if fmt == "mpii":
-            if args.ann is None:
-                raise EvaluationError("--vis for MPII needs --ann gt_valid.mat")
             _draw(fmt, args.ann, os.path.join(out_dir, "val_preds.npy"), args, out,
                   args.images or cfg.data.val_images, args.mpii_json or cfg.data.val_ann)
         else:
@@ -301,6 +303,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          f"score a model)")
         if args.config or args.overrides or args.max_batches is not None:
             parser.error("--config/--set/--max-batches belong to model mode (--checkpoint)")
+    else:
+        if args.preds or args.visible:
+            parser.error("--preds/--visible belong to file mode; with --checkpoint the model "
+                         "makes the predictions")
+        if args.max_batches is not None and args.max_batches < 1:
+            parser.error("--max-batches must be >= 1")
     try:
         if args.vis < 0:
             raise EvaluationError("--vis must be >= 0")

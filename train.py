@@ -31,6 +31,8 @@ def main(argv=None):
     parser.add_argument("--max-batches", type=int, default=None,
                         help="stop each epoch (and validation) after N batches")
     args = parser.parse_args(argv)
+    if args.max_batches is not None and args.max_batches < 1:
+        parser.error("--max-batches must be >= 1")
     cfg = load_config(args.config, args.overrides)
     tc = cfg.train
     os.makedirs(cfg.out_dir, exist_ok=True)

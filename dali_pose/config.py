@@ -287,9 +287,10 @@ def save_config(cfg: Config, path: str) -> None:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
-def add_config_args(parser) -> None:
-    """The ``--config`` / ``--set`` pair every command line shares."""
-    parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
+def add_config_args(parser, default: str = "built-in defaults") -> None:
+    """The ``--config`` / ``--set`` pair every command line shares; ``default`` says in the
+    help what is used without ``--config``."""
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {default})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set loader.batch_size=16 (repeatable)",

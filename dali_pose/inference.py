@@ -83,14 +83,11 @@ def _check_weights(path: str, got: dict, want: dict, cfg: Config) -> None:
 @dataclass(frozen=True)
 class Predictions:
     """``keypoints`` (N, K, 3): x, y in source-image pixels (0-based, integer pixel centres)
-    and the heatmap score, one row per ``index`` row; rows never predicted (a run stopped by
-    ``max_batches``) are NaN."""
+    and the heatmap score, one row per ``index`` row; ``done`` (N,) bool marks the rows
+    predicted (all, unless ``max_batches`` stopped the run; the others are NaN)."""
     index: PoseIndex
     keypoints: np.ndarray
-
-    @property
-    def done(self) -> np.ndarray:
-        return ~np.isnan(self.keypoints[:, 0, 0])
+    done: np.ndarray
 
 
 @torch.no_grad()
@@ -105,6 +102,7 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
     index, info = loader.index, loader.info
     row_of = {int(i): r for r, i in enumerate(index.instance_id)}
     preds = np.full((len(index), info.num_joints, 3), np.nan, np.float32)
+    done = np.zeros(len(index), bool)
     model.eval()
     for b, batch in enumerate(loader):
         output = model(batch["image"].to(device)).float()
@@ -114,13 +112,15 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
         kps = decode(output, batch, cfg, flipped, info.flip_index).cpu().numpy()
         for i, iid in enumerate(batch["instance_id"].tolist()):
             preds[row_of[int(iid)]] = kps[i]
+            done[row_of[int(iid)]] = True
         if max_batches is not None and b + 1 >= max_batches:
             break
-    return Predictions(index, preds)
+    return Predictions(index, preds, done)
 
 
 def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = None,
-          metrics_path: Optional[str] = None) -> Optional[Dict[str, float]]:
+          metrics_path: Optional[str] = None, verbose: bool = False
+          ) -> Optional[Dict[str, float]]:
     """Save ``preds`` into ``out_dir`` and score them; prints the table and writes it to
     ``metrics_path`` (default ``out_dir/metrics.json``).
 
@@ -140,8 +140,12 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
         np.save(path, preds.keypoints[:, :, :2])
         print(f"wrote {path} ({n} of {total} people)")
         if ann is None:
-            print(f"score with: python evaluate.py --dataset mpii --ann gt_valid.mat "
-                  f"--preds {path}")
+            if n < total:
+                print(f"{path} is partial (NaN rows for the people not predicted): PCKh "
+                      f"needs all {total}")
+            else:
+                print(f"score with: python evaluate.py --dataset mpii --ann gt_valid.mat "
+                      f"--preds {path}")
             return None
         if n < total:
             raise EvaluationError(f"{path}: PCKh needs every one of the {total} people; "
@@ -153,7 +157,7 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
         path = os.path.join(out_dir, "val_results.json")
         write_results(results, path)
         metrics = evaluate_coco(ann or cfg.data.val_ann, results, dataset=cfg.data.format,
-                                source=path)
+                                verbose=verbose, source=path)
     print(format_table(metrics, title=f"val ({n} of {total} people, {flip})"))
     write_metrics(metrics, metrics_path or os.path.join(out_dir, "metrics.json"))
     return metrics

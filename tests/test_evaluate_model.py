@@ -83,7 +83,11 @@ def test_model_mode_errors(run, tmp_path, capsys):
     assert "loader.nope" in capsys.readouterr().err
     assert evaluate.main(["--checkpoint", str(ckpt), "--dataset", "mpii"]) == 1
     assert "data.format coco" in capsys.readouterr().err
-    assert evaluate.main(["--checkpoint", str(ckpt), "--preds", "x.json"]) == 1
+    for bad in (["--preds", "x.json"], ["--max-batches", "0"]):
+        with pytest.raises(SystemExit):  # argparse usage errors, before anything is loaded
+            evaluate.main(["--checkpoint", str(ckpt), *bad])
+    err = capsys.readouterr().err
+    assert "belong to file mode" in err and "--max-batches must be >= 1" in err
     not_ckpt = tmp_path / "x.pt"
     not_ckpt.write_text("data: {}\n")
     assert evaluate.main(["--checkpoint", str(not_ckpt)]) == 1
@@ -126,6 +130,14 @@ def test_mpii_model_mode(tmp_path, capsys):
     preds = np.load(out.parent / "val_preds.npy")
     assert preds.shape == (5, 16, 2) and np.isfinite(preds).all() and not out.exists()
     assert "evaluate.py --dataset mpii" in capsys.readouterr().out
+    # a partial run (one batch of 4) is saved with NaN rows and said to be partial
+    assert evaluate.main(["--checkpoint", str(ckpt), "--out", str(out), "--max-batches",
+                          "1"]) == 0
+    part = np.load(out.parent / "val_preds.npy")
+    assert np.isfinite(part[:4]).all() and np.isnan(part[4]).all()
+    assert "partial" in capsys.readouterr().out
+    assert evaluate.main(["--checkpoint", str(ckpt), "--vis", "2"]) == 1  # before predicting
+    assert "--vis for MPII needs --ann" in capsys.readouterr().err
     # gt_valid.mat has all 2958 validation people; 5 predictions are refused by name
     assert evaluate.main(["--checkpoint", str(ckpt), "--out", str(out), "--ann",
                           str(m / "annot" / "gt_valid.mat")]) == 1
