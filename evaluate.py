@@ -16,11 +16,11 @@ Model mode (a ``model.pt`` that train.py wrote)::
 runs the model over the config's val split (the config saved in the checkpoint unless
 ``--config`` is given; ``--set`` overrides either, e.g. ``loader.device=cpu`` or
 ``data.val_ann=...``) with the flip test, maps the keypoints back to source pixels and
-scores them exactly as train.py does at the end of a run (``dali_pose.inference``). The
+scores them exactly as train.py does at the end of a run (``dali_pose.evaluation.inference``). The
 predictions are written next to the metrics (``val_results.json``, or ``val_preds.npy`` for
 MPII, which is scored when ``--ann`` names ``gt_valid.mat``).
 
-``--preds``: COCO/CrowdPose, a COCO results json (``dali_pose.postprocess.to_coco_results``
+``--preds``: COCO/CrowdPose, a COCO results json (``dali_pose.evaluation.postprocess.to_coco_results``
 writes one); MPII, an ``.npy`` (N, 16, 2) of 0-based pixel coordinates in the order of
 ``gt_valid.mat``. The metrics are printed as a table and written to ``--out`` (default
 ``runs/eval/<dataset>-<time>/metrics.json``) with the table's names as flat keys.
@@ -46,8 +46,10 @@ import numpy as np
 
 from dali_pose.config import add_config_args
 from dali_pose.datasets import DATASETS, MPII, DatasetError, DatasetInfo
-from dali_pose.metrics import (EvaluationError, evaluate_coco, evaluate_mpii, format_table,
-                               load_gt, load_mpii_gt, load_results, write_metrics)
+from dali_pose.evaluation.draw import draw_pose
+from dali_pose.evaluation.metrics import (EvaluationError, evaluate_coco, evaluate_mpii,
+                                          format_table, load_gt, load_mpii_gt, load_results,
+                                          write_metrics)
 
 GT_COLOR = (60, 200, 60)  # BGR
 PRED_COLOR = (40, 90, 240)
@@ -68,22 +70,6 @@ def score(dataset: str, ann: str, preds, visible=None, verbose: bool = False,
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def draw_pose(img: np.ndarray, xy: np.ndarray, valid: np.ndarray, info: DatasetInfo,
-              color: Tuple[int, int, int]) -> None:
-    """Draw one skeleton in place. xy (K, 2) 0-based pixels; valid (K,) bool."""
-    import cv2
-
-    h, w = img.shape[:2]
-    r = max(2, int(round(max(h, w) / 200)))
-    pts = [(int(round(x)), int(round(y))) for x, y in xy]
-    for a, b in info.skeleton:
-        if valid[a] and valid[b]:
-            cv2.line(img, pts[a], pts[b], color, max(1, r // 2 + 1), cv2.LINE_AA)
-    for k, p in enumerate(pts):
-        if valid[k]:
-            cv2.circle(img, p, r, color, -1, cv2.LINE_AA)
 
 
 def _panel(base: np.ndarray, label: str) -> np.ndarray:
@@ -134,11 +120,12 @@ def visualize_coco(ann: str, results: List[dict], info: DatasetInfo, n: int, out
         gt_img, pred_img = base.copy(), base.copy()
         for a in coco.loadAnns(coco.getAnnIds(imgIds=[iid])):
             kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
-            draw_pose(gt_img, kp[:, :2], kp[:, 2] > 0, info, GT_COLOR)
+            draw_pose(gt_img, kp[:, :2], kp[:, 2] > 0, info.skeleton, GT_COLOR)
         for r in sorted(by_img.get(iid, []), key=lambda r: r["score"]):
             if r["score"] >= score_thr:
                 kp = np.asarray(r["keypoints"], dtype=np.float64).reshape(-1, 3)
-                draw_pose(pred_img, kp[:, :2], np.ones(len(kp), bool), info, PRED_COLOR)
+                draw_pose(pred_img, kp[:, :2], np.ones(len(kp), bool), info.skeleton,
+                          PRED_COLOR)
         out = os.path.join(out_dir, f"{iid}.png")
         _save(out, gt_img, pred_img)
         written.append(out)
@@ -179,8 +166,8 @@ def visualize_mpii(gt_mat: str, preds, n: int, out_dir: str, images_dir: Optiona
             crop = _read_image(None, (y1 - y0, x1 - x0))
         off = np.array([x0, y0], np.float64)
         gt_img, pred_img = crop.copy(), crop.copy()
-        draw_pose(gt_img, g - off, valid, MPII, GT_COLOR)
-        draw_pose(pred_img, p[i] - off, np.ones(16, bool), MPII, PRED_COLOR)
+        draw_pose(gt_img, g - off, valid, MPII.skeleton, GT_COLOR)
+        draw_pose(pred_img, p[i] - off, np.ones(16, bool), MPII.skeleton, PRED_COLOR)
         out = os.path.join(out_dir, f"{i:05d}.png")
         _save(out, gt_img, pred_img)
         written.append(out)
@@ -248,8 +235,8 @@ def _file_mode(args) -> None:
 def _model_mode(args) -> None:
     import torch
 
-    from dali_pose.inference import load_checkpoint, predict
-    from dali_pose.inference import score as score_model
+    from dali_pose.evaluation.inference import load_checkpoint, predict
+    from dali_pose.evaluation.inference import score as score_model
 
     cfg, model, epochs = load_checkpoint(args.checkpoint, args.config, args.overrides)
     fmt = cfg.data.format

@@ -9,7 +9,7 @@ Each log line and each epoch report the share of wall time spent waiting for the
 loss and samples/s. Outputs in ``out_dir``: config.yaml (resolved), model.pt, preview.png,
 and for COCO/CrowdPose val_results.json + metrics.json (MPII: val_preds.npy, to score with
 ``evaluate.py --dataset mpii --ann gt_valid.mat --preds ...``). ``evaluate.py --checkpoint
-OUT_DIR/model.pt`` scores the saved model again the same way (``dali_pose.inference``).
+OUT_DIR/model.pt`` scores the saved model again the same way (``dali_pose.evaluation.inference``).
 """
 import argparse
 import os
@@ -17,12 +17,11 @@ import time
 
 import torch
 
-from dali_pose import build_loader, load_config, save_config
+from dali_pose import build_loader, build_model, load_config, save_config
 from dali_pose.config import add_config_args
-from dali_pose.hrnet import build_model
-from dali_pose.inference import predict, save_checkpoint, score
-from dali_pose.losses import pose_loss
-from dali_pose.preview import write_preview
+from dali_pose.evaluation.inference import predict, save_checkpoint, score
+from dali_pose.models.losses import pose_loss
+from dali_pose.tools.preview import write_preview
 
 
 def main(argv=None):
@@ -49,7 +48,7 @@ def main(argv=None):
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
     # ---- model and optimiser
-    model = build_model(cfg.model, info.num_joints).to(device)
+    model = build_model(cfg).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True

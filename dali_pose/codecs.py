@@ -1,9 +1,15 @@
-"""Encode keypoints into training targets and decode model outputs back to source pixels (UDP).
+"""Codecs: one object per target type, owning everything that depends on it.
 
-``encode_numpy`` is the NumPy convenience over the CPU target kernels of
-:mod:`dali_pose.kernels.heatmap` (the same kernels the DALI pipeline runs); ``decode`` is its
-inverse for model outputs: batched torch, CPU or CUDA tensors (NumPy arrays are accepted and
-give NumPy back), no per-sample Python loops.
+A codec (``build_codec(cfg.model)``; the one place that chooses by ``model.target``) owns:
+the channels per joint, the heatmap stride, the target operator the DALI graph runs
+(:mod:`dali_pose.kernels.targets`), ``encode`` (the same CPU kernels, from NumPy),
+``flip_back`` for the flip test, ``decode`` back to source pixels (batched torch, CPU or CUDA
+tensors; NumPy arrays are accepted and give NumPy back; no per-sample Python loops),
+``heatmaps`` (the confidence maps of a target or output, for pictures) and ``loss`` (the
+HRNet / mmpose definition for its target).
+
+    ``UDPGaussian``  model.target: gaussian  K channels, UDP Gaussian, DARK-UDP decoding
+    ``UDPCombined``  model.target: combined  3K channels [disk, x-offset, y-offset]
 
 Coordinates (see :mod:`dali_pose.geometry`): pixel centres on integers everywhere. Heatmap
 pixel ``(u, v)`` is crop pixel ``(u * stride_x, v * stride_y)`` with the UDP stride
@@ -19,7 +25,7 @@ through the 3x3 values around the argmax (central differences); see :func:`dark_
 
 combined (UDP classification + offsets): blur the heatmap channel the same way (full map,
 zero padding), argmax ``(x0, y0)``, position = ``(x0, y0) + r * (x-offset, y-offset)`` read at
-the argmax from the (unblurred) offset channels, ``r`` = 0.0546875 x heatmap height. Score =
+the argmax from the (unblurred) offset channels, ``r`` = :func:`combined_radius`. Score =
 maximum of the (unblurred) heatmap channel. (Near a border the zero padding moves the blurred
 argmax inwards, but any pixel of the disk carries exact offsets, so the result is unaffected.)
 
@@ -46,71 +52,46 @@ Where this differs from the UDP/DARK reference code, and why
   map, for both targets (the reference Gaussian code tests whether the 3-sigma window overlaps
   the map; its offset target ignores the map bounds).
 
-Flip test: :func:`flip_back` mirrors the flipped output along the width, swaps left/right
+Flip test: ``flip_back`` mirrors the flipped output along the width, swaps left/right
 channels (``flip_index``) and negates the x-offset channels; ``decode`` averages it with the
 plain output before decoding. No one-pixel shift is needed (see :func:`flip_back`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 import torch
 
-from dali_pose.kernels.heatmap import (
-    combined_radius,
-    combined_target_cpu,
-    gaussian_target_cpu,
-    udp_stride,
-    window_radius,
-)
+from .kernels.targets import (TargetOp, combined_target_op, gaussian_target_op,
+                              window_radius)
 
 LOG_FLOOR = 1e-10  # blurred heatmaps are floored here before the log
 MAX_STEP = 1.0  # heatmap pixels: largest sub-pixel correction from the argmax, per axis
+# Combined-target disk radius, x heatmap height: UDP's "KPD" 3.5 px on 64-px-tall maps.
+COMBINED_RADIUS_FACTOR = 0.0546875
+
+
+def udp_stride(input_size, heatmap_size) -> Tuple[float, float]:
+    """UDP stride (input - 1) / (heatmap - 1) per axis, (x, y)."""
+    return ((input_size[0] - 1.0) / (heatmap_size[0] - 1.0),
+            (input_size[1] - 1.0) / (heatmap_size[1] - 1.0))
+
+
+def combined_radius(heatmap_size) -> float:
+    """Disk radius of the combined target in heatmap px: 0.0546875 x heatmap height.
+
+    Our reading of UDP's "0.0546875 x heatmap width ... 3.5 px at 64x48": 3.5 px only comes
+    out of the 64-pixel side, which is the *height* in our [w, h] sizes; mmpose 0.x's
+    ``0.0546875 * heatmap_size[1]`` with [w, h] sizes is the same rule.
+    """
+    return COMBINED_RADIUS_FACTOR * float(heatmap_size[1])
 
 
 def _model(cfg):
     return getattr(cfg, "model", cfg)
 
-
-# ---------------------------------------------------------------------------------------------
-# Encoding (NumPy, CPU kernels)
-# ---------------------------------------------------------------------------------------------
-
-def encode_numpy(kps_crop, cfg) -> Tuple[np.ndarray, np.ndarray]:
-    """Targets for crop keypoints: ``kps_crop`` (K, 3) or (N, K, 3) (x, y crop px, v).
-
-    Returns ``(target, weight)``: target (K or 3K, h, w) float32 (or with a leading N),
-    weight (K,) float32 (or (N, K)). Same kernels as the DALI pipeline.
-    """
-    m = _model(cfg)
-    kps = np.ascontiguousarray(kps_crop, dtype=np.float32)
-    single = kps.ndim == 2
-    if single:
-        kps = kps[None]
-    n, k = kps.shape[0], kps.shape[1]
-    w, h = int(m.heatmap_size[0]), int(m.heatmap_size[1])
-    sx, sy = udp_stride(m.input_size, m.heatmap_size)
-    c = k if m.target == "gaussian" else 3 * k
-    target = np.empty((n, c, h, w), np.float32)
-    weight = np.empty((n, k), np.float32)
-    for i in range(n):
-        if m.target == "gaussian":
-            gaussian_target_cpu(target[i], weight[i], kps[i], sx, sy, float(m.sigma),
-                                window_radius(m.sigma))
-        elif m.target == "combined":
-            combined_target_cpu(target[i], weight[i], kps[i], sx, sy,
-                                combined_radius(m.heatmap_size))
-        else:
-            raise ValueError(f"model.target: unknown target {m.target!r}")
-    if single:
-        return target[0], weight[0]
-    return target, weight
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding (torch, batched)
-# ---------------------------------------------------------------------------------------------
 
 def _to_tensor(x, device=None, dtype=None) -> torch.Tensor:
     if isinstance(x, np.ndarray):
@@ -119,33 +100,6 @@ def _to_tensor(x, device=None, dtype=None) -> torch.Tensor:
         x = torch.as_tensor(x)
     return x.to(device=device if device is not None else x.device,
                 dtype=dtype if dtype is not None else x.dtype)
-
-
-def flip_back(output_flipped, flip_index, target: str = "gaussian"):
-    """Model output of a horizontally flipped crop -> output for the unflipped crop.
-
-    ``output_flipped`` (N, C, h, w); channel j of the result is channel ``flip_index[j]`` of
-    the flipped output, mirrored along the width; for ``combined`` the joints are groups of 3
-    channels and the x-offset channel changes sign. Works on tensors and NumPy arrays.
-
-    No one-pixel shift (unlike HRNet's ``shift_heatmap``): with UDP the crop flip is the exact
-    mirror x' = (w_in - 1) - x, and since the stride is (w_in - 1)/(w_hm - 1) this is exactly
-    u' = (w_hm - 1) - u on the heatmap grid, i.e. reversing the pixel columns. The offsets
-    (mu - u)/r mirror to -(mu - u)/r, hence the sign change.
-    """
-    is_np = isinstance(output_flipped, np.ndarray)
-    x = _to_tensor(output_flipped)
-    idx = torch.as_tensor(np.asarray(flip_index), dtype=torch.long, device=x.device)
-    x = x.flip(-1)
-    if target == "gaussian":
-        out = x[:, idx]
-    elif target == "combined":
-        n, c, h, w = x.shape
-        sign = torch.tensor([1.0, -1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 1, 3, 1, 1)
-        out = (x.reshape(n, c // 3, 3, h, w)[:, idx] * sign).reshape(n, c, h, w)
-    else:
-        raise ValueError(f"unknown target {target!r}")
-    return out.numpy() if is_np else out
 
 
 def _blur_matrix(n: int, sigma: float, r: int, dtype, device) -> torch.Tensor:
@@ -238,71 +192,217 @@ def dark_refine(hm: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, sigma: flo
             torch.minimum(torch.maximum(y, yf - MAX_STEP), yf + MAX_STEP))
 
 
-def _decode_heatmap_coords(out: torch.Tensor, m):
-    """(N, C, h, w) float -> heatmap coordinates (N, K, 2) and scores (N, K)."""
-    n, c, h, w = out.shape
-    if m.target == "gaussian":
+
+# ---------------------------------------------------------------------------------------------
+# The codecs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Codec:
+    """What every codec shares: sizes (``[w, h]``), ``sigma`` (heatmap px) and the UDP
+    geometry of the heatmap grid (stride, back-projection). Subclasses give the target."""
+
+    input_size: Tuple[int, int]
+    heatmap_size: Tuple[int, int]
+    sigma: float
+    channels_per_joint = 1
+
+    @property
+    def stride(self) -> Tuple[float, float]:
+        """Crop px per heatmap px, (x, y): UDP's (input - 1) / (heatmap - 1)."""
+        return udp_stride(self.input_size, self.heatmap_size)
+
+    def channels(self, num_joints: int) -> int:
+        """Model output channels for ``num_joints`` joints."""
+        return self.channels_per_joint * int(num_joints)
+
+    def target_op(self, num_joints: int) -> TargetOp:
+        """The DALI graph's target operator (CPU and CUDA kernels)."""
+        raise NotImplementedError
+
+    def encode(self, kps_crop) -> Tuple[np.ndarray, np.ndarray]:
+        """Targets for crop keypoints ``kps_crop`` (K, 3) or (N, K, 3) (x, y crop px, v).
+
+        Returns ``(target, weight)``: target (C, h, w) float32 (or with a leading N), weight
+        (K,) float32 (or (N, K)). The very kernels the DALI pipeline runs.
+        """
+        kps = np.ascontiguousarray(kps_crop, dtype=np.float32)
+        single = kps.ndim == 2
+        if single:
+            kps = kps[None]
+        n, k = kps.shape[0], kps.shape[1]
+        op = self.target_op(k)
+        w, h = op.hm_size
+        target = np.empty((n, op.channels, h, w), np.float32)
+        weight = np.empty((n, k), np.float32)
+        unused = np.zeros(4, np.float32)
+        for i in range(n):
+            op.cpu_kernel(target[i], weight[i], kps[i], unused)
+        return (target[0], weight[0]) if single else (target, weight)
+
+    def flip_back(self, output_flipped, flip_index):
+        """Model output of a horizontally flipped crop -> output for the unflipped crop.
+
+        ``output_flipped`` (N, C, h, w); joint j of the result is joint ``flip_index[j]`` of
+        the flipped output (a group of ``channels_per_joint`` channels), mirrored along the
+        width. Works on tensors and NumPy arrays.
+
+        No one-pixel shift (unlike HRNet's ``shift_heatmap``): with UDP the crop flip is the
+        exact mirror x' = (w_in - 1) - x, and since the stride is (w_in - 1)/(w_hm - 1) this
+        is exactly u' = (w_hm - 1) - u on the heatmap grid, i.e. reversing the pixel columns.
+        """
+        is_np = isinstance(output_flipped, np.ndarray)
+        x = _to_tensor(output_flipped).flip(-1)
+        idx = torch.as_tensor(np.asarray(flip_index), dtype=torch.long, device=x.device)
+        n, c, h, w = x.shape
+        g = self.channels_per_joint
+        groups = x.reshape(n, c // g, g, h, w)[:, idx] * self._flip_sign(x)
+        out = groups.reshape(n, c, h, w)
+        return out.numpy() if is_np else out
+
+    def _flip_sign(self, x: torch.Tensor):
+        """Per-channel factor of a joint's channel group under the flip."""
+        return 1.0
+
+    def heatmaps(self, output):
+        """The K confidence maps (..., K, h, w) of a target or model output (..., C, h, w)."""
+        return output[..., ::self.channels_per_joint, :, :]
+
+    def decode_heatmaps(self, out: torch.Tensor):
+        """(N, C, h, w) float -> heatmap coordinates (N, K, 2) float64 and scores (N, K)."""
+        raise NotImplementedError
+
+    def to_source(self, xy_hm, matrix) -> torch.Tensor:
+        """Heatmap px (N, K, 2) -> crop px (x stride) -> source px through the inverse of
+        ``matrix`` (N, 2, 3), source -> crop. float64 result."""
+        sx, sy = self.stride
+        xy = _to_tensor(xy_hm).to(torch.float64)
+        cx = xy[..., 0] * sx
+        cy = xy[..., 1] * sy
+        mat = _to_tensor(matrix, device=xy.device, dtype=torch.float64).reshape(-1, 2, 3)
+        a, b, tx = mat[:, 0, 0, None], mat[:, 0, 1, None], mat[:, 0, 2, None]
+        c, d, ty = mat[:, 1, 0, None], mat[:, 1, 1, None], mat[:, 1, 2, None]
+        det = a * d - b * c
+        u = cx - tx
+        v = cy - ty
+        return torch.stack([(d * u - b * v) / det, (a * v - c * u) / det], dim=-1)
+
+    def decode(self, output, matrix, output_flipped=None, flip_index=None):
+        """Model output -> (N, K, 3): x, y in source-image pixels and a score per joint.
+
+        ``output`` (N, C, h, w), torch (CPU/CUDA) or NumPy; ``matrix`` (N, 2, 3) source px ->
+        crop px of each crop (``batch['matrix']``). With ``output_flipped`` (the output for
+        the horizontally flipped crop) and ``flip_index`` (``DatasetInfo.flip_index``) the two
+        are averaged first (flip test). Joint j of the result is output joint j: for a crop
+        whose matrix itself contains the flip (training crops) that is source joint
+        ``flip_index[j]``.
+
+        Returns a float32 tensor on ``output``'s device, or a NumPy array for NumPy input.
+        """
+        is_np = isinstance(output, np.ndarray)
+        out = _to_tensor(output)
+        if not out.is_floating_point() or out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        if output_flipped is not None:
+            if flip_index is None:
+                raise ValueError("decode: output_flipped needs flip_index")
+            back = self.flip_back(_to_tensor(output_flipped, device=out.device,
+                                             dtype=out.dtype), flip_index)
+            out = 0.5 * (out + back)
+        xy_hm, score = self.decode_heatmaps(out)
+        src = self.to_source(xy_hm, matrix)
+        res = torch.cat([src.to(torch.float32), score.to(torch.float32).unsqueeze(-1)], dim=-1)
+        return res.numpy() if is_np else res
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor,
+             weight: torch.Tensor) -> torch.Tensor:
+        """Training loss of ``output`` against ``target`` (both (N, C, h, w)) with per-joint
+        ``weight`` (N, K): a scalar tensor."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class UDPGaussian(Codec):
+    """UDP Gaussian heatmaps (sigma heatmap px, 3 sigma window), DARK-UDP decoding, HRNet's
+    ``JointsMSELoss(use_target_weight=True)``."""
+
+    def target_op(self, num_joints: int) -> TargetOp:
+        return gaussian_target_op(tuple(self.heatmap_size), self.stride, float(self.sigma),
+                                  int(num_joints))
+
+    def decode_heatmaps(self, out: torch.Tensor):
+        n, c, h, w = out.shape
         hm = out.reshape(n * c, h, w)
         _, x0, y0, score = _argmax2d(hm)
-        x, y = dark_refine(hm, x0, y0, float(m.sigma))
-        k = c
-    elif m.target == "combined":
+        x, y = dark_refine(hm, x0, y0, float(self.sigma))
+        return torch.stack([x, y], dim=-1).reshape(n, c, 2), score.reshape(n, c)
+
+    def loss(self, output, target, weight):
+        """``0.5 * mean_j MSE(w_j * pred_j, w_j * gt_j)``, the MSE a mean over batch and
+        pixels."""
+        return 0.5 * ((weight[:, :, None, None] * (output - target)) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class UDPCombined(Codec):
+    """UDP's combined classification + offset target (3K channels [disk, x-offset, y-offset]
+    per joint, disk radius :func:`combined_radius`), mmpose's ``CombinedTargetMSELoss``."""
+
+    channels_per_joint = 3
+
+    @property
+    def radius(self) -> float:
+        return combined_radius(self.heatmap_size)
+
+    def target_op(self, num_joints: int) -> TargetOp:
+        return combined_target_op(tuple(self.heatmap_size), self.stride, self.radius,
+                                  int(num_joints))
+
+    def _flip_sign(self, x):
+        # the offsets (mu - u)/r mirror to -(mu - u)/r: the x-offset changes sign
+        return torch.tensor([1.0, -1.0, 1.0], dtype=x.dtype, device=x.device).view(
+            1, 1, 3, 1, 1)
+
+    def decode_heatmaps(self, out: torch.Tensor):
+        n, c, h, w = out.shape
         k = c // 3
         groups = out.reshape(n * k, 3, h, w)
         hm = groups[:, 0]
         score = hm.reshape(n * k, -1).amax(dim=1)
-        idx, x0, y0, _ = _argmax2d(gaussian_blur(hm, float(m.sigma)))
-        r = combined_radius(m.heatmap_size)
+        idx, x0, y0, _ = _argmax2d(gaussian_blur(hm, float(self.sigma)))
         offs = groups[:, 1:].reshape(n * k, 2, h * w)
         o = offs.gather(2, idx.view(-1, 1, 1).expand(-1, 2, 1)).squeeze(2)
-        x = x0.to(torch.float64) + r * o[:, 0].to(torch.float64)
-        y = y0.to(torch.float64) + r * o[:, 1].to(torch.float64)
-    else:
-        raise ValueError(f"model.target: unknown target {m.target!r}")
-    return torch.stack([x, y], dim=-1).reshape(n, k, 2), score.reshape(n, k)
+        x = x0.to(torch.float64) + self.radius * o[:, 0].to(torch.float64)
+        y = y0.to(torch.float64) + self.radius * o[:, 1].to(torch.float64)
+        return torch.stack([x, y], dim=-1).reshape(n, k, 2), score.reshape(n, k)
+
+    def loss(self, output, target, weight):
+        """Per joint, ``0.5 * MSE`` of the weighted disk maps plus ``0.5 * MSE`` of each offset
+        map, both multiplied by the target disk (offsets only count inside it); summed over
+        the three and averaged over joints."""
+        n, k = weight.shape
+        out = output.reshape(n, k, 3, *output.shape[2:])
+        gt = target.reshape(n, k, 3, *target.shape[2:])
+        disk = gt[:, :, 0]
+        wk = weight[:, :, None, None]
+        loss = ((wk * (out[:, :, 0] - disk)) ** 2).mean(dim=(0, 2, 3)).sum()
+        for c in (1, 2):
+            loss = loss + ((wk * disk * (out[:, :, c] - gt[:, :, c])) ** 2).mean(
+                dim=(0, 2, 3)).sum()
+        return 0.5 * loss / k
 
 
-def heatmap_to_source(xy_hm: torch.Tensor, matrix, cfg) -> torch.Tensor:
-    """Heatmap px (N, K, 2) -> crop px (x stride) -> source px through the inverse of
-    ``matrix`` (N, 2, 3), source -> crop. float64 result."""
+def build_codec(cfg) -> Codec:
+    """The codec of ``cfg`` (a ``ModelConfig`` or a whole ``Config``): the one place that
+    chooses by ``model.target``."""
     m = _model(cfg)
-    sx, sy = udp_stride(m.input_size, m.heatmap_size)
-    xy = xy_hm.to(torch.float64)
-    cx = xy[..., 0] * sx
-    cy = xy[..., 1] * sy
-    mat = _to_tensor(matrix, device=xy.device, dtype=torch.float64).reshape(-1, 2, 3)
-    a, b, tx = mat[:, 0, 0, None], mat[:, 0, 1, None], mat[:, 0, 2, None]
-    c, d, ty = mat[:, 1, 0, None], mat[:, 1, 1, None], mat[:, 1, 2, None]
-    det = a * d - b * c
-    u = cx - tx
-    v = cy - ty
-    return torch.stack([(d * u - b * v) / det, (a * v - c * u) / det], dim=-1)
+    kinds = {"gaussian": UDPGaussian, "combined": UDPCombined}
+    if m.target not in kinds:
+        raise ValueError(f"model.target: unknown target {m.target!r}")
+    return kinds[m.target](tuple(m.input_size), tuple(m.heatmap_size), float(m.sigma))
 
 
 def decode(output, batch, cfg, output_flipped=None, flip_index=None):
-    """Model output -> (N, K, 3): x, y in source-image pixels and a score per joint.
-
-    ``output`` (N, C, h, w), C = K (gaussian) or 3K (combined), torch (CPU/CUDA) or NumPy;
-    ``batch['matrix']`` (N, 2, 3) source px -> crop px of each crop; ``cfg`` a ``ModelConfig``
-    or a whole ``Config``. With ``output_flipped`` (the output for the horizontally flipped
-    crop) and ``flip_index`` (``DatasetInfo.flip_index``) the two are averaged first (flip
-    test). Joint j of the result is output channel (group) j: for a crop whose matrix itself
-    contains the flip (training crops) that is source joint ``flip_index[j]``.
-
-    Returns a float32 tensor on ``output``'s device, or a NumPy array for NumPy input.
-    """
-    m = _model(cfg)
-    is_np = isinstance(output, np.ndarray)
-    out = _to_tensor(output)
-    if not out.is_floating_point() or out.dtype in (torch.float16, torch.bfloat16):
-        out = out.float()
-    if output_flipped is not None:
-        if flip_index is None:
-            raise ValueError("decode: output_flipped needs flip_index")
-        back = flip_back(_to_tensor(output_flipped, device=out.device, dtype=out.dtype),
-                         flip_index, m.target)
-        out = 0.5 * (out + back)
-    xy_hm, score = _decode_heatmap_coords(out, m)
-    src = heatmap_to_source(xy_hm, batch["matrix"], m)
-    res = torch.cat([src.to(torch.float32), score.to(torch.float32).unsqueeze(-1)], dim=-1)
-    return res.numpy() if is_np else res
+    """``build_codec(cfg).decode(output, batch['matrix'], ...)``: model output (N, C, h, w)
+    -> (N, K, 3) x, y in source-image pixels and a score (see :meth:`Codec.decode`)."""
+    return build_codec(cfg).decode(output, batch["matrix"], output_flipped, flip_index)

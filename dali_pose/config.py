@@ -24,6 +24,44 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key."""
 
 
+_CHOICES = {
+    "data.format": ("coco", "mpii", "crowdpose"),
+    "model.target": ("gaussian", "combined"),
+    "loader.device": ("gpu", "cpu"),
+    "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
+}
+
+
+# Every section checks its own values when it is made (loading, overrides, dataclasses.replace,
+# direct construction): nothing downstream validates config again.
+
+def _require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {what}")
+
+
+def _check_prob(section: str, obj, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        _require(0.0 <= v <= 1.0, f"{section}.{name}", f"a probability in [0, 1], got {v}")
+
+
+def _check_min(section: str, obj, minimum, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        _require(v >= minimum, f"{section}.{name}", f"must be >= {minimum}, got {v}")
+
+
+def _check_range(key: str, pair, low: float = 0.0, strict: bool = True,
+                 high: float = float("inf")) -> None:
+    """``pair`` = (min, max) with low < min (low <= min unless strict) <= max < high."""
+    lo, hi = pair
+    ok = (lo > low if strict else lo >= low) and lo <= hi < high
+    bound = f"{low} {'<' if strict else '<='} min <= max" + (
+        f" < {high}" if high != float("inf") else "")
+    _require(ok, key, f"need {bound}, got {list(pair)}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     format: str = "coco"  # coco | mpii | crowdpose
@@ -35,6 +73,11 @@ class DataConfig:
     det_score_min: float = 0.0
     padding: float = 1.25  # box enlargement, HRNet/UDP convention
 
+    def __post_init__(self):
+        _require(self.format in _CHOICES["data.format"], "data.format",
+                 f"{self.format!r} is not one of {_CHOICES['data.format']}")
+        _require(self.padding > 0, "data.padding", f"must be > 0, got {self.padding}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -42,11 +85,22 @@ class ModelConfig:
     heatmap_size: Tuple[int, int] = (48, 64)  # [w, h] of the targets
     sigma: float = 2.0  # Gaussian sigma in heatmap pixels
     target: str = "gaussian"  # gaussian | combined (UDP classification + offsets)
-    # HRNet (dali_pose.hrnet): defaults are HRNet-W32; the synthetic config trains a tiny one.
+    # HRNet (dali_pose.models.hrnet): defaults are HRNet-W32; the synthetic config trains a tiny one.
     width: int = 32  # channels of the highest-resolution branch (W in HRNet-W32)
     stem_width: int = 64  # stem channels; stage 1 bottlenecks output 4x this
     num_blocks: int = 4  # basic blocks per branch in each module
     stage_modules: Tuple[int, ...] = (1, 4, 3)  # modules in stages 2, 3, 4
+
+    def __post_init__(self):
+        for name in ("input_size", "heatmap_size"):
+            w, h = getattr(self, name)
+            _require(w >= 2 and h >= 2, f"model.{name}", f"sizes must be >= 2, got {[w, h]}")
+        _require(self.sigma > 0, "model.sigma", f"must be > 0, got {self.sigma}")
+        _require(self.target in _CHOICES["model.target"], "model.target",
+                 f"{self.target!r} is not one of {_CHOICES['model.target']}")
+        _check_min("model", self, 1, "width", "stem_width", "num_blocks")
+        _require(bool(self.stage_modules) and min(self.stage_modules) >= 1,
+                 "model.stage_modules", f"non-empty, each >= 1, got {list(self.stage_modules)}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +112,12 @@ class AugConfig:
     half_body_prob: float = 0.3
     half_body_min_joints: int = 8  # half-body only when more than this many joints are visible
     shift_factor: float = 0.0  # centre += U(-1, 1) * shift_factor * box size
+
+    def __post_init__(self):
+        _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob")
+        _require(0.0 <= self.scale_factor < 1.0, "aug.scale_factor",
+                 f"must be in [0, 1), got {self.scale_factor}")
+        _check_min("aug", self, 0, "rot_factor", "half_body_min_joints", "shift_factor")
 
 
 @dataclass(frozen=True)
@@ -76,6 +136,20 @@ class OcclusionConfig:
     hide_prob: float = 0.5
     gridmask_ratio: float = 0.5  # GridMask's r: kept stripe width / cell (keeps 1-(1-r)^2)
     gridmask_period: Tuple[int, int] = (32, 96)
+    start_epoch: int = 0  # occlusion is off before this epoch (the schedules of AID's Table 4)
+
+    def __post_init__(self):
+        _require(self.method in _CHOICES["occlusion.method"], "occlusion.method",
+                 f"{self.method!r} is not one of {_CHOICES['occlusion.method']}")
+        _check_prob("occlusion", self, "prob", "shift_prob", "hide_prob", "gridmask_ratio")
+        _check_min("occlusion", self, 1, "num")
+        _check_min("occlusion", self, 0, "shift_spread", "start_epoch")
+        _check_range("occlusion.radius", self.radius)
+        _check_range("occlusion.erasing_area", self.erasing_area, high=1.0)
+        _check_range("occlusion.erasing_aspect", self.erasing_aspect)
+        _require(bool(self.grid_sizes) and min(self.grid_sizes) >= 0, "occlusion.grid_sizes",
+                 f"non-empty, sizes >= 0, got {list(self.grid_sizes)}")
+        _check_range("occlusion.gridmask_period", self.gridmask_period, low=1, strict=False)
 
 
 @dataclass(frozen=True)
@@ -83,9 +157,16 @@ class NodaConfig:
     """Nearby-person occlusion (pasting people from a foreground pool)."""
 
     prob: float = 0.0
-    pool: Optional[str] = None  # .npz written by `python -m dali_pose.noda build-pool`
+    pool: Optional[str] = None  # .npz written by `python -m dali_pose.tools.build_pool`
     scale_range: Tuple[float, float] = (0.8, 1.2)
     max_tries: int = 10
+    start_epoch: int = 0  # NODA is off before this epoch
+
+    def __post_init__(self):
+        _check_prob("noda", self, "prob")
+        _check_range("noda.scale_range", self.scale_range)
+        _check_min("noda", self, 1, "max_tries")
+        _check_min("noda", self, 0, "start_epoch")
 
 
 @dataclass(frozen=True)
@@ -101,6 +182,12 @@ class LoaderConfig:
     fast_cpu: bool = True  # CPU backend: region-of-interest decode + fused numba warp
     pipelines: int = 1  # DALI pipelines taking batches in turn, num_threads shared among them
 
+    def __post_init__(self):
+        _require(self.device in _CHOICES["loader.device"], "loader.device",
+                 f"{self.device!r} is not one of {_CHOICES['loader.device']}")
+        _check_min("loader", self, 1, "batch_size", "num_threads", "prefetch", "pipelines")
+        _check_min("loader", self, 0, "seed")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -114,6 +201,14 @@ class TrainConfig:
     log_every: int = 20  # steps between log lines
     validate: bool = True  # after training: flip-test predictions on the val set, scored
 
+    def __post_init__(self):
+        _check_min("train", self, 1, "epochs", "log_every")
+        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(self.lr_factor > 0, "train.lr_factor", f"must be > 0, got {self.lr_factor}")
+        steps = list(self.lr_steps)
+        _require(all(s >= 1 for s in steps) and steps == sorted(set(steps)), "train.lr_steps",
+                 f"increasing epochs >= 1, got {steps}")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -126,13 +221,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/default"
 
+    def __post_init__(self):
+        _require(self.noda.prob == 0 or bool(self.noda.pool), "noda.pool",
+                 "noda.prob > 0 needs a pool: build one with `python -m "
+                 "dali_pose.tools.build_pool --config CFG --out POOL.npz`")
 
-_CHOICES = {
-    "data.format": ("coco", "mpii", "crowdpose"),
-    "model.target": ("gaussian", "combined"),
-    "loader.device": ("gpu", "cpu"),
-    "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
-}
+
 
 
 def _coerce(value, tp, key: str):
@@ -168,8 +262,6 @@ def _coerce(value, tp, key: str):
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {_CHOICES[key]}")
         return value
     raise ConfigError(f"config key '{key}': unsupported type {tp}")  # pragma: no cover
 
@@ -207,36 +299,6 @@ def _apply_override(tree: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def _validate(cfg: Config) -> None:
-    for name in ("input_size", "heatmap_size"):
-        w, h = getattr(cfg.model, name)
-        if w < 2 or h < 2:
-            raise ConfigError(f"config key 'model.{name}': sizes must be >= 2, got {[w, h]}")
-    if cfg.loader.batch_size < 1:
-        raise ConfigError("config key 'loader.batch_size': must be >= 1")
-    if cfg.loader.num_threads < 1:
-        raise ConfigError("config key 'loader.num_threads': must be >= 1")
-    if cfg.loader.pipelines < 1:
-        raise ConfigError("config key 'loader.pipelines': must be >= 1")
-    for key in ("flip_prob", "rot_prob", "half_body_prob"):
-        v = getattr(cfg.aug, key)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"config key 'aug.{key}': a probability in [0, 1], got {v}")
-    if not 0.0 <= cfg.aug.scale_factor < 1.0:
-        raise ConfigError("config key 'aug.scale_factor': must be in [0, 1)")
-    m = cfg.model
-    if min(m.width, m.stem_width, m.num_blocks) < 1 or not m.stage_modules \
-            or min(m.stage_modules) < 1:
-        raise ConfigError("config keys 'model.width', 'model.stem_width', 'model.num_blocks', "
-                          "'model.stage_modules': must be >= 1 (stage_modules non-empty)")
-    if cfg.train.epochs < 1 or cfg.train.lr <= 0 or cfg.train.log_every < 1:
-        raise ConfigError("config keys 'train.epochs', 'train.lr', 'train.log_every': "
-                          "must be positive")
-    lo, hi = cfg.occlusion.radius
-    if not 0.0 < lo <= hi:
-        raise ConfigError("config key 'occlusion.radius': need 0 < min <= max")
-
-
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
     """Read ``path`` (YAML; None = all defaults), apply ``overrides`` ("a.b=c"), validate."""
     tree: dict = {}
@@ -262,11 +324,9 @@ def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config
     for item in overrides:
         _apply_override(tree, item)
     try:
-        cfg = _build(Config, tree, "")
+        return _build(Config, tree, "")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    _validate(cfg)
-    return cfg
 
 
 def to_dict(cfg: Config) -> dict:

@@ -15,6 +15,7 @@ plain NumPy arrays from Python too.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -68,17 +69,25 @@ def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
-def opencv_to_dali(m: np.ndarray) -> np.ndarray:
-    """Forward matrix in OpenCV convention -> the same warp in DALI's convention.
+@numba.njit(cache=True)
+def opencv_to_dali_into(m, out):
+    """Forward (2, 3) matrix in OpenCV convention -> the same warp in DALI's convention,
+    written into ``out`` (2, 3).
 
     DALI's ``warp_affine`` puts pixel centres at x + 0.5; conjugating with that half-pixel
     shift gives ``[A | t + 0.5 (1 - A @ [1, 1])]`` (see shared/notes/dali-facts.md).
-    Works on (..., 2, 3).
     """
-    m = np.array(m, dtype=np.float64)
-    a = m[..., :2]
-    m[..., 2] += 0.5 * (1.0 - a.sum(axis=-1))
-    return m
+    for r in range(2):
+        out[r, 0] = m[r, 0]
+        out[r, 1] = m[r, 1]
+        out[r, 2] = m[r, 2] + 0.5 * (1.0 - m[r, 0] - m[r, 1])
+
+
+def opencv_to_dali(m: np.ndarray) -> np.ndarray:
+    """:func:`opencv_to_dali_into` as a function: a new float64 (2, 3) matrix."""
+    out = np.empty((2, 3), np.float64)
+    opencv_to_dali_into(np.asarray(m, np.float64), out)
+    return out
 
 
 @numba.njit(cache=True)
@@ -129,8 +138,26 @@ def half_body_box(kps, upper_mask, pick_upper_u, aspect, padding):
     return True, sx / n, sy / n, w * padding, h * padding
 
 
-# Layout of the per-sample random draws the pipeline passes to ``augment`` (DALI draws them
-# with fn.random.*, seeded; the kernel only transforms them).
+class AugParams(NamedTuple):
+    """The training augmentation's settings, in ``augment``'s order (the ``aug`` config
+    section's fields of the same names)."""
+
+    flip_prob: float
+    rot_prob: float
+    rot_factor: float
+    scale_factor: float
+    half_body_prob: float
+    half_body_min_joints: int
+    shift_factor: float
+
+    @classmethod
+    def of(cls, section) -> "AugParams":
+        """From any object with these field names (the ``aug`` config section)."""
+        return cls(*(getattr(section, f) for f in cls._fields))
+
+
+# Layout of the per-sample random draws ``augment`` transforms (:mod:`dali_pose.draws`
+# makes them from (seed, epoch, sample); the kernel only transforms them).
 U_FLIP, U_ROT, U_HALF, U_HALF_UPPER, U_SHIFT_X, U_SHIFT_Y = range(6)
 NUM_UNIFORM = 6
 N_SCALE, N_ROT = range(2)

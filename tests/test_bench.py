@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dali_pose import build_loader, load_config, load_index
-from dali_pose.kernels.heatmap import make_target_kernels
-from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
-from dali_pose.reference import (ReferenceDataset, build_reference_loader, combined_targets,
+from dali_pose.codecs import build_codec
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
+from dali_pose.tools.reference import (ReferenceDataset, build_reference_loader, combined_targets,
                                  gaussian_heatmaps)
-from dali_pose.synthetic import generate
+from dali_pose.tools.synthetic import generate
 
 pytest.importorskip("nvidia.dali")
 
@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
 # ---------------------------------------------------------------------- smoke ------
 
 def test_smoke_run_writes_report(tiny, tmp_path, capsys):
-    from dali_pose.bench import main
+    from dali_pose.tools.bench import main
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--json", str(out), "--epochs-memory", "2",
@@ -69,7 +69,7 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
 
 def test_smoke_stage_breakdown(tiny, tmp_path):
     """The DALI graph's prefixes still build and run (they mirror pipeline.build_graph)."""
-    from dali_pose.bench import DALI_STAGES, main
+    from dali_pose.tools.bench import DALI_STAGES, main
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--stages", "--rounds", "1", "--json", str(out),
@@ -85,7 +85,7 @@ def test_smoke_stage_breakdown(tiny, tmp_path):
 
 @pytest.mark.gpu
 def test_smoke_gpu_and_train_step(tiny, tmp_path):
-    from dali_pose.bench import main
+    from dali_pose.tools.bench import main
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--json", str(out), "--backends", "dali-gpu,reference",
@@ -134,7 +134,7 @@ def test_reference_matches_dali_cpu_on_validation(tiny):
 def test_numpy_targets_match_the_numba_kernel(target):
     cfg = load_config(None, [f"model.target={target}"])
     k = 17
-    t = make_target_kernels(cfg.model, k)
+    t = build_codec(cfg.model).target_op(k)
     rng = np.random.default_rng(3)
     w_in, h_in = cfg.model.input_size
     for trial in range(40):
@@ -185,7 +185,7 @@ def test_reference_augmentation_draws_follow_the_config(tiny):
 
 
 def test_hrnet_w32_topology():
-    from dali_pose.hrnet import hrnet_w32
+    from dali_pose.models.hrnet import hrnet_w32
 
     model = hrnet_w32(17)
     n = sum(p.numel() for p in model.parameters())

@@ -1,7 +1,7 @@
 """encode/decode round trips (the proof that targets, geometry and decoding agree), flip test.
 
 Round trip: random person boxes, scales, rotations and flips -> ``geometry.udp_matrix`` and
-``geometry.transform_keypoints`` -> ``encode_numpy`` (the CPU target kernels) -> ``decode`` of
+``geometry.transform_keypoints`` -> ``Codec.encode`` (the CPU target kernels) -> ``decode`` of
 the targets as if they were perfect predictions -> source pixels. The error is measured in crop
 pixels (``|A (pred - src)|`` with A the linear part of the source -> crop matrix).
 
@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from dali_pose import geometry as G
-from dali_pose.codecs import decode, encode_numpy, flip_back, heatmap_to_source
+from dali_pose.codecs import build_codec, decode, udp_stride
 from dali_pose.config import Config, ModelConfig
 from dali_pose.datasets import COCO
-from dali_pose.kernels.heatmap import udp_stride
 
 FI = COCO.flip_index
 K = COCO.num_joints
@@ -85,7 +84,7 @@ def crop_errors(pred, mats, srcs, flips, weight):
 def test_round_trip(name, record_property):
     m = CFGS[name]
     mats, crops, srcs, flips, _ = make_samples(m, 160, seed=sorted(CFGS).index(name))
-    target, weight = encode_numpy(crops, m)
+    target, weight = build_codec(m).encode(crops)
     assert target.shape == (160, K if m.target == "gaussian" else 3 * K, m.heatmap_size[1],
                             m.heatmap_size[0])
     pred = decode(torch.from_numpy(target), {"matrix": torch.from_numpy(mats)}, m)
@@ -120,8 +119,8 @@ def test_flip_test_round_trip(name):
         out = np.zeros((K, 3), np.float64)
         G.transform_keypoints(mf, srcs[i], True, FI, out)
         crops_f[i] = out
-    t, wt = encode_numpy(crops, m)
-    tf, wtf = encode_numpy(crops_f, m)
+    t, wt = build_codec(m).encode(crops)
+    tf, wtf = build_codec(m).encode(crops_f)
     batch = {"matrix": mats}
     plain = decode(t, batch, m)
     both = decode(t, batch, m, output_flipped=tf, flip_index=FI)
@@ -134,7 +133,7 @@ def test_flip_test_round_trip(name):
     assert d.max() < 1e-3
     np.testing.assert_allclose(both[..., 2][keep], plain[..., 2][keep], atol=1e-5)
     # the flipped-back targets are the plain targets: no shift needed with UDP
-    back = flip_back(tf, FI, m.target)
+    back = build_codec(m).flip_back(tf, FI)
     c = 1 if m.target == "gaussian" else 3
     n, _, h, w = t.shape
     back = back.reshape(n, K, c, h, w)[keep]
@@ -149,16 +148,16 @@ def test_flip_test_round_trip(name):
 def test_flip_back_channels_and_offsets():
     n, h, w = 2, 4, 5
     x = torch.arange(n * 3 * K * h * w, dtype=torch.float32).reshape(n, 3 * K, h, w)
-    b = flip_back(x, FI, "combined").reshape(n, K, 3, h, w)
+    b = build_codec(ModelConfig(target="combined")).flip_back(x, FI).reshape(n, K, 3, h, w)
     xg = x.reshape(n, K, 3, h, w)
     for j in (0, 1, 2, 16):
         s = FI[j]
         assert torch.equal(b[:, j, 0], xg[:, s, 0].flip(-1))
         assert torch.equal(b[:, j, 1], -xg[:, s, 1].flip(-1))
         assert torch.equal(b[:, j, 2], xg[:, s, 2].flip(-1))
-    g = flip_back(x[:, :K], FI, "gaussian")
+    g = build_codec(ModelConfig()).flip_back(x[:, :K], FI)
     assert torch.equal(g[:, 1], x[:, 2].flip(-1)) and torch.equal(g[:, 0], x[:, 0].flip(-1))
-    assert isinstance(flip_back(x[:, :K].numpy(), FI), np.ndarray)
+    assert isinstance(build_codec(ModelConfig()).flip_back(x[:, :K].numpy(), FI), np.ndarray)
 
 
 def test_heatmap_to_source_inverts_the_matrix():
@@ -169,14 +168,14 @@ def test_heatmap_to_source_inverts_the_matrix():
     src = rng.uniform(100, 400, (3, 5, 2))
     crop = np.einsum("nij,nkj->nki", mats[:, :, :2], src) + mats[:, None, :, 2]
     sx, sy = udp_stride(m.input_size, m.heatmap_size)
-    back = heatmap_to_source(torch.from_numpy(crop / [sx, sy]), mats, m)
+    back = build_codec(m).to_source(torch.from_numpy(crop / [sx, sy]), mats)
     np.testing.assert_allclose(back.numpy(), src, rtol=0, atol=1e-9)
 
 
 def test_decode_inputs_and_degenerate_maps():
     m = CFGS["gaussian"]
     mats, crops, *_ = make_samples(m, 4, seed=1)
-    t, _ = encode_numpy(crops, m)
+    t, _ = build_codec(m).encode(crops)
     a = decode(t, {"matrix": mats}, Config(model=m))  # whole Config works too
     b = decode(torch.from_numpy(t).half(), {"matrix": torch.from_numpy(mats).float()}, m)
     assert isinstance(a, np.ndarray) and b.dtype == torch.float32
@@ -187,7 +186,7 @@ def test_decode_inputs_and_degenerate_maps():
         r = decode(z, {"matrix": mats[:2]}, m)
         assert torch.isfinite(r).all()
         np.testing.assert_allclose(r[..., :2].numpy(),
-                                   heatmap_to_source(torch.zeros(2, K, 2), mats[:2], m).numpy(),
+                                   build_codec(m).to_source(torch.zeros(2, K, 2), mats[:2]).numpy(),
                                    atol=1e-4)
     with pytest.raises(ValueError):
         decode(t, {"matrix": mats}, m, output_flipped=t)
@@ -197,7 +196,7 @@ def test_noisy_prediction_stays_close():
     """Not a proof, a sanity check: mild noise on perfect maps moves points little."""
     m = CFGS["gaussian"]
     mats, crops, srcs, flips, _ = make_samples(m, 64, seed=9)
-    t, wt = encode_numpy(crops, m)
+    t, wt = build_codec(m).encode(crops)
     rng = np.random.default_rng(2)
     noisy = t + rng.normal(0, 0.02, t.shape).astype(np.float32)
     err = crop_errors(decode(noisy, {"matrix": mats}, m), mats, srcs, flips, wt)
@@ -210,7 +209,7 @@ def test_noisy_prediction_stays_close():
 def test_decode_on_cuda_matches_cpu(name):  # pragma: no cover - needs a GPU
     m = CFGS[name]
     mats, crops, *_ = make_samples(m, 32, seed=4)
-    t, _ = encode_numpy(crops, m)
+    t, _ = build_codec(m).encode(crops)
     tf = np.ascontiguousarray(t[..., ::-1])  # any second output will do here
     cpu = decode(torch.from_numpy(t), {"matrix": torch.from_numpy(mats)}, m,
                  output_flipped=torch.from_numpy(tf), flip_index=FI)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 
-from dali_pose.metrics import COCO_KEYS, CROWDPOSE_KEYS, load_mpii_gt  # noqa: E402
+from dali_pose.evaluation.metrics import COCO_KEYS, CROWDPOSE_KEYS, load_mpii_gt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_metrics import fake_mpii_mat, gt_as_results, make_gt  # noqa: E402

@@ -16,10 +16,11 @@ import evaluate  # noqa: E402
 from conftest import shared  # noqa: E402
 from dali_pose import load_config  # noqa: E402
 from dali_pose.datasets import DATASETS  # noqa: E402
-from dali_pose.hrnet import build_model  # noqa: E402
-from dali_pose.inference import load_checkpoint, predict, save_checkpoint, score  # noqa: E402
-from dali_pose.metrics import EvaluationError  # noqa: E402
-from dali_pose.synthetic import generate  # noqa: E402
+from dali_pose import build_model  # noqa: E402
+from dali_pose.evaluation.inference import (load_checkpoint, predict, save_checkpoint,  # noqa: E402
+                                            score)
+from dali_pose.evaluation.metrics import EvaluationError  # noqa: E402
+from dali_pose.tools.synthetic import generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def run(tmp_path_factory):
         f"data.val_ann={d}/annotations/person_keypoints_val.json",
         f"data.val_images={d}/images/val", f"out_dir={d}/run", "loader.batch_size=4"])
     torch.manual_seed(0)
-    model = build_model(cfg.model, DATASETS["coco"].num_joints)
+    model = build_model(cfg)
     ckpt = d / "model.pt"
     save_checkpoint(str(ckpt), model, cfg, epochs=3)
     return d, cfg, model, ckpt
@@ -58,7 +59,7 @@ def test_model_mode_scores_like_train_and_like_file_mode(run, tmp_path, capsys):
     metrics = json.loads(out.read_text())
     results = json.loads((out.parent / "val_results.json").read_text())
     assert (out.parent / "vis").is_dir() and len(list((out.parent / "vis").iterdir())) == 1
-    # train.py's own path (dali_pose.inference on the in-memory model) gives the same file
+    # train.py's own path (dali_pose.evaluation.inference on the in-memory model) gives the same file
     direct = score(cfg, predict(cfg, model, torch.device("cpu")), str(tmp_path / "direct"))
     assert json.loads((tmp_path / "direct" / "val_results.json").read_text()) == results
     assert direct == pytest.approx(metrics)
@@ -105,7 +106,7 @@ def test_mpii_json_rows_are_gt_valid_rows():
     """train.py / evaluate.py save MPII predictions in the val json's row order; HRNet's
     valid.json lists people in gt_valid.mat's order (the sample holds its first 5 rows)."""
     from dali_pose.datasets import load_mpii
-    from dali_pose.metrics import load_mpii_gt
+    from dali_pose.evaluation.metrics import load_mpii_gt
 
     m = shared("mpii-sample")
     gt = load_mpii_gt(m / "annot" / "gt_valid.mat")
@@ -124,7 +125,7 @@ def test_mpii_model_mode(tmp_path, capsys):
         "loader.device=cpu", "loader.batch_size=4", "model.width=8", "model.stem_width=16",
         "model.num_blocks=1", "model.stage_modules=[1,1,1]"])
     ckpt = tmp_path / "mpii.pt"
-    save_checkpoint(str(ckpt), build_model(cfg.model, 16), cfg, epochs=0)
+    save_checkpoint(str(ckpt), build_model(cfg), cfg, epochs=0)
     out = tmp_path / "eval" / "metrics.json"
     assert evaluate.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
     preds = np.load(out.parent / "val_preds.npy")

@@ -7,7 +7,7 @@ import torch
 from dali_pose import build_loader, load_config
 from dali_pose.datasets import COCO, PoseIndex
 from dali_pose.loader import epoch_schedule
-from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 pytest.importorskip("nvidia.dali")
 
@@ -236,11 +236,11 @@ def test_several_pipelines_give_the_same_validation_batches(tmp_path):
 def test_numba_operators_compile_once_per_config(tmp_path, monkeypatch):
     """Lanes and later loaders of the same config reuse the compiled numba operators (1-3 s
     each to compile), and the batches are those of freshly compiled ones."""
-    import dali_pose.pipeline as pipeline
+    import dali_pose.loader.graph as graph
 
     built = []
 
-    class Counting(pipeline.NumbaFunction):
+    class Counting(graph.NumbaFunction):
         def __init__(self, *a, **k):
             built.append(k["run_fn"].__name__)
             super().__init__(*a, **k)
@@ -248,13 +248,13 @@ def test_numba_operators_compile_once_per_config(tmp_path, monkeypatch):
     index = _dot_dataset(tmp_path, 4)
     cfg = load_config(None, ["loader.batch_size=2", "loader.pipelines=2",
                              "occlusion.method=aid", "occlusion.prob=1", "loader.seed=5"])
-    pipeline._compiled_ops.cache_clear()
-    monkeypatch.setattr(pipeline, "NumbaFunction", Counting)
+    graph.forget_compiled()
+    monkeypatch.setattr(graph, "NumbaFunction", Counting)
     first = list(build_loader(cfg, "train", index=index))
     assert len(built) == 3, built  # crop, warp + AID, targets: once for both lanes
     again = list(build_loader(cfg, "train", index=index))
     assert len(built) == 3, built
-    pipeline._compiled_ops.cache_clear()
+    graph.forget_compiled()
     fresh = list(build_loader(cfg, "train", index=index))
     assert len(built) == 6
     assert len(first) == len(again) == len(fresh) == 2

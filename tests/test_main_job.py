@@ -9,7 +9,7 @@ import torch
 import yaml
 
 pytest.importorskip("nvidia.dali")
-from dali_pose.synthetic import generate  # noqa: E402
+from dali_pose.tools.synthetic import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_train_py_trains_validates_and_writes_outputs(tiny, tmp_path, capsys):
 
 
 def test_preview_cli_val_split(tiny, tmp_path):
-    from dali_pose.preview import main
+    from dali_pose.tools.preview import main
 
     out = tmp_path / "grid.png"
     args = ["--out", str(out), "--split", "val", "--num", "2"]

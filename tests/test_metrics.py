@@ -1,4 +1,4 @@
-"""dali_pose.metrics and dali_pose.postprocess: agreement with the official tools.
+"""dali_pose.evaluation.metrics and dali_pose.evaluation.postprocess: agreement with the official tools.
 
 Synthetic ground truth covers the logic everywhere; the real samples in ../shared/data
 (skipped when absent) check COCO/CrowdPose files and reproduce the official MPII PCKh on
@@ -16,8 +16,8 @@ from pycocotools.coco import COCO as CocoApi
 from pycocotools.cocoeval import COCOeval
 
 from dali_pose.datasets import COCO, CROWDPOSE, CROWDPOSE_AREA_FACTOR, MPII
-from dali_pose import metrics as M
-from dali_pose.postprocess import (index_to_results, oks_matrix, oks_nms, rescore,
+from dali_pose.evaluation import metrics as M
+from dali_pose.evaluation.postprocess import (index_to_results, oks_matrix, oks_nms, rescore,
                                    to_coco_results)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,5 +1,5 @@
-"""NODA: the pool builder (dali_pose.noda) and the online paste kernel
-(dali_pose.kernels.occlusion.make_noda_kernels).
+"""NODA: the pool builder (dali_pose.tools.build_pool) and the online paste kernel
+(dali_pose.kernels.noda).
 
 Placement statistics (radius in [R/3, R], scale in the configured range), the coverage rules
 checked on the *rendered* alpha, compiled == NUMBA_DISABLE_JIT=1 == CUDA simulator (== GPU when
@@ -8,6 +8,7 @@ present), PTX compile, the kernel inside DALI, and pools built from real people
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import textwrap
@@ -18,12 +19,9 @@ import pytest
 
 from dali_pose.config import ConfigError, NodaConfig, load_config
 from dali_pose.datasets import COCO, CROWDPOSE, MPII
-from dali_pose.kernels.occlusion import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    joint_roles,
-    make_noda_kernels,
-)
+from dali_pose.draws import gate
+from dali_pose.kernels.noda import NodaOp, joint_roles, noda_op_from
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 from conftest import run_python, shared
 
@@ -69,9 +67,26 @@ def pool_person(h=90, w=45, rgb=(255, 255, 255), blur=2.0):
     return rgba, np.array([cx, cy, bw, bh], np.float32)
 
 
+@dataclasses.dataclass
+class Gated:
+    """An operator and the probability its draws are gated with (the probability is data:
+    dali_pose.draws decides the gate, draws[0])."""
+
+    op: NodaOp
+    prob: float
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def draws(self, rng):
+        d = rng.random(self.op.num_draws).astype(np.float32)
+        d[0] = gate(rng.random(), self.prob)
+        return d
+
+
 def kernels(size=SIZE, info=COCO, **kw):
     kw.setdefault("prob", 1.0)
-    return make_noda_kernels(NodaConfig(**kw), size, info)
+    return Gated(noda_op_from(NodaConfig(**kw), size, info), kw["prob"])
 
 
 def run_cpu(kern, image, kps, box, rgba, pbox, draws):
@@ -125,7 +140,8 @@ def test_config_errors_and_layout():
         kernels(max_tries=0)
     k = kernels(max_tries=7)
     assert k.num_draws == 1 + 3 * 7 and k.num_joints == K
-    assert k.outs_ndim == (3, 1) and k.ins_ndim == (3, 2, 1, 3, 1, 1)
+    assert tuple(p.ndim for p in k.outputs) == (3, 1)
+    assert tuple(p.ndim for p in k.inputs) == (3, 2, 1, 3, 1, 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -145,7 +161,7 @@ def test_placement_radius_angle_and_scale_ranges():
         kps, box, _, _ = random_case(rng)
         kps[HEAD + [5, 6], 2] = 0
         kps[LIMB, 2] = 2
-        p = kern.params(kps, box, rgba, pbox, rng.random(kern.num_draws))
+        p = kern.params(kps, box, rgba, pbox, kern.draws(rng))
         assert p["ok"] and p["attempt"] == 0
         big_r = 0.5 * math.hypot(box[2], box[3])
         assert big_r / 3 - 1e-9 <= p["rho"] <= big_r + 1e-9
@@ -175,7 +191,7 @@ def test_coverage_rules_hold_on_the_rendered_alpha():
     n = 600
     for _ in range(n):
         kps, box, rgba, pbox = random_case(rng)
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         out, occ = run_cpu(kern, zero, kps, box, rgba, pbox, draws)
         p = kern.params(kps, box, rgba, pbox, draws)
         np.testing.assert_array_equal(occ, p["covered"].astype(np.float32))
@@ -224,7 +240,7 @@ def test_pasted_pixels_are_normalised_and_scaled():
         kps, box, _, _ = random_case(rng)
         rgba, pbox = pool_person(100, 50, rgb=rgb, blur=1.0)
         image = rng.standard_normal((3, h, w)).astype(np.float32)
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         out, occ = run_cpu(kern, image, kps, box, rgba, pbox, draws)
         p = kern.params(kps, box, rgba, pbox, draws)
         if not p["ok"]:
@@ -260,7 +276,7 @@ def test_prob_and_impossible_rules():
     rng = np.random.default_rng(4)
     kern = kernels(prob=0.4)
     n = 3000
-    applied = np.mean([kern.params(*random_case(rng), rng.random(kern.num_draws))["applied"]
+    applied = np.mean([kern.params(*random_case(rng), kern.draws(rng))["applied"]
                        for _ in range(n)])
     assert abs(applied - 0.4) < 4 * math.sqrt(0.24 / n)
     # no annotated limb joint: the rules cannot be met, nothing is pasted
@@ -270,23 +286,9 @@ def test_prob_and_impossible_rules():
         kps[LIMB, 2] = 0
         image = rng.standard_normal((3, SIZE[1], SIZE[0])).astype(np.float32)
         out, occ = run_cpu(kern, image, kps, box, rgba, pbox,
-                           rng.random(kern.num_draws).astype(np.float32))
+                           kern.draws(rng))
         np.testing.assert_array_equal(out, image)
         assert not occ.any()
-
-
-def test_target_box_takes_the_crop_kernels_8_vector():
-    rng = np.random.default_rng(5)
-    kern = kernels()
-    for _ in range(20):
-        kps, box, rgba, pbox = random_case(rng)
-        image = rng.standard_normal((3, SIZE[1], SIZE[0])).astype(np.float32)
-        draws = rng.random(kern.num_draws).astype(np.float32)
-        box8 = np.concatenate([rng.random(4).astype(np.float32) * 100, box])
-        a = run_cpu(kern, image, kps, box, rgba, pbox, draws)
-        b = run_cpu(kern, image, kps, box8, rgba, pbox, draws)
-        np.testing.assert_array_equal(a[0], b[0])
-        np.testing.assert_array_equal(a[1], b[1])
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,10 +299,10 @@ _SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     from dali_pose.config import NodaConfig
     from dali_pose.datasets import COCO
-    from dali_pose.kernels.occlusion import make_noda_kernels
+    from dali_pose.kernels.noda import noda_op_from
     z = np.load(sys.argv[1])
     mode = sys.argv[3]
-    kern = make_noda_kernels(NodaConfig(prob=0.9), (40, 56), COCO)
+    kern = noda_op_from(NodaConfig(), (40, 56), COCO)
     res = {}
     n = z["kps"].shape[0]
     for i in range(n):
@@ -331,7 +333,7 @@ def _inputs(tmp_path, n=4):
     kern = kernels(size, prob=0.9)
     arrays = {"image": rng.standard_normal((n, 3, size[1], size[0])).astype(np.float32),
               "kps": [], "box": [], "pbox": [],
-              "draws": rng.random((n, kern.num_draws)).astype(np.float32)}
+              "draws": np.stack([kern.draws(rng) for _ in range(n)])}
     for i in range(n):
         kps, box, rgba, pbox = random_case(rng, size)
         arrays["kps"].append(kps)
@@ -421,10 +423,10 @@ def test_gpu_matches_cpu_on_device():  # pragma: no cover - needs a GPU
     for _ in range(10):
         kps, box, rgba, pbox = random_case(rng, size)
         image = rng.standard_normal((3, size[1], size[0])).astype(np.float32)
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         d_out = cuda.to_device(np.full_like(image, np.nan))
         d_occ = cuda.to_device(np.full(K, np.nan, np.float32))
-        gpu[kern.blocks, kern.threads_per_block](
+        gpu[kern.launch(cuda.get_current_device().MULTIPROCESSOR_COUNT)](
             d_out, d_occ, *(cuda.to_device(a) for a in (image, kps, box, rgba, pbox, draws)))
         out, occ = run_cpu(kern, image, kps, box, rgba, pbox, draws)
         np.testing.assert_array_equal(d_occ.copy_to_host(), occ)
@@ -444,21 +446,22 @@ def _dali_case(device):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
-    from nvidia.dali.plugin.numba.fn.experimental import numba_function
+
+    from dali_pose.loader.graph import dali_operator
 
     rng = np.random.default_rng(8)
     kern = kernels()
     bs = 4
     cases = [random_case(rng) for _ in range(bs)]
     images = [rng.standard_normal((3, SIZE[1], SIZE[0])).astype(np.float32) for _ in range(bs)]
-    draws = [rng.random(kern.num_draws).astype(np.float32) for _ in range(bs)]
+    draws = [kern.draws(rng) for _ in range(bs)]
     cols = [images, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
             [c[3] for c in cases], draws]
     pipe = Pipeline(batch_size=bs, num_threads=1, device_id=None if device == "cpu" else 0)
     with pipe:
         srcs = [fn.external_source(source=_batch_source(c), batch=True, device=device)
                 for c in cols]
-        out, occ = numba_function(*srcs, **kern.dali_kwargs(device))
+        out, occ = dali_operator(kern.op, device, 0 if device == "gpu" else None)(*srcs)
         pipe.set_outputs(out, occ)
     pipe.build()
     out, occ = pipe.run()
@@ -497,7 +500,8 @@ def _coco_overrides(name="coco-sample", ann="test_coco.json"):
 @pytest.fixture(scope="module")
 def coco_pools(tmp_path_factory):
     """Pools at the three levels built through the CLI from coco-sample."""
-    from dali_pose.noda import load_pool, main
+    from dali_pose.loader.pool import load_pool
+    from dali_pose.tools.build_pool import main
 
     d = shared("coco-sample")
     out = {}
@@ -506,7 +510,7 @@ def coco_pools(tmp_path_factory):
         path = tmp / f"{level}.npz"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rc = main(["build-pool", "--out", str(path), "--level", level,
+            rc = main(["--out", str(path), "--level", level,
                        "--set", f"data.train_ann={d / 'test_coco.json'}",
                        "--set", f"data.train_images={d}"])
         assert rc == 0
@@ -555,7 +559,7 @@ def test_grabcut_differs_from_box_and_cardboard(coco_pools):
 
 
 def test_pool_skips_with_counts(tmp_path, capsys):
-    from dali_pose.noda import build_pool
+    from dali_pose.tools.build_pool import build_pool
 
     cfg = load_config(None, _coco_overrides())
     with warnings.catch_warnings():
@@ -572,7 +576,7 @@ def test_ochuman_pool_and_paste_on_real_crops(tmp_path, coco_pools):
 
     from dali_pose.geometry import apply_affine, udp_matrix
     from dali_pose.datasets import load_index
-    from dali_pose.noda import build_pool
+    from dali_pose.tools.build_pool import build_pool
 
     cfg = load_config(None, _coco_overrides("ochuman-sample", "test_ochuman.json"))
     with warnings.catch_warnings():
@@ -602,7 +606,7 @@ def test_ochuman_pool_and_paste_on_real_crops(tmp_path, coco_pools):
         for _ in range(3):
             j = int(rng.integers(len(pool)))
             rgba, _, pbox = pool.get(j)
-            draws = rng.random(kern.num_draws).astype(np.float32)
+            draws = kern.draws(rng)
             out, occ = run_cpu(kern, x, kps, box, rgba, pbox, draws)
             p = kern.params(kps, box, rgba, pbox, draws)
             np.testing.assert_array_equal(occ, p["covered"].astype(np.float32))

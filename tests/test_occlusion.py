@@ -1,4 +1,4 @@
-"""Information-dropping kernels (dali_pose.kernels.occlusion): AID and its comparison family.
+"""Information-dropping kernels (dali_pose.kernels.dropping): AID and its comparison family.
 
 Geometry statistics from the kernels' own parameter functions, kernel output == an independent
 NumPy mask, compiled == NUMBA_DISABLE_JIT=1 == CUDA simulator (== real GPU when present), PTX
@@ -6,6 +6,7 @@ compile of every gpu_run, and the CPU kernel inside a DALI pipeline.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import textwrap
@@ -13,14 +14,12 @@ import textwrap
 import numpy as np
 import pytest
 
+from dali_pose.codecs import build_codec
 from dali_pose.config import ConfigError, OcclusionConfig
-from dali_pose.kernels.occlusion import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    QUANT,
-    black_fill,
-    make_occlusion_kernels,
-)
+from dali_pose.draws import gate
+from dali_pose.kernels.dropping import QUANT, DroppingOp, dropping_op_from
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, black_fill
+from dali_pose.tools.reference import occlusion_mask
 
 from conftest import run_python
 
@@ -31,9 +30,26 @@ FULL = (192, 256)
 SMALL = (47, 63)
 
 
+@dataclasses.dataclass
+class Gated:
+    """An operator and the probability its draws are gated with (the probability is data:
+    dali_pose.draws decides the gate, draws[0])."""
+
+    op: DroppingOp
+    prob: float
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def draws(self, rng):
+        d = rng.random(self.op.num_draws).astype(np.float32)
+        d[0] = gate(rng.random(), self.prob)
+        return d
+
+
 def kernels(method, size=SMALL, **kw):
     kw.setdefault("prob", 1.0)
-    return make_occlusion_kernels(OcclusionConfig(method=method, **kw), size)
+    return Gated(dropping_op_from(OcclusionConfig(method=method, **kw), size), kw["prob"])
 
 
 def random_kps(rng, size, n=1, k=K):
@@ -64,7 +80,7 @@ def run_cpu(kern, image, kps, draws):
 
 
 def expected(kern, image, kps, draws):
-    m = kern.mask(kps, draws, (image.shape[2], image.shape[1]))
+    m = occlusion_mask(kern.op, kps, draws, (image.shape[2], image.shape[1]))
     fill = np.asarray(kern.fill, np.float32)[:, None, None]
     return np.where(m[None], fill, image), m
 
@@ -93,9 +109,9 @@ def test_num_draws_layout():
 def test_launch_shape():
     for m in METHODS:
         kern = kernels(m)
-        for t in (kern.blocks, kern.threads_per_block):
+        for t in kern.launch(132):
             assert len(t) == 3 and all(isinstance(v, int) and v > 0 for v in t)
-        assert kern.threads_per_block[0] * kern.threads_per_block[1] <= 1024
+        assert kern.launch(132)[1][0] * kern.launch(132)[1][1] <= 1024
 
 
 def test_config_errors():
@@ -120,7 +136,7 @@ def test_kernel_equals_numpy_mask(method):
         n_dropped = 0
         for kps in random_kps(rng, size, n=40):
             image = random_image(rng, size)
-            draws = rng.random(kern.num_draws).astype(np.float32)
+            draws = kern.draws(rng)
             before = (image.copy(), kps.copy(), draws.copy())
             out = run_cpu(kern, image, kps, draws)
             ref, m = expected(kern, image, kps, draws)
@@ -135,12 +151,12 @@ def test_prob_decides_per_sample():
     rng = np.random.default_rng(2)
     kern = kernels("cutout", prob=0.3)
     n = 4000
-    applied = [kern.params(None, rng.random(kern.num_draws))["applied"] for _ in range(n)]
+    applied = [kern.params(None, kern.draws(rng))["applied"] for _ in range(n)]
     assert abs(np.mean(applied) - 0.3) < 4 * math.sqrt(0.3 * 0.7 / n)
     image = random_image(rng, SMALL)
     k0 = kernels("aid", prob=0.0)
     for kps in random_kps(rng, SMALL, n=20):
-        draws = rng.random(k0.num_draws).astype(np.float32)
+        draws = k0.draws(rng)
         np.testing.assert_array_equal(run_cpu(k0, image, kps, draws), image)
 
 
@@ -154,7 +170,7 @@ def _aid_samples(n, seed=3, **kw):
     kps_all = random_kps(rng, FULL, n=n)
     out = []
     for kps in kps_all:
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         out.append((kps, kern.params(kps, draws)))
     return kern, out
 
@@ -212,7 +228,7 @@ def test_aid_picks_annotated_keypoints_uniformly():
     cand = np.nonzero(on_crop(kps, FULL))[0]
     assert len(cand) >= 5
     n = 6000
-    picks = np.array([kern.params(kps, rng.random(kern.num_draws))["discs"][0][0]
+    picks = np.array([kern.params(kps, kern.draws(rng))["discs"][0][0]
                       for _ in range(n)])
     assert set(picks) <= set(cand)
     counts = np.array([(picks == j).sum() for j in cand])
@@ -230,7 +246,7 @@ def test_aid_without_candidate_keypoints_leaves_crop():
     kps2[:, 2] = 2
     kps2[:, 0] = -5.0  # annotated, all off the crop
     for k in (kps, kps2):
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         assert kern.params(k, draws)["discs"] == []
         np.testing.assert_array_equal(run_cpu(kern, image, k, draws), image)
 
@@ -243,7 +259,7 @@ def test_occluded_area_matches_the_disc():
     image = np.zeros((3, FULL[1], FULL[0]), np.float32)
     counted, area = 0, 0.0
     for kps in random_kps(rng, FULL, n=300):
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         p = kern.params(kps, draws)
         if not p["discs"]:
             continue
@@ -264,11 +280,10 @@ def test_aid_leaves_targets_unchanged():
     """The kernel has no target outputs; the heatmaps built from kps after AID are the ones
     built before it."""
     from dali_pose.config import ModelConfig
-    from dali_pose.kernels.heatmap import make_target_kernels
 
     rng = np.random.default_rng(9)
     kern = kernels("aid", FULL)
-    t = make_target_kernels(ModelConfig(), K)
+    t = build_codec(ModelConfig()).target_op(K)
 
     def targets(kps):
         hm = np.zeros((t.channels, t.hm_size[1], t.hm_size[0]), np.float32)
@@ -279,7 +294,7 @@ def test_aid_leaves_targets_unchanged():
     for kps in random_kps(rng, FULL, n=5):
         hm0, wt0 = targets(kps)
         image = random_image(rng, FULL)
-        out = run_cpu(kern, image, kps, rng.random(kern.num_draws).astype(np.float32))
+        out = run_cpu(kern, image, kps, kern.draws(rng))
         assert (out != image).any()
         hm1, wt1 = targets(kps)
         np.testing.assert_array_equal(hm0, hm1)
@@ -293,7 +308,7 @@ def test_aid_leaves_targets_unchanged():
 def test_cutout_centres_uniform_over_the_crop():
     rng = np.random.default_rng(10)
     kern = kernels("cutout", FULL)
-    c = np.array([kern.params(None, rng.random(kern.num_draws))["discs"][0][2:4]
+    c = np.array([kern.params(None, kern.draws(rng))["discs"][0][2:4]
                   for _ in range(3000)])
     w, h = FULL
     assert c[:, 0].min() >= -0.5 and c[:, 0].max() < w - 0.5
@@ -306,7 +321,7 @@ def test_erasing_area_and_aspect_ranges():
     rng = np.random.default_rng(11)
     kern = kernels("erasing", FULL)
     w, h = FULL
-    rects = [kern.params(None, rng.random(kern.num_draws))["rect"] for _ in range(3000)]
+    rects = [kern.params(None, kern.draws(rng))["rect"] for _ in range(3000)]
     ok = [r for r in rects if r is not None]
     assert len(ok) >= 0.99 * len(rects)
     fr = []
@@ -324,7 +339,7 @@ def test_hide_and_seek_grid_sizes_and_hiding():
     rng = np.random.default_rng(12)
     kern = kernels("hide_and_seek", FULL)
     n = 2500
-    ps = [kern.params(None, rng.random(kern.num_draws)) for _ in range(n)]
+    ps = [kern.params(None, kern.draws(rng)) for _ in range(n)]
     sizes = np.array([p["grid"] for p in ps])
     for g in (0, 16, 32, 44, 56):
         assert abs((sizes == g).mean() - 0.2) < 4 * math.sqrt(0.16 / n), g
@@ -342,11 +357,11 @@ def test_gridmask_units_and_kept_share():
     kern = kernels("gridmask", FULL)
     dropped = []
     for _ in range(300):
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         d, keep, dx, dy = kern.params(None, draws)["grid"]
         assert 32 <= d <= 96 and keep == math.floor(0.5 * d + 0.5) and 0 <= dx < d
         assert 0 <= dy < d
-        m = kern.mask(None, draws)
+        m = occlusion_mask(kern.op, None, draws)
         # one full unit drops exactly the (d - keep)^2 square
         assert m[dy:dy + d, dx:dx + d].sum() == (d - keep) ** 2
         dropped.append(m.mean())
@@ -360,13 +375,13 @@ def test_gridmask_units_and_kept_share():
 _SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     from dali_pose.config import OcclusionConfig
-    from dali_pose.kernels.occlusion import make_occlusion_kernels
+    from dali_pose.kernels.dropping import dropping_op_from
     z = np.load(sys.argv[1])
     sim = sys.argv[3] == "sim"
     res = {}
     for method in %r:
-        kern = make_occlusion_kernels(OcclusionConfig(method=method, prob=0.9, num=2,
-                                      grid_sizes=(0, 8, 16)), (40, 28))
+        kern = dropping_op_from(OcclusionConfig(method=method, num=2,
+                                                grid_sizes=(0, 8, 16)), (40, 28))
         if sim:
             from numba import cuda
             gpu = cuda.jit(kern.gpu_run)
@@ -395,9 +410,8 @@ def _inputs(tmp_path, n=4):
     arrays = {"image": np.stack([random_image(rng, size) for _ in range(n)]),
               "kps": random_kps(rng, size, n=n)}
     for m in METHODS:
-        kern = make_occlusion_kernels(OcclusionConfig(method=m, prob=0.9, num=2,
-                                                      grid_sizes=(0, 8, 16)), size)
-        arrays["draws_" + m] = rng.random((n, kern.num_draws)).astype(np.float32)
+        kern = kernels(m, size, prob=0.9, num=2, grid_sizes=(0, 8, 16))
+        arrays["draws_" + m] = np.stack([kern.draws(rng) for _ in range(n)])
     path = tmp_path / "inputs.npz"
     np.savez(path, **arrays)
     return path, arrays
@@ -411,8 +425,7 @@ def _run_script(inputs, out, mode, env_extra):
 def _compiled(arrays):
     res = {}
     for m in METHODS:
-        kern = make_occlusion_kernels(OcclusionConfig(method=m, prob=0.9, num=2,
-                                                      grid_sizes=(0, 8, 16)), (40, 28))
+        kern = kernels(m, (40, 28), prob=0.9, num=2, grid_sizes=(0, 8, 16))
         for i in range(arrays["kps"].shape[0]):
             res[f"{m}_{i}"] = run_cpu(kern, arrays["image"][i], arrays["kps"][i],
                                       arrays["draws_" + m][i])
@@ -504,10 +517,10 @@ def test_gpu_matches_cpu_on_device(method):  # pragma: no cover - needs a GPU
     gpu = cuda.jit(kern.gpu_run)
     for kps in random_kps(rng, FULL, n=8):
         image = random_image(rng, FULL)
-        draws = rng.random(kern.num_draws).astype(np.float32)
+        draws = kern.draws(rng)
         d_out = cuda.to_device(np.full_like(image, np.nan))
-        gpu[kern.blocks, kern.threads_per_block](d_out, cuda.to_device(image),
-                                                 cuda.to_device(kps), cuda.to_device(draws))
+        gpu[kern.launch(cuda.get_current_device().MULTIPROCESSOR_COUNT)](
+            d_out, cuda.to_device(image), cuda.to_device(kps), cuda.to_device(draws))
         np.testing.assert_array_equal(d_out.copy_to_host(), run_cpu(kern, image, kps, draws))
 
 
@@ -523,14 +536,15 @@ def _dali_run(kern, images, kps_batch, draws_batch, device):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
-    from nvidia.dali.plugin.numba.fn.experimental import numba_function
+
+    from dali_pose.loader.graph import dali_operator
 
     bs = len(images)
     pipe = Pipeline(batch_size=bs, num_threads=1, device_id=None if device == "cpu" else 0)
     with pipe:
         srcs = [fn.external_source(source=_batch_source(b), batch=True, device=device)
                 for b in (images, kps_batch, draws_batch)]
-        (out,) = (numba_function(*srcs, **kern.dali_kwargs(device)),)
+        (out,) = (dali_operator(kern.op, device, 0 if device == "gpu" else None)(*srcs),)
         pipe.set_outputs(out)
     pipe.build()
     (out,) = pipe.run()
@@ -544,7 +558,7 @@ def _dali_case(method, device):
     kern = kernels(method, SMALL, prob=0.9)
     images = [random_image(rng, SMALL) for _ in range(3)]
     kps_batch = list(random_kps(rng, SMALL, n=3))
-    draws = [rng.random(kern.num_draws).astype(np.float32) for _ in range(3)]
+    draws = [kern.draws(rng) for _ in range(3)]
     outs = _dali_run(kern, images, kps_batch, draws, device)
     for out, image, kps, d in zip(outs, images, kps_batch, draws):
         np.testing.assert_array_equal(out, run_cpu(kern, image, kps, d))

@@ -5,9 +5,9 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 from dali_pose import build_loader, load_config  # noqa: E402
-from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from dali_pose.noda import build_pool  # noqa: E402
-from dali_pose.synthetic import generate  # noqa: E402
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from dali_pose.tools.build_pool import build_pool  # noqa: E402
+from dali_pose.tools.synthetic import generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +70,19 @@ def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
 
 def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, tmp_path):
     from dali_pose.datasets import load_index
-    from dali_pose.loader import _PoolSource, _Source, epoch_schedule
-    from dali_pose.noda import load_pool
+    from dali_pose.loader import epoch_schedule
+    from dali_pose.loader.pool import load_pool
+    from dali_pose.loader.sources import BatchSource, PoolSource
 
     cfg = _cfg(data, [])
     pool_path = str(tmp_path / "pool.npz")
     np.savez(pool_path, **build_pool(cfg, level="box", verbose=False))
     pool = load_pool(pool_path)
     index = load_index(cfg, "train")
-    main = _Source(index)
+    main = BatchSource(index, train=True, seed=0)
     batches, _ = epoch_schedule(len(index), 4, train=True, seed=0, epoch=5)
     main.start(batches, 5)
-    a, b = _PoolSource(main, pool, seed=0), _PoolSource(main, pool, seed=0)
+    a, b = PoolSource(main, pool), PoolSource(main, pool)
     for cursor in range(len(batches)):
         rows = batches[cursor]
         pick = a.picks(cursor)

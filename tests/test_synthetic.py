@@ -1,4 +1,4 @@
-"""Tests for the synthetic COCO-format keypoint dataset (dali_pose.synthetic)."""
+"""Tests for the synthetic COCO-format keypoint dataset (dali_pose.tools.synthetic)."""
 import json
 import os
 import warnings
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dali_pose import datasets
-from dali_pose.synthetic import generate, main, render_scene
+from dali_pose.tools.synthetic import generate, main, render_scene
 
 K = datasets.COCO.num_joints
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from dali_pose import build_model
 from dali_pose.config import ModelConfig, load_config
-from dali_pose.hrnet import build_model
-from dali_pose.losses import pose_loss
+from dali_pose.models.losses import pose_loss
 
 pytest.importorskip("nvidia.dali")
 
@@ -69,7 +69,7 @@ def test_a_short_run_learns(tmp_path):
     it to 60% (measured: 50%; the heatmaps' zero background makes the start slow). Wrong targets (e.g. not at the keypoints of the crop) would still be fitted, but
     a broken loss, model or gradient path would not."""
     from dali_pose.loader import build_loader
-    from dali_pose.synthetic import generate
+    from dali_pose.tools.synthetic import generate
 
     generate(str(tmp_path), seed=1, num_train=4, num_val=1)
     cfg = load_config("configs/synthetic.yaml", [

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dali_pose.geometry import udp_matrix
-from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD, warp_normalize
+from dali_pose.kernels.warp import warp_normalize
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 from conftest import run_python
 
@@ -107,7 +108,8 @@ def test_matches_opencv_warp_affine():
 
 _DUMP = textwrap.dedent("""
     import json, sys, numpy as np
-    from dali_pose.kernels.warp import IMAGENET_MEAN, IMAGENET_STD, warp_normalize
+    from dali_pose.kernels.warp import warp_normalize
+    from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
     args = json.loads(sys.argv[1])
     roi = np.asarray(args["roi"], np.uint8)
     res = []

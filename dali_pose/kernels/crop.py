@@ -1,48 +1,64 @@
-"""Per-sample crop geometry as a DALI CPU numba operator (pure numba; no DALI import).
+"""Per-sample crop geometry: the augmented box, its matrix, the keypoints in the crop.
 
-Inputs (per sample): center (2,) f32, scale (2,) f32 (box px), keypoints (K, 3) f32 in
-source px, uniform draws (NUM_UNIFORM,) f32, normal draws (NUM_NORMAL,) f32, image shape
-(3,) i64 (H, W, C, from ``fn.peek_image_shape``).
+The operator (:func:`crop_op`, CPU only: its inputs are host data) turns the source's box,
+keypoints and random draws into everything the later stages need. Per sample:
 
-Outputs: matrix (2, 3) f32 (source px -> crop px, OpenCV convention); keypoints (K, 3) f32
-in crop px, joints swapped when flipped; box (8,) f32 = [cx, cy, w, h] of the crop in source
-px, then the person's unpadded box in crop px [cx, cy, w, h] (for NODA placement);
-flipped (1,) i32; and two backend-specific outputs:
-  * CPU fast path: window anchor (2,) i32 (x0, y0) and window shape (2,) i32 (w, h) of the
-    source region the crop touches (for region-of-interest decoding);
-  * DALI ``warp_affine`` path: the matrix in DALI's pixel convention (2, 3) f32, and a
-    placeholder (1,) i32.
-Six in, six out: DALI 2.4's ``setup_fn`` wrapper reads input shapes with the number of
-*outputs*, so the two counts are kept equal.
+inputs
+    ``center`` (2,) f32 and ``scale`` (2,) f32: the person's padded box in source px
+    (``PoseIndex``); ``keypoints`` (K, 3) f32 in source px; ``uniform`` (NUM_UNIFORM,) and
+    ``normal`` (NUM_NORMAL,) f32 draws (:mod:`dali_pose.draws`, layout in
+    :mod:`dali_pose.geometry`); ``image_shape`` (3,) i64 (H, W, C) from ``peek_image_shape``.
+outputs
+    ``matrix`` (2, 3) f32, source px -> crop px (OpenCV convention); ``keypoints`` (K, 3) f32
+    in crop px, joints swapped when flipped; ``crop_box`` (4,) f32 ``[cx, cy, w, h]`` of the
+    crop in source px after augmentation; ``person_box`` (4,) f32 ``[cx, cy, w, h]`` of the
+    person's own (unpadded, unaugmented) box in crop px (NODA places occluders by it);
+    ``flipped`` (1,) i32; and by backend
+      * ``roi`` (4,) i32 ``[x0, y0, w, h]``: the source window the crop samples (the CPU fast
+        path decodes only that region; never empty), or
+      * ``warp_matrix`` (2, 3) f32: ``matrix`` in DALI's pixel convention (``warp_affine``).
+
+Geometry comes from :mod:`dali_pose.geometry` (the one place for it); this module only
+wires it into one kernel.
 """
 from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple
 
 import numba
 import numpy as np
 
-from ..geometry import augment, invert_affine, source_roi, transform_keypoints, udp_matrix
+from ..geometry import (AugParams, augment, invert_affine, opencv_to_dali_into, source_roi,
+                        transform_keypoints, udp_matrix)
+from .op import NumbaOp, Port, fixed_shapes
 
 # Extra source pixels around the crop footprint: bilinear needs one neighbour.
 ROI_MARGIN = 1
 
 
-def make_crop_kernel(cfg, info, train: bool, roi_outputs: bool):
-    """``(run, setup)`` for the crop-geometry operator described in the module docstring."""
-    out_w, out_h = (float(v) for v in cfg.model.input_size)
-    k = info.num_joints
-    a = cfg.aug
-    flip_prob, rot_prob, rot_factor = a.flip_prob, a.rot_prob, a.rot_factor
-    scale_factor, half_prob = a.scale_factor, a.half_body_prob
-    half_min, shift_factor = a.half_body_min_joints, a.shift_factor
+@functools.lru_cache(maxsize=None)
+def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, ...],
+            upper_body: Tuple[bool, ...], aug: Optional[AugParams], roi: bool) -> NumbaOp:
+    """The crop-geometry operator for crops of ``input_size`` = [w, h].
+
+    ``padding``: the box enlargement of the index (to recover the person's own box);
+    ``flip_index`` / ``upper_body``: the dataset's joint swap and upper-body mask; ``aug``:
+    the training augmentation (None: the box as it is, no flip); ``roi``: the last output is
+    the source window (True) or DALI's warp matrix (False).
+    """
+    out_w, out_h = (float(v) for v in input_size)
+    k = len(flip_index)
+    flip_idx = np.asarray(flip_index, np.int64)
+    upper = np.asarray(upper_body, np.bool_)
     aspect = out_w / out_h
-    padding = cfg.data.padding
-    flip_index = info.flip_index.astype(np.int64)
-    upper = np.zeros(k, np.bool_)
-    upper[list(info.upper_body)] = True
-    do_aug = bool(train)
+    do_aug = aug is not None
+    (flip_prob, rot_prob, rot_factor, scale_factor, half_prob, half_min,
+     shift_factor) = aug if do_aug else AugParams(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
+    pad = float(padding)
 
     @numba.njit
-    def place(matrix, kps_out, box, flipped, center, scale, kps, u, n):
+    def place(matrix, kps_out, crop_box, person_box, flipped, center, scale, kps, u, n):
         if do_aug:
             cx, cy, sw, sh, rot, flip = augment(center, scale, kps, u, n, upper, flip_prob,
                                                 rot_prob, rot_factor, scale_factor, half_prob,
@@ -53,56 +69,43 @@ def make_crop_kernel(cfg, info, train: bool, roi_outputs: bool):
         for r in range(2):
             for c in range(3):
                 matrix[r, c] = m[r, c]
-        transform_keypoints(m, kps, flip, flip_index, kps_out)
-        box[0] = cx
-        box[1] = cy
-        box[2] = sw
-        box[3] = sh
-        # The person's own (unpadded, unaugmented) box, in crop pixels.
-        box[4] = m[0, 0] * center[0] + m[0, 1] * center[1] + m[0, 2]
-        box[5] = m[1, 0] * center[0] + m[1, 1] * center[1] + m[1, 2]
-        box[6] = scale[0] / padding * (out_w - 1.0) / sw
-        box[7] = scale[1] / padding * (out_h - 1.0) / sh
+        transform_keypoints(m, kps, flip, flip_idx, kps_out)
+        crop_box[0] = cx
+        crop_box[1] = cy
+        crop_box[2] = sw
+        crop_box[3] = sh
+        person_box[0] = m[0, 0] * center[0] + m[0, 1] * center[1] + m[0, 2]
+        person_box[1] = m[1, 0] * center[0] + m[1, 1] * center[1] + m[1, 2]
+        person_box[2] = scale[0] / pad * (out_w - 1.0) / sw
+        person_box[3] = scale[1] / pad * (out_h - 1.0) / sh
         flipped[0] = 1 if flip else 0
         return m
 
-    @numba.njit
-    def run_roi(matrix, kps_out, box, flipped, anchor, size, center, scale, kps, u, n, shape):
-        m = place(matrix, kps_out, box, flipped, center, scale, kps, u, n)
+    def run_roi(matrix, kps_out, crop_box, person_box, flipped, window, center, scale, kps,
+                u, n, shape):
+        m = place(matrix, kps_out, crop_box, person_box, flipped, center, scale, kps, u, n)
         x0, y0, x1, y1 = source_roi(invert_affine(m), out_w, out_h, shape[1], shape[0],
                                     ROI_MARGIN)
         if x1 <= x0 or y1 <= y0:  # crop entirely off the image: decode one pixel
             x0, y0, x1, y1 = 0, 0, 1, 1
-        anchor[0] = x0
-        anchor[1] = y0
-        size[0] = x1 - x0
-        size[1] = y1 - y0
+        window[0] = x0
+        window[1] = y0
+        window[2] = x1 - x0
+        window[3] = y1 - y0
 
-    @numba.njit
-    def run_dali(matrix, kps_out, box, flipped, m_dali, unused, center, scale, kps, u, n,
-                 shape):
-        m = place(matrix, kps_out, box, flipped, center, scale, kps, u, n)
-        # DALI's warp_affine puts pixel centres at +0.5: conjugate by that shift.
-        for r in range(2):
-            for c in range(3):
-                m_dali[r, c] = m[r, c]
-            m_dali[r, 2] += 0.5 * (1.0 - m[r, 0] - m[r, 1])
-        unused[0] = 0
+    def run_dali(matrix, kps_out, crop_box, person_box, flipped, warp_matrix, center, scale,
+                 kps, u, n, shape):
+        m = place(matrix, kps_out, crop_box, person_box, flipped, center, scale, kps, u, n)
+        opencv_to_dali_into(m, warp_matrix)
 
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = 2
-            outs[0][i][1] = 3
-            outs[1][i][0] = k
-            outs[1][i][1] = 3
-            outs[2][i][0] = 8
-            outs[3][i][0] = 1
-            if roi_outputs:
-                outs[4][i][0] = 2
-                outs[5][i][0] = 2
-            else:
-                outs[4][i][0] = 2
-                outs[4][i][1] = 3
-                outs[5][i][0] = 1
+    f32, i32 = "float32", "int32"
+    last = Port("roi", i32, 1) if roi else Port("warp_matrix", f32, 2)
+    return NumbaOp(
+        name="crop geometry",
+        outputs=(Port("matrix", f32, 2), Port("keypoints", f32, 2), Port("crop_box", f32, 1),
+                 Port("person_box", f32, 1), Port("flipped", i32, 1), last),
+        inputs=(Port("center", f32, 1), Port("scale", f32, 1), Port("keypoints", f32, 2),
+                Port("uniform", f32, 1), Port("normal", f32, 1), Port("image_shape", "int64", 1)),
+        cpu_run=run_roi if roi else run_dali,
+        setup=fixed_shapes((2, 3), (k, 3), (4,), (4,), (1,), (4,) if roi else (2, 3)))
 
-    return (run_roi if roi_outputs else run_dali), setup

@@ -22,13 +22,15 @@ Two loops compute the same bilinear sum (they differ only in float rounding, ~1e
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Optional, Tuple
 
 import numba
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..normalize import IMAGENET_MEAN, IMAGENET_STD
+from .op import NumbaOp, Port, fixed_shapes
 
 _f32 = np.float32
 # Fused multiply-add only (~15% on the rotated loop here); no NaN/Inf or reordering licence.
@@ -227,34 +229,41 @@ def warp_normalize(out, roi, m, anchor_x, anchor_y, mean, std):
         _warp_general(out, flat, w, h, ia, ib, itx, ic, id_, ity, nc)
 
 
-def make_warp_kernel(input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, occlude=None):
-    """DALI CPU numba_function pieces (per sample): ``run(out, roi, matrix, anchor)``, ``setup``.
+@functools.lru_cache(maxsize=None)
+def warp_op(input_size: Tuple[int, int], dropping: Optional[NumbaOp] = None) -> NumbaOp:
+    """The fused warp + normalise operator (CPU) for crops of ``input_size`` = [w, h].
 
-    ``roi`` (h, w, 3) uint8; ``matrix`` (2, 3) float32 source px -> crop px; ``anchor`` (2,)
-    int32 (x0, y0) of the window in the source image. Output (3, H, W) float32.
-    With ``occlude`` (an occlusion kernel, njit ``(image_out, image_in, kps, draws)`` that
-    copies and then draws, so it may run in place), ``run(out, roi, matrix, anchor, kps,
-    draws)`` also occludes the crop: numba operators cannot work in place, and a separate
+    Per sample: ``run(image, roi, matrix, window)``: ``roi`` (h, w, 3) uint8, the decoded
+    source window; ``matrix`` (2, 3) float32 source px -> crop px; ``window`` (4,) int32
+    ``[x0, y0, w, h]`` of the roi in the source image (the crop operator's ``roi``). Output
+    ``image`` (3, H, W) float32, ImageNet-normalised.
+    With ``dropping`` (a :mod:`.dropping` operator, whose CPU kernel copies and then draws,
+    so it may run in place), ``run(image, roi, matrix, window, kps, draws)`` also drops
+    information from the crop: numba operators cannot work in place, and a separate
     operator would copy every crop once more.
     (A batch-parallel variant calling a ``parallel=True`` numba function from DALI's
     ``batch_processing`` mode gave wrong crops now and then: numba's threading layer is not
     safe under DALI's executor threads. Do not reintroduce it without a stress test.)
     """
     out_w, out_h = int(input_size[0]), int(input_size[1])
-    mean_a = np.array(mean, np.float64)
-    std_a = np.array(std, np.float64)
+    mean_a = np.array(IMAGENET_MEAN, np.float64)
+    std_a = np.array(IMAGENET_STD, np.float64)
+    f32 = "float32"
+    inputs = (Port("roi", "uint8", 3), Port("matrix", f32, 2), Port("window", "int32", 1))
 
-    def run(out, roi, matrix, anchor):
-        warp_normalize(out, roi, matrix, float(anchor[0]), float(anchor[1]), mean_a, std_a)
+    def run(out, roi, matrix, window):
+        warp_normalize(out, roi, matrix, float(window[0]), float(window[1]), mean_a, std_a)
 
-    def run_occlude(out, roi, matrix, anchor, kps, draws):
-        warp_normalize(out, roi, matrix, float(anchor[0]), float(anchor[1]), mean_a, std_a)
+    if dropping is not None:
+        occlude = dropping.cpu_kernel
+        inputs += (Port("keypoints", f32, 2), Port("draws", f32, 1))
+
+    def run_dropping(out, roi, matrix, window, kps, draws):
+        warp_normalize(out, roi, matrix, float(window[0]), float(window[1]), mean_a, std_a)
         occlude(out, out, kps, draws)
 
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = 3
-            outs[0][i][1] = out_h
-            outs[0][i][2] = out_w
-
-    return (run if occlude is None else run_occlude), setup
+    return NumbaOp(name="warp" if dropping is None else f"warp + {dropping.name}",
+                   outputs=(Port("image", f32, 3),), inputs=inputs,
+                   cpu_run=run if dropping is None else run_dropping,
+                   setup=fixed_shapes((3, out_h, out_w)),
+                   num_draws=0 if dropping is None else dropping.num_draws)

@@ -1,6 +1,6 @@
 """Synthetic COCO-format keypoint dataset of rendered human figures.
 
-``python -m dali_pose.synthetic --out DIR`` (or :func:`generate`) writes::
+``python -m dali_pose.tools.synthetic --out DIR`` (or :func:`generate`) writes::
 
     DIR/images/train/000000000001.jpg ...            (JPEG, quality 90)
     DIR/images/val/000001000001.jpg ...
@@ -50,7 +50,8 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 
-from .datasets import COCO
+from ..datasets import COCO
+from ..evaluation.draw import draw_pose
 
 __all__ = ["generate", "render_scene", "draw_annotations", "main"]
 
@@ -453,15 +454,10 @@ def draw_annotations(img: np.ndarray, people: List[dict]) -> np.ndarray:
         kp = np.asarray(p["keypoints"], dtype=np.float64).reshape(_K, 3)
         x, y, w, h = p["bbox"]
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (0, 255, 255), 1)
-        for a, b in COCO.skeleton:
-            if kp[a, 2] > 0 and kp[b, 2] > 0:
-                cv2.line(out, _fx(kp[a, :2]), _fx(kp[b, :2]), (0, 255, 0), 1, cv2.LINE_AA,
-                         _SHIFT)
-        for j in range(_K):
-            if kp[j, 2] > 0:
-                col = (0, 0, 255) if j in (1, 3, 5, 7, 9, 11, 13, 15) else (255, 0, 0)
-                cv2.circle(out, _fx(kp[j, :2]), 2 * _ONE, col, -1 if kp[j, 2] == 2 else 1,
-                           cv2.LINE_AA, _SHIFT)
+        left = [(0, 0, 255) if j in (1, 3, 5, 7, 9, 11, 13, 15) else (255, 0, 0)
+                for j in range(_K)]
+        draw_pose(out, kp[:, :2], kp[:, 2] > 0, COCO.skeleton, (0, 255, 0),
+                  joint_colors=left, filled=kp[:, 2] == 2, radius=2, thickness=1)
     return out
 
 
@@ -545,13 +541,13 @@ def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 6
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dali_pose.synthetic",
+        prog="python -m dali_pose.tools.synthetic",
         description="Write a COCO-format keypoint dataset of rendered human figures "
                     "(17 COCO joints, 1-4 people per image, occlusions, textured "
                     "backgrounds): DIR/images/{train,val}/*.jpg and "
                     "DIR/annotations/person_keypoints_{train,val}.json. Keypoints are 0-based "
                     "pixels with pixel centres on integers. Same seed, same bytes.",
-        epilog="example: python -m dali_pose.synthetic --out data/synthetic --seed 0",
+        epilog="example: python -m dali_pose.tools.synthetic --out data/synthetic --seed 0",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
                         help="output directory (the default config reads data/synthetic)")

@@ -1,10 +1,10 @@
 """NODA offline part: a foreground pool of people cut from the training annotations.
 
-``python -m dali_pose.noda build-pool --config CFG --out POOL.npz [--level box|cardboard|grabcut]
+``python -m dali_pose.tools.build_pool --config CFG --out POOL.npz [--level box|cardboard|grabcut]
 [--set key=value ...]`` reads the training split (``dali_pose.datasets.load_index(cfg,
 'train')``) and writes one ``.npz`` holding, per kept person, an RGBA crop (RGB uint8 plus an
-edge-smoothed alpha matte) and the person's keypoints and box in that crop's pixels. No label
-beyond the keypoint annotations is used.
+edge-smoothed alpha matte) and the person's keypoints and box in that crop's pixels (the
+format: :mod:`dali_pose.loader.pool`). No label beyond the keypoint annotations is used.
 
 Crops: the person box (the annotation ``bbox`` when the json has one, else the keypoint extent
 grown by ``FALLBACK_BOX_GROW``) grown by ``margin`` of its size on every side, so the blurred
@@ -40,17 +40,8 @@ of concatenated RGBA crops capped at ``max_side`` px, so the pipeline can upload
 memory once (size ~ people x mean crop area x 4 bytes; lower ``--max-side`` to shrink a large
 training set's pool) and feed per-sample views of it; the online part
 (placement, coverage rules, blending, the ``occluded`` report) is
-``dali_pose.kernels.occlusion.make_noda_kernels``, whose docstring has its reading. Where the
+:mod:`dali_pose.kernels.noda`, whose docstring has its reading. Where the
 paper does not fix a number (part widths, blur, thresholds, margin), the values here are ours.
-
-Pool file (``np.savez``): ``rgba`` (sum h*w*4,) uint8 concatenated crops, ``offsets`` (N,)
-int64 into it, ``shapes`` (N, 2) int32 (h, w), ``kps`` (N, K, 3) float32 in crop px,
-``boxes`` (N, 4) float32 [cx, cy, w, h] in crop px of the placement box: the index's box
-without padding (``PoseIndex.center``, ``PoseIndex.scale / data.padding``: aspect-fixed to the
-input, the convention of the crop kernel's person box), ``person_boxes`` (N, 4) the annotation
-box in crop px (what the crop and the box-level mask use), ``image_id`` /
-``instance_id`` (N,) int64 (so the pipeline can avoid pasting a person into its own image),
-``level``, ``dataset``, ``settings`` and ``skipped`` (json strings).
 """
 from __future__ import annotations
 
@@ -60,65 +51,22 @@ import math
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import cv2
 import numpy as np
 
-from dali_pose.config import add_config_args, load_config
-from dali_pose.datasets import load_index
-from dali_pose.kernels.occlusion import joint_roles
+from ..config import add_config_args, load_config
+from ..datasets import load_index
+from ..kernels.noda import joint_roles
+from ..loader.pool import POOL_VERSION
 
 LEVELS = ("box", "cardboard", "grabcut")
-POOL_VERSION = 1
 FALLBACK_BOX_GROW = 0.15  # per side, of the keypoint extent, when the json has no bbox
 EDGE_SIGMA = 0.012  # matte blur sigma, fraction of the crop's longer side
 PART_WIDTH = {"limb": 0.09, "head": 0.085, "torso": 0.05, "seed": 0.015}  # x person size
 GRABCUT_ITERS = 3
 MIN_FG_FRACTION = 0.08
-
-
-@dataclass(frozen=True)
-class Pool:
-    """A loaded pool. ``get(i)`` -> (rgba (h, w, 4) uint8, kps (K, 3) f32, box (4,) f32)."""
-
-    rgba: np.ndarray
-    offsets: np.ndarray
-    shapes: np.ndarray
-    kps: np.ndarray
-    boxes: np.ndarray
-    person_boxes: np.ndarray
-    image_id: np.ndarray
-    instance_id: np.ndarray
-    level: str
-    dataset: str
-    settings: Dict
-    skipped: Dict[str, int]
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def get(self, i: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        h, w = (int(v) for v in self.shapes[i])
-        o = int(self.offsets[i])
-        rgba = self.rgba[o:o + h * w * 4].reshape(h, w, 4)
-        return rgba, self.kps[i], self.boxes[i]
-
-
-def load_pool(path: str) -> Pool:
-    """Read a pool written by ``build-pool``."""
-    with np.load(path, allow_pickle=False) as z:
-        settings = json.loads(str(z["settings"]))
-        if settings.get("version") != POOL_VERSION:
-            raise ValueError(f"{path}: pool version {settings.get('version')}, expected "
-                             f"{POOL_VERSION}; rebuild it with `python -m dali_pose.noda "
-                             f"build-pool`")
-        return Pool(rgba=z["rgba"], offsets=z["offsets"], shapes=z["shapes"], kps=z["kps"],
-                    boxes=z["boxes"], person_boxes=z["person_boxes"],
-                    image_id=z["image_id"], instance_id=z["instance_id"],
-                    level=str(z["level"]), dataset=str(z["dataset"]), settings=settings,
-                    skipped=json.loads(str(z["skipped"])))
 
 
 # ------------------------------------------------------------------------------ crops
@@ -376,10 +324,9 @@ def build_pool(cfg, level: str = "grabcut", margin: float = 0.1, max_side: int =
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dali_pose.noda",
-                                     description="NODA foreground pool tools")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build-pool", help="cut people out of the training annotations")
+    b = argparse.ArgumentParser(prog="python -m dali_pose.tools.build_pool",
+                                description="NODA: cut a foreground pool of people out of the "
+                                            "training annotations")
     add_config_args(b)
     b.add_argument("--out", required=True, help="output .npz")
     b.add_argument("--level", choices=LEVELS, default="grabcut")
@@ -390,7 +337,7 @@ def main(argv=None) -> int:
                    help="skip boxes shorter than this (source px)")
     b.add_argument("--min-joints", type=int, default=6,
                    help="skip people with fewer annotated joints")
-    args = parser.parse_args(argv)
+    args = b.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     arrays = build_pool(cfg, args.level, args.margin, args.max_side, args.min_height,
                         args.min_joints)

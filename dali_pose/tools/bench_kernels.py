@@ -1,4 +1,4 @@
-"""Per-kernel timings for ``python -m dali_pose.bench --kernels``: each numba kernel next to
+"""Per-kernel timings for ``python -m dali_pose.tools.bench --kernels``: each numba kernel next to
 the classic loader's way of doing the same job, on the same inputs, in one run.
 
 For a batch of ``batch`` samples (default 256; keypoints, matrices and draws from a seeded
@@ -22,10 +22,11 @@ import time
 
 import numpy as np
 
-from .geometry import udp_matrix
-from .kernels.heatmap import make_target_kernels
-from .kernels.occlusion import make_occlusion_kernels
-from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD, warp_normalize
+from ..codecs import build_codec
+from ..geometry import udp_matrix
+from ..kernels.dropping import dropping_op_from
+from ..kernels.warp import warp_normalize
+from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 from .reference import normalize_chw, occlude_numpy, targets_numpy
 
 SOURCE_HW = (480, 640)  # COCO-like source image
@@ -98,7 +99,8 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
     report["warp"] = warp
     log(f"  warp: {warp}")
 
-    t = make_target_kernels(cfg.model, num_joints)
+    codec = build_codec(cfg.model)
+    t = codec.target_op(num_joints)
     tw, th = t.hm_size
     hm = np.empty((batch, t.channels, th, tw), np.float32)
     wt = np.empty((batch, num_joints), np.float32)
@@ -109,7 +111,7 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
 
     def targets_classic():
         for i in range(batch):
-            targets_numpy(kps[i], cfg.model)
+            targets_numpy(kps[i], codec)
 
     a, b = _median_ms(targets_cpu, rounds), _median_ms(targets_classic, rounds)
     report["targets"] = {"target": cfg.model.target, "numba_cpu_ms": a, "numpy_ms": b, "speedup": b / a}
@@ -117,9 +119,9 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
     occ_cfg = cfg.occlusion
     if occ_cfg.method == "none":  # time AID, the method the speed targets name
         occ_cfg = dataclasses.replace(occ_cfg, method="aid")
-    occ = make_occlusion_kernels(occ_cfg, cfg.model.input_size)
+    occ = dropping_op_from(occ_cfg, cfg.model.input_size)
     draws = rng.random((batch, occ.num_draws)).astype(np.float32)
-    draws[:, 0] = 0.0  # every sample occluded: the kernels' worst case
+    draws[:, 0] = 1.0  # the gate open for every sample: the kernels' worst case
 
     def occ_cpu():
         for i in range(batch):
@@ -139,8 +141,9 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
         d_hm, d_wt = cuda.to_device(hm), cuda.to_device(wt)
         d_kps, d_dummy = cuda.to_device(kps), cuda.to_device(dummy)
         d_crops, d_draws = cuda.to_device(crops), cuda.to_device(draws)
-        t_gpu = cuda.jit(t.gpu_run)[t.blocks, t.threads_per_block]
-        o_gpu = cuda.jit(occ.gpu_run)[occ.blocks, occ.threads_per_block]
+        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        t_gpu = cuda.jit(t.gpu_run)[t.launch(sms)]
+        o_gpu = cuda.jit(occ.gpu_run)[occ.launch(sms)]
 
         def targets_gpu():
             for i in range(batch):

@@ -15,9 +15,9 @@ stride-2 conv of the lowest-resolution one. Each module ends with fuse layers: e
 branch sums all branches, brought to its resolution by a 1x1 conv + nearest upsampling
 (lower resolutions) or a chain of stride-2 3x3 convs (higher resolutions).
 
-``build_model(cfg.model, num_joints)`` builds the configured variant (``train.py``;
-``model.width`` etc.); ``python -m dali_pose.bench --train-step`` measures how many samples
-per second a W32 training step consumes.
+``dali_pose.build_model(cfg)`` builds the configured variant (``model.width`` etc.);
+``python -m dali_pose.tools.bench --train-step`` measures how many samples per second a W32
+training step consumes.
 """
 from __future__ import annotations
 
@@ -176,11 +176,9 @@ def hrnet_w32(num_joints: int = 17) -> HRNet:
     return HRNet(num_joints, width=32)
 
 
-def build_model(model_cfg, num_joints: int) -> HRNet:
-    """The HRNet of ``model_cfg`` (a ``ModelConfig``): output (N, C, H/4, W/4) for input
-    (N, 3, H, W), C = K heatmaps (``target: gaussian``) or 3K (``combined``: per joint a
-    disk, an x-offset and a y-offset map, in the order of the loader's targets)."""
-    channels = num_joints * (3 if model_cfg.target == "combined" else 1)
+def build_hrnet(model_cfg, channels: int) -> HRNet:
+    """The HRNet of ``model_cfg`` (a ``ModelConfig``) with ``channels`` output maps:
+    output (N, C, H/4, W/4) for input (N, 3, H, W)."""
     return HRNet(channels, width=model_cfg.width, num_blocks=model_cfg.num_blocks,
                  modules_per_stage=tuple(model_cfg.stage_modules),
                  stem_width=model_cfg.stem_width)

@@ -1,24 +1,23 @@
 """The classic loader: a plain PyTorch ``DataLoader`` doing the DALI pipeline's work the way
 the HRNet and mmpose loaders do it (OpenCV decode and ``warpAffine``, NumPy heatmaps).
 
-It is the benchmark's baseline (``python -m dali_pose.bench``) and a second implementation
+It is the benchmark's baseline (``python -m dali_pose.tools.bench``) and a second implementation
 the tests compare the DALI loader against. Per sample (:class:`ReferenceDataset`):
 
-    cv2.imread + BGR->RGB --> augmentation draws (``np.random.default_rng((seed, epoch,
-    row))``: NUM_UNIFORM uniforms then NUM_NORMAL normals, the layout of
-    ``geometry.augment``) --> ``geometry.augment`` / ``udp_matrix`` / ``transform_keypoints``
-    (the one place for geometry, shared with the pipeline) --> ``cv2.warpAffine(INTER_LINEAR,
-    BORDER_CONSTANT, 0)`` --> ImageNet normalisation to CHW float32 --> occlusion (NumPy mask,
-    when configured) --> UDP targets written in NumPy (Gaussian in the 3 sigma window, or the
-    combined disk + offsets target), following the rules in :mod:`dali_pose.kernels.heatmap`.
+    cv2.imread + BGR->RGB --> augmentation draws (:func:`dali_pose.draws.sample_draws`,
+    the DALI loader's very draws) --> ``geometry.augment`` / ``udp_matrix`` /
+    ``transform_keypoints`` (the one place for geometry, shared with the pipeline) -->
+    ``cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT, 0)`` --> ImageNet normalisation to CHW
+    float32 --> occlusion (NumPy mask, when configured) --> UDP targets written in NumPy
+    (Gaussian in the 3 sigma window, or the combined disk + offsets target), following the
+    rules in :mod:`dali_pose.kernels.targets`.
 NODA (pasting pool people, ``noda.prob > 0``) is not implemented here.
 
-The draws are a pure function of (seed, epoch, row): the batches do not depend on the
-number of workers. They are *not* the DALI pipeline's draws (DALI's generator is its own),
-so a training batch matches the DALI loader's batch in distribution, not sample by sample;
-validation applies no randomness and matches it sample by sample.
+The draws are a pure function of (seed, epoch, row), the same as the DALI loader's: the
+batches do not depend on the number of workers, and a training batch matches the DALI
+loader's sample by sample (up to OpenCV's 1/32-px warp positions and uint8 rounding).
 
-Batches come from :func:`dali_pose.loader.epoch_schedule`, so both loaders visit the same
+Batches come from :func:`dali_pose.loader.schedule.epoch_schedule`, so both loaders visit the same
 rows in the same order (validation: the last batch is short instead of padded). The batch
 dict has the DALI loader's keys (``image_flipped`` for validation with ``loader.flip_test``).
 With ``timing=True`` each batch also carries ``stage_s`` (N, len(STAGES)) float64: CPU
@@ -36,11 +35,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import DatasetError, PoseIndex, load_index
-from .geometry import NUM_NORMAL, NUM_UNIFORM, augment, transform_keypoints, udp_matrix
-from .kernels.heatmap import COMBINED_RADIUS_FACTOR
-from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD
-from .loader import epoch_schedule
+from ..codecs import COMBINED_RADIUS_FACTOR, UDPCombined, build_codec
+from ..datasets import DatasetError, PoseIndex, load_index
+from ..draws import sample_draws
+from ..geometry import augment, transform_keypoints, udp_matrix
+from ..kernels.dropping import QUANT, dropping_op_from
+from ..loader.schedule import epoch_schedule, occlusion_probs
+from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 
 STAGES = ("read", "geometry", "warp", "normalize", "targets")
 
@@ -105,20 +106,47 @@ def combined_targets(kps: np.ndarray, input_size, heatmap_size):
     return out, weight
 
 
-def targets_numpy(kps: np.ndarray, model_cfg):
-    """The targets of ``model_cfg.target`` for crop keypoints ``kps``: (heatmap, weight)."""
-    m = model_cfg
-    if m.target == "combined":
-        return combined_targets(kps, m.input_size, m.heatmap_size)
-    return gaussian_heatmaps(kps, m.input_size, m.heatmap_size, m.sigma)
+def targets_numpy(kps: np.ndarray, codec):
+    """The targets of ``codec`` (:mod:`dali_pose.codecs`) for crop keypoints ``kps``, written
+    independently of its kernels: (heatmap, weight)."""
+    if isinstance(codec, UDPCombined):
+        return combined_targets(kps, codec.input_size, codec.heatmap_size)
+    return gaussian_heatmaps(kps, codec.input_size, codec.heatmap_size, codec.sigma)
 
 
-def occlude_numpy(image: np.ndarray, occ, kps: np.ndarray, draws: np.ndarray) -> None:
-    """The classic way: build the (H, W) drop mask in NumPy (``occ.mask``, an
-    ``OcclusionKernels``) and fill ``image`` (3, H, W) there, in place."""
-    mask = occ.mask(kps, draws)
+def occlusion_mask(op, kps, draws, size=None) -> np.ndarray:
+    """(H, W) bool: the pixels the information-dropping operator ``op`` (a ``DroppingOp``)
+    sets to black, built in NumPy from its ``params`` (an oracle for the kernels)."""
+    ww, hh = op.input_size if size is None else size
+    p = op.params(kps, draws, (ww, hh))
+    m = np.zeros((hh, ww), bool)
+    if not p["applied"]:
+        return m
+    ys, xs = np.mgrid[0:hh, 0:ww]
+    if op.method in ("aid", "cutout"):
+        for _, _, cx, cy, r in p["discs"]:
+            cxq, cyq, rq = round(cx * QUANT), round(cy * QUANT), round(r * QUANT)
+            dx = xs.astype(np.int64) * QUANT - cxq
+            dy = ys.astype(np.int64) * QUANT - cyq
+            m |= dx * dx + dy * dy <= rq * rq
+    elif op.method == "erasing" and p["rect"] is not None:
+        x0, y0, we, he = p["rect"]
+        m[y0:y0 + he, x0:x0 + we] = True
+    elif op.method == "hide_and_seek" and p["grid"] > 0:
+        g = p["grid"]
+        m = np.kron(p["hidden"], np.ones((g, g), bool))[:hh, :ww]
+    elif op.method == "gridmask":
+        d, keep, dx, dy = p["grid"]
+        m = (((xs - dx) % d) >= keep) & (((ys - dy) % d) >= keep)
+    return m
+
+
+def occlude_numpy(image: np.ndarray, op, kps: np.ndarray, draws: np.ndarray) -> None:
+    """The classic way: build the (H, W) drop mask in NumPy (:func:`occlusion_mask`) and
+    fill ``image`` (3, H, W) there, in place."""
+    mask = occlusion_mask(op, kps, draws)
     for c in range(3):
-        image[c][mask] = occ.fill[c]
+        image[c][mask] = op.fill[c]
 
 
 def normalize_chw(crop: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -155,11 +183,10 @@ class ReferenceDataset(Dataset):
         self.upper[list(info.upper_body)] = True
         self.out_w, self.out_h = (int(v) for v in cfg.model.input_size)
         self.dtype = np.float16 if cfg.loader.fp16 else np.float32
+        self.codec = build_codec(cfg.model)
         self._occ = None
         if self.train and cfg.occlusion.method != "none":
-            from .kernels.occlusion import make_occlusion_kernels
-
-            self._occ = make_occlusion_kernels(cfg.occlusion, cfg.model.input_size)
+            self._occ = dropping_op_from(cfg.occlusion, cfg.model.input_size)
         if len(index):  # compile (or load) the numba geometry once, before workers fork
             self._geometry(0, 0)
 
@@ -171,27 +198,27 @@ class ReferenceDataset(Dataset):
         self.epoch = int(epoch)
 
     def _geometry(self, epoch: int, row: int):
-        """(matrix (2, 3) f64, crop keypoints (K, 3) f32, box (4,) f32, flip, rng)."""
+        """(matrix (2, 3) f64, crop keypoints (K, 3) f32, box (4,) f32, flip, draws)."""
         ix, a = self.index, self.cfg.aug
         center = ix.center[row].astype(np.float32)  # float32, as the DALI source feeds them
         scale = ix.scale[row].astype(np.float32)
         kps = np.ascontiguousarray(ix.keypoints[row], dtype=np.float32)
-        rng = None
+        draws = None
         if self.train:
-            rng = np.random.default_rng((self.cfg.loader.seed, epoch, row))
-            u = rng.random(NUM_UNIFORM).astype(np.float32)
-            n = rng.standard_normal(NUM_NORMAL).astype(np.float32)
+            draws = sample_draws(self.cfg.loader.seed, epoch, row,
+                                 self._occ.num_draws if self._occ else 0,
+                                 occlusion_prob=occlusion_probs(self.cfg, epoch)[0])
             cx, cy, sw, sh, rot, flip = augment(
-                center, scale, kps, u, n, self.upper, a.flip_prob, a.rot_prob, a.rot_factor,
-                a.scale_factor, a.half_body_prob, a.half_body_min_joints, a.shift_factor,
-                self.out_w / self.out_h)
+                center, scale, kps, draws.uniform, draws.normal, self.upper, a.flip_prob,
+                a.rot_prob, a.rot_factor, a.scale_factor, a.half_body_prob,
+                a.half_body_min_joints, a.shift_factor, self.out_w / self.out_h)
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
         m = udp_matrix(cx, cy, sw, sh, rot, float(self.out_w), float(self.out_h), flip)
         kps_crop = np.zeros((self.k, 3), np.float32)
         transform_keypoints(m, kps, flip, self.flip_index, kps_crop)
         box = np.array([cx, cy, sw, sh], np.float32)
-        return m, kps_crop, box, bool(flip), rng
+        return m, kps_crop, box, bool(flip), draws
 
     def __getitem__(self, key):
         epoch, row = key if isinstance(key, tuple) else (self.epoch, key)
@@ -204,19 +231,18 @@ class ReferenceDataset(Dataset):
             raise DatasetError(f"cannot read image {path} (instance {ix.instance_id[row]})")
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         t1 = time.thread_time()
-        m, kps_crop, box, flip, rng = self._geometry(epoch, row)
+        m, kps_crop, box, flip, draws = self._geometry(epoch, row)
         t2 = time.thread_time()
         crop = cv2.warpAffine(img, m, (self.out_w, self.out_h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         t3 = time.thread_time()
         image = normalize_chw(crop)
         if self._occ is not None:
-            draws = rng.random(self._occ.num_draws).astype(np.float32)
-            occlude_numpy(image, self._occ, kps_crop, draws)
+            occlude_numpy(image, self._occ, kps_crop, draws.occlusion)
         if self.dtype != np.float32:
             image = image.astype(self.dtype)
         t4 = time.thread_time()
-        heatmap, weight = targets_numpy(kps_crop, self.cfg.model)
+        heatmap, weight = targets_numpy(kps_crop, self.codec)
         t5 = time.thread_time()
         sample = {
             "image": image,
@@ -239,7 +265,7 @@ class ReferenceDataset(Dataset):
 # ------------------------------------------------------------------------- loader ----
 
 class EpochBatchSampler:
-    """Batches of ``(epoch, row)`` keys from :func:`dali_pose.loader.epoch_schedule`.
+    """Batches of ``(epoch, row)`` keys from :func:`dali_pose.loader.schedule.epoch_schedule`.
 
     Training: the (seed, epoch) shuffle, fixed-size batches; the epoch advances after each
     complete pass (or is chosen with ``set_epoch``). Validation: dataset order, short last

@@ -27,7 +27,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
-from .datasets import DatasetInfo
+from ..datasets import DatasetInfo
 
 __all__ = ["rescore", "oks_matrix", "oks_nms", "to_coco_results", "index_to_results",
            "write_results"]

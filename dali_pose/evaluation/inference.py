@@ -17,10 +17,10 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .codecs import decode
-from .config import Config, ConfigError, config_from_dict, load_config, to_dict
-from .datasets import DATASETS, PoseIndex
-from .hrnet import build_model
+from ..codecs import build_codec
+from ..config import Config, ConfigError, config_from_dict, load_config, to_dict
+from ..datasets import PoseIndex
+from ..models import build_model
 from .metrics import EvaluationError, evaluate_coco, evaluate_mpii, format_table, write_metrics
 from .postprocess import index_to_results, write_results
 
@@ -51,7 +51,7 @@ def load_checkpoint(path: str, config: Optional[str] = None, overrides=()):
             ckpt["config"], overrides, source=f"{path} (its saved config)")
     except ConfigError as e:
         raise EvaluationError(str(e)) from e
-    model = build_model(cfg.model, DATASETS[cfg.data.format].num_joints)
+    model = build_model(cfg)
     _check_weights(path, ckpt["model"], model.state_dict(), cfg)
     model.load_state_dict(ckpt["model"])
     return cfg, model.eval(), int(ckpt.get("epochs", 0))
@@ -96,10 +96,11 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
     """Run ``model`` over the val split (flip test when ``loader.flip_test``), decoded back to
     source pixels. ``loader`` defaults to ``build_loader(cfg, "val")``."""
     if loader is None:
-        from .loader import build_loader
+        from ..loader import build_loader
 
         loader = build_loader(cfg, "val")
     index, info = loader.index, loader.info
+    codec = build_codec(cfg)
     row_of = {int(i): r for r, i in enumerate(index.instance_id)}
     preds = np.full((len(index), info.num_joints, 3), np.nan, np.float32)
     done = np.zeros(len(index), bool)
@@ -109,7 +110,7 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
         flipped = None
         if "image_flipped" in batch:
             flipped = model(batch["image_flipped"].to(device)).float()
-        kps = decode(output, batch, cfg, flipped, info.flip_index).cpu().numpy()
+        kps = codec.decode(output, batch["matrix"], flipped, info.flip_index).cpu().numpy()
         for i, iid in enumerate(batch["instance_id"].tolist()):
             preds[row_of[int(iid)]] = kps[i]
             done[row_of[int(iid)]] = True

@@ -1,6 +1,6 @@
 """Render training samples as the network sees them.
 
-``python -m dali_pose.preview --config CFG --out grid.png [--split train] [--num 16]
+``python -m dali_pose.tools.preview --config CFG --out grid.png [--split train] [--num 16]
 [--set key=value ...]`` writes a grid of crops (de-normalised), each with its skeleton and
 keypoints drawn (labelled-visible green, labelled-occluded orange, joints covered by a
 NODA occluder red) and the heatmaps' maximum overlaid, so a person can check the
@@ -14,46 +14,43 @@ import math
 import cv2
 import numpy as np
 
-from .config import add_config_args, load_config
-from .kernels.warp import IMAGENET_MEAN, IMAGENET_STD
+from ..codecs import build_codec
+from ..config import add_config_args, load_config
+from ..evaluation.draw import draw_pose
+from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 
 _VISIBLE, _OCCLUDED, _COVERED, _LIMB = (60, 220, 60), (255, 160, 0), (255, 40, 40), (80, 160, 255)
 
 
-def render_sample(image, heatmap, keypoints, occluded, skeleton, heat_alpha=0.45):
+def render_sample(image, heatmap, keypoints, occluded, skeleton, codec, heat_alpha=0.45):
     """One crop as RGB uint8 (H, W, 3). ``image`` (3, H, W) normalised float; ``heatmap``
-    (C, h, w); ``keypoints`` (K, 3) crop px; ``occluded`` (K,)."""
+    (C, h, w) targets of ``codec``; ``keypoints`` (K, 3) crop px; ``occluded`` (K,)."""
     rgb = image.astype(np.float32).transpose(1, 2, 0) * np.array(IMAGENET_STD) \
         + np.array(IMAGENET_MEAN)
     rgb = np.clip(rgb * 255.0, 0, 255).astype(np.uint8)
     h, w = rgb.shape[:2]
     k = keypoints.shape[0]
-    heat = heatmap[:k] if heatmap.shape[0] == k else heatmap[0::3]  # combined: every 3rd
+    heat = codec.heatmaps(heatmap)
     heat = cv2.resize(np.clip(heat.max(axis=0), 0, 1).astype(np.float32), (w, h),
                       interpolation=cv2.INTER_LINEAR)
     color = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     a = (heat_alpha * heat)[..., None]
     out = (rgb * (1 - a) + color * a).astype(np.uint8)
     out = np.ascontiguousarray(out)
-    pts = [(int(round(x)), int(round(y))) for x, y in keypoints[:, :2]]
-    for i, j in skeleton:
-        if keypoints[i, 2] > 0 and keypoints[j, 2] > 0:
-            cv2.line(out, pts[i], pts[j], _LIMB, 1, cv2.LINE_AA)
-    for j in range(k):
-        if keypoints[j, 2] <= 0:
-            continue
-        c = _COVERED if occluded[j] > 0 else (_VISIBLE if keypoints[j, 2] >= 2 else _OCCLUDED)
-        cv2.circle(out, pts[j], 3, c, -1, cv2.LINE_AA)
-    return out
+    colors = [_COVERED if occluded[j] > 0 else (_VISIBLE if keypoints[j, 2] >= 2
+                                                 else _OCCLUDED) for j in range(k)]
+    return draw_pose(out, keypoints[:, :2], keypoints[:, 2] > 0, skeleton, _LIMB,
+                     joint_colors=colors, radius=3, thickness=1)
 
 
-def render_grid(batch, skeleton, num: int, cols: int = 8) -> np.ndarray:
+def render_grid(batch, skeleton, codec, num: int, cols: int = 8) -> np.ndarray:
     """Tile the first ``num`` samples of a loader batch into one RGB uint8 image."""
     n = min(num, batch["image"].shape[0])
     tiles = [render_sample(batch["image"][i].float().cpu().numpy(),
                            batch["heatmap"][i].float().cpu().numpy(),
                            batch["keypoints"][i].cpu().numpy(),
-                           batch["occluded"][i].cpu().numpy(), skeleton) for i in range(n)]
+                           batch["occluded"][i].cpu().numpy(), skeleton, codec)
+             for i in range(n)]
     cols = min(cols, n)
     rows = math.ceil(n / cols)
     h, w = tiles[0].shape[:2]
@@ -66,11 +63,11 @@ def render_grid(batch, skeleton, num: int, cols: int = 8) -> np.ndarray:
 
 def write_preview(cfg, out_path: str, split: str = "train", num: int = 16, loader=None):
     """Draw ``num`` samples of ``split`` into ``out_path`` (PNG); returns the grid."""
-    from .loader import build_loader
+    from ..loader import build_loader
 
     loader = loader or build_loader(cfg, split)
     batch = next(iter(loader))
-    grid = render_grid(batch, loader.info.skeleton, num)
+    grid = render_grid(batch, loader.info.skeleton, build_codec(cfg), num)
     if not cv2.imwrite(out_path, grid[..., ::-1]):
         raise OSError(f"cannot write preview {out_path}")
     return grid

@@ -1,6 +1,6 @@
 """Loader benchmark: the DALI loader (GPU and CPU backends) against the classic one.
 
-    python -m dali_pose.bench [--config CFG] [--set KEY=VALUE ...]
+    python -m dali_pose.tools.bench [--config CFG] [--set KEY=VALUE ...]
         [--backends dali-gpu,dali-cpu,reference] [--batches N] [--rounds R] [--warmup W]
         [--scaling] [--epochs-memory N] [--train-step] [--smoke] [--json OUT]
 
@@ -8,7 +8,7 @@ Backends (all on the training split, full training augmentation of the config):
   dali-gpu   ``build_loader(device='gpu')`` (skipped, with a message, without CUDA)
   dali-cpu   ``build_loader(device='cpu')`` (``loader.fast_cpu`` picks the fused ROI-decode
              path or the DALI decode + warp_affine path)
-  reference  :mod:`dali_pose.reference`: a torch DataLoader with ``loader.num_threads``
+  reference  :mod:`dali_pose.tools.reference`: a torch DataLoader with ``loader.num_threads``
              worker processes (OpenCV decode + warpAffine, NumPy heatmaps)
 
 All backends are built first, then run interleaved in one process: for each round, for each
@@ -56,7 +56,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .config import DataConfig, add_config_args, load_config, to_dict
+from ..config import DataConfig, add_config_args, load_config, to_dict
 
 BACKENDS = ("dali-gpu", "dali-cpu", "reference")
 SCALING_BATCH = (16, 32, 64, 128)
@@ -169,8 +169,8 @@ class Backend:
             self.loader = build_reference_loader(cfg, "train", cfg.loader.num_threads,
                                                  index=index, timing=True)
         else:
-            from .loader import build_loader
-            from .pipeline import forget_compiled
+            from ..loader import build_loader
+            from ..loader.graph import forget_compiled
 
             forget_compiled()  # build_s is a cold build, whatever ran before in this process
             t0 = time.perf_counter()
@@ -313,16 +313,38 @@ DALI_STAGES = ("source", "geometry", "decode", "warp+normalize", "occlusion+targ
                "iterator (to torch)")
 
 
-def _prefix_graph(cfg, info, source, pool_source, spec, upto: str):
-    """The loader's graph cut after ``upto`` ('occlusion+targets' = the whole graph)."""
-    from .pipeline import build_graph
+def _prefix_graph(upto: str):
+    """A graph function for ``make_pipeline``: the loader's stages up to ``upto``, composed
+    from the same public stage functions :func:`dali_pose.loader.graph.build_graph` uses
+    ('occlusion+targets' is the whole graph; 'full decode' replaces the region-of-interest
+    decode by a whole-image one, for comparison)."""
+    from nvidia.dali import fn, types
 
-    return build_graph(cfg, info, source, pool_source, spec,
-                       stop_after=None if upto == "occlusion+targets" else upto)
+    from ..loader import graph as G
+
+    if upto == "occlusion+targets":
+        return G.build_graph
+
+    def prefix(spec, source, pool_source):
+        read = G.read_stage(spec, source, pool_source)
+        if upto == "source":
+            return tuple(v for v in read if v is not None)
+        if upto == "full decode":
+            return (fn.decoders.image(read.jpeg, device="mixed" if spec.gpu else "cpu",
+                                      output_type=types.RGB),)
+        geometry = G.geometry_stage(spec, read)
+        if upto == "geometry":
+            return tuple(geometry)
+        decoded = G.decode_stage(spec, read, geometry)
+        if upto == "decode":
+            return (decoded,)
+        return (G.warp_stage(spec, read, geometry, decoded),)  # warp+normalize
+
+    return prefix
 
 
 def _long_schedule(n_rows: int, batch_size: int, seed: int, n_batches: int):
-    from .loader import epoch_schedule
+    from ..loader.schedule import epoch_schedule
 
     out, epoch = [], 0
     while len(out) < n_batches:
@@ -339,48 +361,39 @@ def _long_schedule(n_rows: int, batch_size: int, seed: int, n_batches: int):
 def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
                 iterator_result: Optional[dict] = None, log=print) -> dict:
     """Time growing prefixes of the graph as separate pipelines (see the module docstring)."""
-    from nvidia.dali import pipeline_def
-
-    from .loader import _PoolSource, _Source
-    from .pipeline import GraphSpec
+    from ..loader.graph import graph_spec, make_pipeline
+    from ..loader.schedule import occlusion_probs
+    from ..loader.sources import BatchSource, PoolSource, upload_pool
 
     gpu = device == "gpu"
-    spec = GraphSpec(train=True, gpu=gpu, warp="fused" if (not gpu and cfg.loader.fast_cpu)
-                     else "dali")
+    spec = graph_spec(cfg, index.info, train=True, gpu=gpu)
     bs = cfg.loader.batch_size
     device_id = None
+    pool = pool_data = None
     if gpu:
         import torch
 
         device_id = torch.cuda.current_device()
-    prefixes = [s for s in DALI_STAGES if s != "iterator (to torch)"]
-    extra = ["full decode"] if spec.warp == "fused" else []
-    rows = {}
-    pool = None
-    if cfg.noda.prob > 0:  # as the loader does
-        from .noda import load_pool
+    if spec.noda is not None:  # as the loader does
+        from ..loader.pool import load_pool
 
         pool = load_pool(cfg.noda.pool)
+        pool_data = upload_pool(pool, torch.device("cuda", device_id) if gpu else None)
+    prefixes = [s for s in DALI_STAGES if s != "iterator (to torch)"]
+    extra = ["full decode"] if spec.warp is not None else []
+    rows = {}
     for upto in prefixes + extra:
-        source = _Source(index)
+        source = BatchSource(index, train=True, seed=cfg.loader.seed,
+                             n_occlusion=spec.n_occlusion,
+                             n_noda=spec.noda.num_draws if pool else 0)
         source.start(_long_schedule(len(index), bs, cfg.loader.seed, n_batches + warmup + 8),
-                     0)
-        pool_source = None
-        if pool is not None:
-            import torch
-
-            pool_source = _PoolSource(source, pool, cfg.loader.seed,
-                                      torch.device("cuda", device_id) if gpu else None)
-
-        @pipeline_def(batch_size=bs, num_threads=cfg.loader.num_threads, device_id=device_id,
-                      seed=cfg.loader.seed * 1000, prefetch_queue_depth=cfg.loader.prefetch)
-        def prefix_pipeline():
-            return _prefix_graph(cfg, index.info, source, pool_source, spec, upto)
-
+                     0, *occlusion_probs(cfg, 0))
+        pool_source = None if pool is None else PoolSource(source, pool, pool_data=pool_data)
         with warnings.catch_warnings():  # "output ... of the external source not used"
             warnings.simplefilter("ignore")
-            pipe = prefix_pipeline()
-            pipe.build()
+            pipe = make_pipeline(spec, source, pool_source, batch_size=bs,
+                                 num_threads=cfg.loader.num_threads, device_id=device_id,
+                                 prefetch=cfg.loader.prefetch, graph=_prefix_graph(upto))
         for _ in range(warmup):
             pipe.run()
         _sync_cuda()
@@ -409,7 +422,7 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
         stages[s] = {k: cur[k] - (prev[k] if prev else 0.0)
                      for k in ("wall_ms_per_sample", "cpu_ms_per_sample")}
         prev = cur
-    return {"warp": spec.warp, "unit": "ms per sample; a stage = prefix minus previous prefix",
+    return {"warp": "fused" if spec.warp is not None else "dali", "unit": "ms per sample; a stage = prefix minus previous prefix",
             "prefixes": rows, "stages": stages}
 
 
@@ -420,7 +433,7 @@ def train_step(cfg, num_joints: int, batch: int, iters: int, warmup: int, rounds
     """HRNet-W32 forward + backward + Adam step, AMP + channels_last, random data."""
     import torch
 
-    from .hrnet import hrnet_w32
+    from ..models.hrnet import hrnet_w32
 
     dev = torch.device("cuda", torch.cuda.current_device())
     torch.backends.cudnn.benchmark = True
@@ -554,7 +567,7 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
 
 def format_report(report: dict) -> str:
     meta = report["meta"]
-    out = [f"dali_pose.bench: {meta['dataset']} ({meta['rows']} instances), batch "
+    out = [f"dali_pose.tools.bench: {meta['dataset']} ({meta['rows']} instances), batch "
            f"{meta['batch_size']}, {meta['threads']} threads/workers, input "
            f"{meta['input_size'][1]}x{meta['input_size'][0]}, fast_cpu={meta['fast_cpu']}, "
            f"{meta['rounds']} rounds x {meta['batches']} batches (warm-up {meta['warmup']}); "
@@ -666,7 +679,7 @@ def _ensure_dataset(cfg, log=print) -> None:
         return  # load_index reports the missing file
     root = os.path.dirname(os.path.dirname(default.train_ann))
     log(f"synthetic dataset missing: generating it under {root} "
-        f"(python -m dali_pose.synthetic --out {root})")
+        f"(python -m dali_pose.tools.synthetic --out {root})")
     from .synthetic import generate
 
     generate(root)
@@ -674,7 +687,7 @@ def _ensure_dataset(cfg, log=print) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="python -m dali_pose.bench",
+        prog="python -m dali_pose.tools.bench",
         description="Benchmark the DALI loader against a classic PyTorch DataLoader.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_args(p)
@@ -736,7 +749,7 @@ def main(argv=None) -> int:
         lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))
     import torch
 
-    from .datasets import load_index
+    from ..datasets import load_index
 
     overrides = list(args.overrides)
     if args.smoke:

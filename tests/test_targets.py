@@ -1,4 +1,4 @@
-"""Target kernels (dali_pose.kernels.heatmap): NumPy reference, CPU == pure Python == CUDA
+"""Target kernels (dali_pose.kernels.targets): NumPy reference, CPU == pure Python == CUDA
 (simulator, PTX compile, real GPU when present), and the CPU kernel inside a DALI pipeline."""
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from dali_pose.codecs import build_codec, combined_radius, udp_stride
 from dali_pose.config import ModelConfig
-from dali_pose.kernels.heatmap import (
-    combined_radius,
-    make_target_kernels,
-    udp_stride,
-)
 
 from conftest import run_python
 
@@ -85,7 +81,7 @@ def run_cpu(kern, kps):
 @pytest.mark.parametrize("name", sorted(CFGS))
 def test_cpu_matches_numpy_reference(name):
     m = CFGS[name]
-    kern = make_target_kernels(m, K)
+    kern = build_codec(m).target_op(K)
     assert kern.channels == (K if m.target == "gaussian" else 3 * K)
     assert kern.hm_size == tuple(m.heatmap_size)
     rng = np.random.default_rng(1)
@@ -107,7 +103,7 @@ def test_weight_rule_at_map_edges():
     for target in ("gaussian", "combined"):
         m = ModelConfig(input_size=(193, 257), heatmap_size=(49, 65), target=target)
         assert udp_stride(m.input_size, m.heatmap_size) == (4.0, 4.0)
-        kern = make_target_kernels(m, 8)
+        kern = build_codec(m).target_op(8)
         w, h = m.heatmap_size
         mu = [(-0.5, 10), (-0.5001, 10), (w - 0.5, 10), (w - 0.5001, 10),
               (10, -0.5), (10, h - 0.5), (10, h - 0.5001), (24.0, 32.0)]
@@ -126,7 +122,7 @@ def test_weight_rule_at_map_edges():
 def test_gaussian_window_and_peak():
     """Window centred on the rounded position (ties upwards), values from the exact one."""
     m = ModelConfig(input_size=(193, 257), heatmap_size=(49, 65), sigma=2.0)
-    kern = make_target_kernels(m, 2)
+    kern = build_codec(m).target_op(2)
     kps = np.array([[20.5 * 4, 30.0 * 4, 1], [10.2 * 4, 40.7 * 4, 1]], np.float32)
     hm, wt = run_cpu(kern, kps)
     ys, xs = np.nonzero(hm[0])
@@ -140,7 +136,7 @@ def test_gaussian_window_and_peak():
 def test_combined_radius_and_values():
     m = ModelConfig(target="combined")  # [w, h] = [48, 64]
     assert combined_radius(m.heatmap_size) == 3.5
-    kern = make_target_kernels(m, 1)
+    kern = build_codec(m).target_op(1)
     sx, sy = kern.stride
     kps = np.array([[20.25 * sx, 30.5 * sy, 1]], np.float32)
     hm, wt = run_cpu(kern, kps)
@@ -154,7 +150,7 @@ def test_combined_radius_and_values():
 
 def test_setup_shapes_plain_python():
     for name in ("gaussian", "combined"):
-        kern = make_target_kernels(CFGS[name], K)
+        kern = build_codec(CFGS[name]).target_op(K)
         outs = [[np.zeros(3, np.int64) for _ in range(3)],
                 [np.zeros(1, np.int64) for _ in range(3)]]
         ins = [[np.zeros(2, np.int64) for _ in range(3)],
@@ -166,12 +162,12 @@ def test_setup_shapes_plain_python():
 
 
 def test_factory_geometry():
-    kern = make_target_kernels(ModelConfig(), K)
+    kern = build_codec(ModelConfig()).target_op(K)
     assert kern.threads_per_block == (32, 8, 1)
     assert kern.blocks == (2, 8, K)
     assert kern.stride == (191 / 47, 255 / 63)
     with pytest.raises(ValueError):
-        make_target_kernels(ModelConfig(target="nope"), K)
+        build_codec(ModelConfig(target="nope")).target_op(K)
 
 
 # ------------------------------------------------------------------------------------------
@@ -181,12 +177,12 @@ def test_factory_geometry():
 _DUMP = textwrap.dedent("""
     import json, sys, numpy as np
     from dali_pose.config import ModelConfig
-    from dali_pose.kernels.heatmap import make_target_kernels
+    from dali_pose.codecs import build_codec
     args = json.loads(sys.argv[1])
     kps = np.asarray(args["kps"], np.float32)
     res = {}
     for name, kw in args["cfgs"].items():
-        kern = make_target_kernels(ModelConfig(**kw), kps.shape[0])
+        kern = build_codec(ModelConfig(**kw)).target_op(kps.shape[0])
         w, h = kern.hm_size
         hm = np.full((kern.channels, h, w), np.nan, np.float32)
         wt = np.full(kps.shape[0], np.nan, np.float32)
@@ -213,7 +209,7 @@ def test_disable_jit_matches_compiled():
                       json.dumps({"kps": kps.tolist(),
                                   "cfgs": {n: _cfg_kwargs(CFGS[n]) for n in names}}))
     for n in names:
-        hm, wt = run_cpu(make_target_kernels(CFGS[n], 6), kps)
+        hm, wt = run_cpu(build_codec(CFGS[n]).target_op(6), kps)
         np.testing.assert_array_equal(np.asarray(res[n][1], np.float32), wt)
         np.testing.assert_allclose(np.asarray(res[n][0], np.float32), hm, rtol=RTOL, atol=ATOL)
         assert wt.sum() >= 3  # the sample exercises real targets
@@ -227,13 +223,13 @@ _SIM = textwrap.dedent("""
     import json, sys, numpy as np
     from numba import cuda
     from dali_pose.config import ModelConfig
-    from dali_pose.kernels.heatmap import make_target_kernels
+    from dali_pose.codecs import build_codec
     args = json.loads(sys.argv[1])
     kps_all = np.asarray(args["kps"], np.float32)
     out = {}
     for name, kw in args["cfgs"].items():
         k = kps_all.shape[1]
-        kern = make_target_kernels(ModelConfig(**kw), k)
+        kern = build_codec(ModelConfig(**kw)).target_op(k)
         w, h = kern.hm_size
         gpu = cuda.jit(kern.gpu_run)
         diffs = []
@@ -284,7 +280,7 @@ def test_gpu_run_compiles_to_ptx(name):
     from numba import cuda
     from numba.cuda.cudadrv.error import CudaSupportError, NvvmSupportError
 
-    kern = make_target_kernels(CFGS[name], K)
+    kern = build_codec(CFGS[name]).target_op(K)
     try:
         ptx, _ = cuda.compile_ptx(kern.gpu_run, _ptx_signature(), cc=(8, 0))
     except (NvvmSupportError, CudaSupportError) as e:  # pragma: no cover - toolchain missing
@@ -307,7 +303,7 @@ def test_gpu_matches_cpu_on_device(name):  # pragma: no cover - needs a GPU
     from numba import cuda
 
     m = CFGS[name]
-    kern = make_target_kernels(m, K)
+    kern = build_codec(m).target_op(K)
     gpu = cuda.jit(kern.gpu_run)
     rng = np.random.default_rng(11)
     w, h = kern.hm_size
@@ -327,9 +323,10 @@ def test_gpu_matches_cpu_on_device(name):  # pragma: no cover - needs a GPU
 
 def _dali_targets(kern, kps_batch, device):
     pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
-    from nvidia.dali.plugin.numba.fn.experimental import numba_function
+
+    from dali_pose.loader.graph import dali_operator
 
     bs = len(kps_batch)
     boxes = [np.zeros(4, np.float32) for _ in range(bs)]
@@ -337,14 +334,7 @@ def _dali_targets(kern, kps_batch, device):
     with pipe:
         kps = fn.external_source(source=lambda: list(kps_batch), batch=True, device=device)
         box = fn.external_source(source=lambda: boxes, batch=True, device=device)
-        common = dict(setup_fn=kern.setup, out_types=[types.FLOAT, types.FLOAT],
-                      in_types=[types.FLOAT, types.FLOAT], outs_ndim=[3, 1], ins_ndim=[2, 1],
-                      batch_processing=False, device=device)
-        if device == "cpu":
-            hm, wt = numba_function(kps, box, run_fn=kern.cpu_run, **common)
-        else:
-            hm, wt = numba_function(kps, box, run_fn=kern.gpu_run, blocks=list(kern.blocks),
-                                    threads_per_block=list(kern.threads_per_block), **common)
+        hm, wt = dali_operator(kern, device, 0 if device == "gpu" else None)(kps, box)
         pipe.set_outputs(hm, wt)
     pipe.build()
     hm, wt = pipe.run()
@@ -356,7 +346,7 @@ def _dali_targets(kern, kps_batch, device):
 @pytest.mark.parametrize("name", ["gaussian", "combined"])
 def test_cpu_run_inside_dali(name):
     m = CFGS[name]
-    kern = make_target_kernels(m, K)
+    kern = build_codec(m).target_op(K)
     kps_batch = list(random_kps(np.random.default_rng(5), m, n=4))
     hms, wts = _dali_targets(kern, kps_batch, "cpu")
     for kps, hm, wt in zip(kps_batch, hms, wts):
@@ -371,7 +361,7 @@ def test_cpu_run_inside_dali(name):
 @pytest.mark.parametrize("name", ["gaussian", "combined"])
 def test_gpu_run_inside_dali(name):  # pragma: no cover - needs a GPU
     m = CFGS[name]
-    kern = make_target_kernels(m, K)
+    kern = build_codec(m).target_op(K)
     kps_batch = list(random_kps(np.random.default_rng(6), m, n=4))
     hms, wts = _dali_targets(kern, kps_batch, "gpu")
     for kps, hm, wt in zip(kps_batch, hms, wts):

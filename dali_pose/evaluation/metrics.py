@@ -28,7 +28,7 @@ Inputs
   bookkeeping fields COCOeval itself adds (``ignore``, ``_ignore``).
 * ``results``: a COCO results json path or a list of dicts ``{"image_id", "category_id"
   (1; default 1), "keypoints": 3K numbers x, y, score (0-based source-image pixels; the
-  third value is not used by the metric), "score"}``, as ``dali_pose.postprocess`` writes
+  third value is not used by the metric), "score"}``, as ``dali_pose.evaluation.postprocess`` writes
   them. Unknown image ids, a wrong number of keypoint values, NaN/inf values are errors.
   The list is not modified (pycocotools' ``loadRes`` writes into its input; we give it
   shallow copies).
@@ -119,7 +119,7 @@ import numpy as np
 from pycocotools.coco import COCO as _COCO
 from pycocotools.cocoeval import COCOeval
 
-from .datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo, read_json
+from ..datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo, read_json
 
 __all__ = [
     "EvaluationError", "COCO_KEYS", "CROWDPOSE_KEYS", "MPII_GROUPS", "CrowdPoseEval",

@@ -1,13 +1,14 @@
 """Training targets (UDP): Gaussian heatmaps and the combined classification + offset target.
 
-Pure numba; this module imports without DALI and without a GPU (building the CUDA closures
+Pure numba kernels; :mod:`dali_pose.codecs` owns which one a model uses, with which
+stride and sizes. This module imports without DALI and without a GPU (building the CUDA closures
 compiles nothing; DALI or ``numba.cuda.jit`` compiles them).
 
 Conventions (see :mod:`dali_pose.geometry`): crop keypoints are in crop pixels with pixel
-centres on integers; the heatmap pixel grid is the crop grid divided by the UDP stride
-``stride = (input - 1) / (heatmap - 1)`` per axis, so heatmap pixel ``px`` sits at crop
-``px * stride`` and a keypoint at crop ``x`` sits at heatmap ``mu_x = x / stride`` (exact,
-never rounded).
+centres on integers; the heatmap pixel grid is the crop grid divided by the stride (UDP:
+``(input - 1) / (heatmap - 1)`` per axis, given by the codec), so heatmap pixel ``px`` sits
+at crop ``px * stride`` and a keypoint at crop ``x`` sits at heatmap ``mu_x = x / stride``
+(exact, never rounded).
 
 Target weight rule (both targets)
 ---------------------------------
@@ -25,11 +26,8 @@ This is UDP's window (centred on the rounded position, values from the exact one
 
 Combined target (``model.target: combined``), 3K channels ``[heatmap, x-off, y-off]`` per joint
 -----------------------------------------------------------------------------------------
-Disk radius ``r = 0.0546875 * heatmap height`` (``heatmap_size[1]``; 3.5 px for the usual
-[w, h] = [48, 64] maps). This is our reading of "0.0546875 x heatmap width ... 3.5 px at
-64x48": 3.5 px only comes out of the 64-pixel side, which is the *height* in our [w, h]
-sizes; UDP's/mmpose's ``0.0546875 * heatmap_size[1]`` with [w, h] sizes is the same rule.
-With ``ox = (mu_x - px) / r`` and ``oy = (mu_y - py) / r``: where ``ox^2 + oy^2 <= 1`` the three
+Disk radius ``r`` in heatmap px (the codec's rule: :func:`dali_pose.codecs.combined_radius`,
+3.5 px on [w, h] = [48, 64] maps). With ``ox = (mu_x - px) / r`` and ``oy = (mu_y - py) / r``: where ``ox^2 + oy^2 <= 1`` the three
 channels are ``1, ox, oy``; elsewhere all three are 0.
 
 Arithmetic is float64 (stored as float32) in all variants, so the CPU, CUDA and pure-Python
@@ -39,14 +37,17 @@ tests check CPU == CUDA (simulator) == a NumPy reference.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, NamedTuple, Tuple
+from dataclasses import dataclass
+from typing import Tuple
 
 import numba
 
 from numba import cuda  # noqa: F401  (module global on purpose: the CUDA simulator swaps it)
 
-COMBINED_RADIUS_FACTOR = 0.0546875  # x heatmap height (UDP's "KPD" 3.5 px at 64 px)
+from .op import NumbaOp, Port, fixed_shapes
+
 GPU_THREADS_PER_BLOCK = (32, 8, 1)  # x: heatmap width, y: heatmap height, z: joints
 
 
@@ -89,17 +90,6 @@ _disk_value = numba.njit(cache=True)(_disk_value_py)
 def window_radius(sigma: float) -> int:
     """Half size of the Gaussian window in whole pixels: the largest d with d <= 3 sigma."""
     return int(math.floor(3.0 * sigma))
-
-
-def combined_radius(heatmap_size) -> float:
-    """Disk radius of the combined target, heatmap pixels: 0.0546875 x heatmap height."""
-    return COMBINED_RADIUS_FACTOR * float(heatmap_size[1])
-
-
-def udp_stride(input_size, heatmap_size) -> Tuple[float, float]:
-    """UDP stride (input - 1) / (heatmap - 1) per axis, (x, y)."""
-    return ((input_size[0] - 1.0) / (heatmap_size[0] - 1.0),
-            (input_size[1] - 1.0) / (heatmap_size[1] - 1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,85 +222,64 @@ def _make_combined_gpu(stride_x, stride_y, radius):
 
 
 # ---------------------------------------------------------------------------------------------
-# Factory for the DALI wiring
+# The operators
 # ---------------------------------------------------------------------------------------------
 
-class TargetKernels(NamedTuple):
-    """Everything the DALI ``numba_function`` wiring needs for one target config.
+@dataclass(frozen=True, eq=False)
+class TargetOp(NumbaOp):
+    """A target operator (see :class:`NumbaOp`) and what it writes: ``channels`` maps of
+    ``hm_size`` = (w, h) for ``num_joints`` joints, at heatmap ``stride`` (x, y).
 
-    Call signature of both run functions (DALI order: outputs, then inputs):
-    ``run(heatmap_out, weight_out, kps, box)`` with heatmap_out (channels, h, w) float32,
-    weight_out (K,) float32, kps (K, 3) float32 crop keypoints, and ``box`` any float32 1-D
-    array that is ignored (it only makes #inputs == #outputs, for a DALI 2.4 setup bug).
-
-    - ``cpu_run``: plain Python closure; DALI ``njit``s it (CPU ``numba_function``,
-      ``batch_processing=False``). ``cpu_kernel`` is the same thing already jitted, for direct
-      calls from Python.
-    - ``setup``: plain Python ``setup_fn(outs, ins)``: output shapes from closure constants.
-    - ``gpu_run``: plain Python closure for DALI's GPU ``numba_function`` (compiled with
-      numba.cuda); launch it with ``blocks`` and ``threads_per_block`` (it is grid-stride, so
-      any launch shape is correct; these cover the map with one thread per pixel and joint).
+    ``run(heatmap_out, weight_out, kps, person_box)`` with heatmap_out (channels, h, w)
+    float32, weight_out (K,) float32, kps (K, 3) float32 crop keypoints; ``person_box`` (4,)
+    float32 is not read: it keeps the inputs as many as the outputs (DALI 2.4's setup
+    wrapper, see :class:`NumbaOp`). The CUDA variant covers the map with one thread per
+    pixel and joint (grid-stride, so any launch shape is correct).
     """
 
-    target: str
-    num_joints: int
-    channels: int
-    hm_size: Tuple[int, int]  # (w, h)
-    stride: Tuple[float, float]  # (x, y), UDP
-    cpu_run: Callable
-    cpu_kernel: Callable
-    setup: Callable
-    gpu_run: Callable
-    blocks: Tuple[int, int, int]
-    threads_per_block: Tuple[int, int, int]
+    channels: int = 0
+    hm_size: Tuple[int, int] = (0, 0)
+    num_joints: int = 0
+    stride: Tuple[float, float] = (0.0, 0.0)
 
 
-def _model(cfg):
-    return getattr(cfg, "model", cfg)
-
-
-def make_setup(channels: int, w: int, h: int, k: int):
-    """DALI ``setup_fn``: every sample gets heatmap (channels, h, w) and weight (k,)."""
-
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = channels
-            outs[0][i][1] = h
-            outs[0][i][2] = w
-            outs[1][i][0] = k
-
-    return setup
-
-
-def make_target_kernels(model_cfg, num_joints: int) -> TargetKernels:
-    """Target kernels for ``model_cfg`` (a ``ModelConfig`` or a whole ``Config``)."""
-    m = _model(model_cfg)
-    w, h = int(m.heatmap_size[0]), int(m.heatmap_size[1])
-    sx, sy = udp_stride(m.input_size, m.heatmap_size)
-    k = int(num_joints)
+def _target_op(name, channels, w, h, k, stride, cpu_run, gpu_run) -> TargetOp:
     tpb = GPU_THREADS_PER_BLOCK
-    blocks = (-(-w // tpb[0]), -(-h // tpb[1]), k)
-    if m.target == "gaussian":
-        sigma = float(m.sigma)
-        rad = window_radius(sigma)
-        channels = k
+    f32 = "float32"
+    return TargetOp(
+        name=name, outputs=(Port("heatmap", f32, 3), Port("target_weight", f32, 1)),
+        inputs=(Port("keypoints", f32, 2), Port("person_box", f32, 1)),
+        cpu_run=cpu_run, setup=fixed_shapes((channels, h, w), (k,)), gpu_run=gpu_run,
+        blocks=(-(-w // tpb[0]), -(-h // tpb[1]), k), threads_per_block=tpb,
+        channels=channels, hm_size=(w, h), num_joints=k, stride=stride)
 
-        def cpu_run(heatmap_out, weight_out, kps, box):
-            gaussian_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma, rad)
 
-        gpu_run = _make_gaussian_gpu(sx, sy, sigma, rad)
-    elif m.target == "combined":
-        radius = combined_radius(m.heatmap_size)
-        channels = 3 * k
+@functools.lru_cache(maxsize=None)
+def gaussian_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float],
+                       sigma: float, num_joints: int) -> TargetOp:
+    """UDP Gaussian target of ``sigma`` (heatmap px) on maps of ``heatmap_size`` (w, h)."""
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    sx, sy = float(stride[0]), float(stride[1])
+    sigma = float(sigma)
+    rad = window_radius(sigma)
 
-        def cpu_run(heatmap_out, weight_out, kps, box):
-            combined_target_cpu(heatmap_out, weight_out, kps, sx, sy, radius)
+    def cpu_run(heatmap_out, weight_out, kps, box):
+        gaussian_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma, rad)
 
-        gpu_run = _make_combined_gpu(sx, sy, radius)
-    else:
-        raise ValueError(f"model.target: unknown target {m.target!r}")
-    return TargetKernels(
-        target=m.target, num_joints=k, channels=channels, hm_size=(w, h), stride=(sx, sy),
-        cpu_run=cpu_run, cpu_kernel=numba.njit(cpu_run), setup=make_setup(channels, w, h, k),
-        gpu_run=gpu_run, blocks=blocks, threads_per_block=tpb,
-    )
+    return _target_op("gaussian targets", int(num_joints), w, h, int(num_joints), (sx, sy),
+                      cpu_run, _make_gaussian_gpu(sx, sy, sigma, rad))
+
+
+@functools.lru_cache(maxsize=None)
+def combined_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float],
+                       radius: float, num_joints: int) -> TargetOp:
+    """UDP combined target (disk of ``radius`` heatmap px + offsets), 3K channels."""
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    sx, sy = float(stride[0]), float(stride[1])
+    radius = float(radius)
+
+    def cpu_run(heatmap_out, weight_out, kps, box):
+        combined_target_cpu(heatmap_out, weight_out, kps, sx, sy, radius)
+
+    return _target_op("combined targets", 3 * int(num_joints), w, h, int(num_joints),
+                      (sx, sy), cpu_run, _make_combined_gpu(sx, sy, radius))

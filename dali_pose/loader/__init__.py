@@ -1,0 +1,7 @@
+"""The DALI loader: the graph (:mod:`.graph`), its external sources (:mod:`.sources`), the
+epoch/shard schedule (:mod:`.schedule`), the NODA pool file (:mod:`.pool`) and the
+iterator behind ``build_loader`` (:mod:`.iterator`). Importing this package imports DALI."""
+from .iterator import PoseLoader, build_loader
+from .schedule import epoch_schedule
+
+__all__ = ["PoseLoader", "build_loader", "epoch_schedule"]

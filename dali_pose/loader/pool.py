@@ -1,0 +1,63 @@
+"""The NODA foreground pool: its file format and reading (the loader pastes from it).
+
+A pool is one ``.npz`` (``np.savez``) written by ``python -m dali_pose.tools.build_pool``:
+``rgba`` (sum h*w*4,) uint8 concatenated crops (RGB + an edge-smoothed alpha matte),
+``offsets`` (N,) int64 into it, ``shapes`` (N, 2) int32 (h, w), ``kps`` (N, K, 3) float32 in
+crop px, ``boxes`` (N, 4) float32 [cx, cy, w, h] in crop px of the placement box: the
+index's box without padding (``PoseIndex.center``, ``PoseIndex.scale / data.padding``:
+aspect-fixed to the input, the convention of the crop operator's ``person_box``),
+``person_boxes`` (N, 4) the annotation box in crop px, ``image_id`` / ``instance_id`` (N,)
+int64 (so the loader never pastes a person into its own crop), ``level``, ``dataset``,
+``settings`` and ``skipped`` (json strings).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+
+POOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A loaded pool. ``get(i)`` -> (rgba (h, w, 4) uint8, kps (K, 3) f32, box (4,) f32)."""
+
+    rgba: np.ndarray
+    offsets: np.ndarray
+    shapes: np.ndarray
+    kps: np.ndarray
+    boxes: np.ndarray
+    person_boxes: np.ndarray
+    image_id: np.ndarray
+    instance_id: np.ndarray
+    level: str
+    dataset: str
+    settings: Dict
+    skipped: Dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def get(self, i: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = (int(v) for v in self.shapes[i])
+        o = int(self.offsets[i])
+        rgba = self.rgba[o:o + h * w * 4].reshape(h, w, 4)
+        return rgba, self.kps[i], self.boxes[i]
+
+
+def load_pool(path: str) -> Pool:
+    """Read a pool written by ``build_pool``."""
+    with np.load(path, allow_pickle=False) as z:
+        settings = json.loads(str(z["settings"]))
+        if settings.get("version") != POOL_VERSION:
+            raise ValueError(f"{path}: pool version {settings.get('version')}, expected "
+                             f"{POOL_VERSION}; rebuild it with `python -m "
+                             f"dali_pose.tools.build_pool`")
+        return Pool(rgba=z["rgba"], offsets=z["offsets"], shapes=z["shapes"], kps=z["kps"],
+                    boxes=z["boxes"], person_boxes=z["person_boxes"],
+                    image_id=z["image_id"], instance_id=z["instance_id"],
+                    level=str(z["level"]), dataset=str(z["dataset"]), settings=settings,
+                    skipped=json.loads(str(z["skipped"])))

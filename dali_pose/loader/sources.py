@@ -1,0 +1,156 @@
+"""The DALI graph's external sources: file bytes, boxes, keypoints and random draws per batch.
+
+A :class:`BatchSource` serves one pipeline the batches of the current epoch (rows of the
+dataset index, from :mod:`.schedule`), then raises ``StopIteration``. Each call returns, per
+sample, the fields named in :attr:`BatchSource.fields` (name and dtype, in the external
+source's output order); the graph reads them by name. Training samples carry their random
+draws (:mod:`dali_pose.draws`: a pure function of seed, epoch and row); validation samples
+carry zeros, which the crop operator ignores.
+
+A :class:`PoolSource` serves NODA's pool people for the same batches: a second external
+source because on the GPU its data lives on the device (the pool is uploaded once and each
+sample is a CUDA view of it, no host round trip).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..datasets import DatasetError, PoseIndex
+from ..draws import pool_pick, sample_draws
+from ..geometry import NUM_NORMAL, NUM_UNIFORM
+
+_SIGNATURES = (b"\xff\xd8", b"\x89PNG")
+
+
+class BatchSource:
+    """External source of one pipeline (see the module docstring).
+
+    ``n_occlusion`` / ``n_noda``: the information-dropping / NODA operators' ``num_draws``
+    (0 where the graph has no such operator; the field is then not served).
+    """
+
+    def __init__(self, index: PoseIndex, *, train: bool, seed: int, n_occlusion: int = 0,
+                 n_noda: int = 0):
+        self.index, self.train, self.seed = index, train, seed
+        self.n_occlusion, self.n_noda = n_occlusion, n_noda
+        self.batches: List[np.ndarray] = []
+        self.cursor = 0
+        self.epoch = 0
+        self.occlusion_prob = self.noda_prob = 0.0
+        self._zeros = (np.zeros(NUM_UNIFORM, np.float32), np.zeros(NUM_NORMAL, np.float32))
+
+    @property
+    def fields(self) -> Tuple[Tuple[str, str], ...]:
+        """(name, dtype) of each output, in order."""
+        out = (("jpeg", "uint8"), ("center", "float32"), ("scale", "float32"),
+               ("keypoints", "float32"), ("row", "int64"), ("uniform", "float32"),
+               ("normal", "float32"))
+        if self.n_occlusion:
+            out += (("occlusion_draws", "float32"),)
+        if self.n_noda:
+            out += (("noda_draws", "float32"),)
+        return out
+
+    def start(self, batches: List[np.ndarray], epoch: int, occlusion_prob: float = 0.0,
+              noda_prob: float = 0.0) -> None:
+        """Serve ``batches`` (row arrays) of ``epoch``, with these gate probabilities."""
+        self.batches, self.cursor, self.epoch = batches, 0, epoch
+        self.occlusion_prob, self.noda_prob = float(occlusion_prob), float(noda_prob)
+
+    def finish(self) -> None:
+        """Serve nothing more this epoch."""
+        self.cursor = len(self.batches)
+
+    def read(self, i: int) -> np.ndarray:
+        """The file bytes of row ``i``'s image."""
+        path = self.index.image_paths[i]
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as e:
+            raise DatasetError(f"cannot read image {path} (instance "
+                               f"{self.index.instance_id[i]}): {e}") from e
+        if not any(data[:len(s)].tobytes() == s for s in _SIGNATURES):
+            raise DatasetError(f"image {path} (instance {self.index.instance_id[i]}) is not "
+                               f"a JPEG or PNG file")
+        return data
+
+    def __call__(self):
+        if self.cursor >= len(self.batches):
+            raise StopIteration
+        rows = self.batches[self.cursor]
+        self.cursor += 1
+        ix = self.index
+        out = [[self.read(i) for i in rows], list(ix.center[rows].astype(np.float32)),
+               list(ix.scale[rows].astype(np.float32)), list(ix.keypoints[rows]),
+               list(rows.astype(np.int64).reshape(-1, 1))]
+        if self.train:
+            draws = [sample_draws(self.seed, self.epoch, int(r), self.n_occlusion,
+                                  self.n_noda, self.occlusion_prob, self.noda_prob)
+                     for r in rows]
+            out += [[d.uniform for d in draws], [d.normal for d in draws]]
+            if self.n_occlusion:
+                out.append([d.occlusion for d in draws])
+            if self.n_noda:
+                out.append([d.noda for d in draws])
+        else:
+            out += [[self._zeros[0]] * len(rows), [self._zeros[1]] * len(rows)]
+        return tuple(out)
+
+
+class PoolSource:
+    """NODA: one pool person (RGBA crop, box) per sample of the batches ``main`` serves.
+
+    The pick is :func:`dali_pose.draws.pool_pick` of the sample's (seed, epoch, row), moved on
+    by one when it would paste the person into its own crop. It keeps its own cursor, so it
+    agrees with ``main`` whatever order DALI calls the two in. On the GPU (``device``) the
+    pool is uploaded once and served as per-sample CUDA views.
+    """
+
+    fields = (("pool_rgba", "uint8"), ("pool_box", "float32"))
+
+    def __init__(self, main: BatchSource, pool, device: Optional[torch.device] = None,
+                 pool_data=None):
+        self.main, self.pool = main, pool
+        self.cursor = 0
+        self._rgba, self._boxes = pool_data or upload_pool(pool, device)
+
+    def start(self) -> None:
+        self.cursor = 0
+
+    def finish(self) -> None:
+        self.cursor = len(self.main.batches)
+
+    def picks(self, cursor: int) -> np.ndarray:
+        """Pool rows for batch number ``cursor`` of the current epoch."""
+        rows = self.main.batches[cursor]
+        ix, n = self.main.index, len(self.pool)
+        pick = np.array([pool_pick(self.main.seed, self.main.epoch, int(r), n) for r in rows])
+        same = ((self.pool.image_id[pick] == ix.image_id[rows])
+                & (self.pool.instance_id[pick] == ix.instance_id[rows]))
+        return np.where(same & (n > 1), (pick + 1) % n, pick)
+
+    def __call__(self):
+        if self.cursor >= len(self.main.batches):
+            raise StopIteration
+        pick = self.picks(self.cursor)
+        self.cursor += 1
+        rgba, boxes = [], []
+        for i in pick:
+            h, w = (int(v) for v in self.pool.shapes[i])
+            o = int(self.pool.offsets[i])
+            rgba.append(self._rgba[o:o + h * w * 4].reshape(h, w, 4))
+            boxes.append(self._boxes[i])
+        return rgba, boxes
+
+
+def upload_pool(pool, device: Optional[torch.device] = None):
+    """(rgba, boxes) of ``pool`` where a :class:`PoolSource` serves them from: host arrays,
+    or on a CUDA ``device`` one device copy (share it between sources)."""
+    rgba, boxes = pool.rgba, pool.boxes.astype(np.float32)
+    if device is not None and device.type == "cuda":
+        rgba = torch.from_numpy(rgba).to(device)
+        boxes = torch.from_numpy(boxes).to(device)
+    return rgba, boxes
