@@ -1,9 +1,13 @@
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from dali_pose.draws import gate
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -14,6 +18,24 @@ def shared(*parts) -> Path:
     if not p.exists():
         pytest.skip(f"real sample data not present: {p}")
     return p
+
+
+@dataclasses.dataclass
+class Gated:
+    """A kernel operator (``NumbaOp``) and the probability its draws are gated with: the
+    probability is data, :mod:`dali_pose.draws` turns it into the gate ``draws[0]``."""
+
+    op: object
+    prob: float
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def draws(self, rng):
+        """Uniform draws for one sample, the gate open with probability ``prob``."""
+        d = rng.random(self.op.num_draws).astype(np.float32)
+        d[0] = gate(rng.random(), self.prob)
+        return d
 
 
 def run_python(code: str, args=(), env_extra=None, timeout=240) -> str:

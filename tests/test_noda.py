@@ -8,7 +8,6 @@ present), PTX compile, the kernel inside DALI, and pools built from real people
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import textwrap
@@ -19,11 +18,10 @@ import pytest
 
 from dali_pose.config import ConfigError, NodaConfig, load_config
 from dali_pose.datasets import COCO, CROWDPOSE, MPII
-from dali_pose.draws import gate
-from dali_pose.kernels.noda import NodaOp, joint_roles, noda_op_from
+from dali_pose.kernels.noda import joint_roles, noda_op_from
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
 
-from conftest import run_python, shared
+from conftest import Gated, run_python, shared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (96, 128)
@@ -65,23 +63,6 @@ def pool_person(h=90, w=45, rgb=(255, 255, 255), blur=2.0):
     rgba[..., :3] = rgb
     rgba[..., 3] = np.round(a * 255).astype(np.uint8)
     return rgba, np.array([cx, cy, bw, bh], np.float32)
-
-
-@dataclasses.dataclass
-class Gated:
-    """An operator and the probability its draws are gated with (the probability is data:
-    dali_pose.draws decides the gate, draws[0])."""
-
-    op: NodaOp
-    prob: float
-
-    def __getattr__(self, name):
-        return getattr(self.op, name)
-
-    def draws(self, rng):
-        d = rng.random(self.op.num_draws).astype(np.float32)
-        d[0] = gate(rng.random(), self.prob)
-        return d
 
 
 def kernels(size=SIZE, info=COCO, **kw):

@@ -6,7 +6,6 @@ compile of every gpu_run, and the CPU kernel inside a DALI pipeline.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import textwrap
@@ -16,35 +15,17 @@ import pytest
 
 from dali_pose.codecs import build_codec
 from dali_pose.config import ConfigError, OcclusionConfig
-from dali_pose.draws import gate
-from dali_pose.kernels.dropping import QUANT, DroppingOp, dropping_op_from
+from dali_pose.kernels.dropping import QUANT, dropping_op_from
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, black_fill
 from dali_pose.tools.reference import occlusion_mask
 
-from conftest import run_python
+from conftest import Gated, run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 17
 METHODS = ("aid", "cutout", "erasing", "hide_and_seek", "gridmask")
 FULL = (192, 256)
 SMALL = (47, 63)
-
-
-@dataclasses.dataclass
-class Gated:
-    """An operator and the probability its draws are gated with (the probability is data:
-    dali_pose.draws decides the gate, draws[0])."""
-
-    op: DroppingOp
-    prob: float
-
-    def __getattr__(self, name):
-        return getattr(self.op, name)
-
-    def draws(self, rng):
-        d = rng.random(self.op.num_draws).astype(np.float32)
-        d[0] = gate(rng.random(), self.prob)
-        return d
 
 
 def kernels(method, size=SMALL, **kw):

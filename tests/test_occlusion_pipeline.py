@@ -96,3 +96,50 @@ def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, t
             np.testing.assert_array_equal(bx, pool.boxes[i])
     with pytest.raises(StopIteration):
         a()
+
+
+def _occluded_share(loader, plain, epoch):
+    """Share of the epoch's crops that differ from the unoccluded loader's (same draws)."""
+    loader.set_epoch(epoch)
+    plain.set_epoch(epoch)
+    changed = []
+    for a, b in zip(loader, plain):
+        assert torch.equal(a["instance_id"], b["instance_id"])
+        changed.append((a["image"] != b["image"]).flatten(1).any(dim=1))
+    return torch.cat(changed).float().mean().item()
+
+
+def test_occlusion_schedule_is_data_no_recompile_no_rebuild(data, monkeypatch):
+    """occlusion.start_epoch and set_prob change the share of occluded crops between epochs
+    of one loader (same pipelines); configs differing only in what no operator uses
+    (out_dir, train.epochs, occlusion.prob) compile no new operator."""
+    import dali_pose.loader.graph as graph
+    import dali_pose.loader.iterator as iterator
+
+    base = ["aug.rot_prob=0", "occlusion.method=aid", "occlusion.prob=1"]
+    plain = build_loader(_cfg(data, base[:1]), "train")
+    built = []
+
+    class Counting(graph.NumbaFunction):
+        def __init__(self, *a, **k):
+            built.append(k["run_fn"].__name__)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(graph, "NumbaFunction", Counting)
+    loader = build_loader(_cfg(data, base + ["occlusion.start_epoch=1"]), "train")
+    n_built = len(built)
+    assert n_built <= 1  # at most the warp with AID fused in: crop and targets are plain's
+    pipelines = []
+    monkeypatch.setattr(iterator, "make_pipeline",
+                        lambda *a, **k: pipelines.append(1) or graph.make_pipeline(*a, **k))
+    assert _occluded_share(loader, plain, 0) == 0.0
+    assert _occluded_share(loader, plain, 1) == 1.0
+    loader.set_prob(occlusion=0.0)
+    assert _occluded_share(loader, plain, 2) == 0.0
+    loader.set_prob(occlusion=0.5)
+    share = _occluded_share(loader, plain, 3)
+    assert 0.0 < share < 1.0
+    assert not pipelines  # the epochs above ran on the pipelines built at first
+    for extra in (["out_dir=elsewhere"], ["train.epochs=7"], ["occlusion.prob=0.3"]):
+        build_loader(_cfg(data, base + extra), "train")
+    assert len(built) == n_built, built
