@@ -44,9 +44,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dali_pose.config import add_config_args
+from dali_pose.config import ConfigError, add_config_args
 from dali_pose.datasets import DATASETS, MPII, DatasetError, DatasetInfo
 from dali_pose.evaluation.draw import draw_pose
+from dali_pose.models.weights import WeightsError
 from dali_pose.evaluation.metrics import (EvaluationError, evaluate_coco, evaluate_mpii,
                                           format_table, load_gt, load_mpii_gt, load_results,
                                           write_metrics)
@@ -303,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _model_mode(args)
         else:
             _file_mode(args)
-    except (EvaluationError, DatasetError, OSError) as e:
+    except (EvaluationError, DatasetError, ConfigError, WeightsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -29,6 +29,7 @@ _CHOICES = {
     "model.target": ("gaussian", "combined"),
     "loader.device": ("gpu", "cpu"),
     "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
+    "train.amp_dtype": ("auto", "bfloat16", "float16"),
 }
 
 
@@ -70,6 +71,7 @@ class DataConfig:
     val_ann: str = "data/synthetic/annotations/person_keypoints_val.json"
     val_images: str = "data/synthetic/images/val"
     det_file: Optional[str] = None  # COCO results json of person boxes, for val/test
+    val_gt: Optional[str] = None  # MPII: the official gt_valid.mat, to score PCKh
     det_score_min: float = 0.0
     padding: float = 1.25  # box enlargement, HRNet/UDP convention
 
@@ -191,23 +193,44 @@ class LoaderConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """``train.py``: Adam with step decay, as the HRNet/UDP recipes (210 epochs there)."""
+    """``train.py``: Adam with warm-up and step decay, as the HRNet/UDP/mmpose recipes."""
 
     epochs: int = 210
     lr: float = 1e-3
     lr_steps: Tuple[int, ...] = (170, 200)  # epochs after which lr *= lr_factor
     lr_factor: float = 0.1
-    amp: bool = True  # CUDA: float16 autocast + gradient scaling (ignored on the CPU)
-    log_every: int = 20  # steps between log lines
-    validate: bool = True  # after training: flip-test predictions on the val set, scored
+    warmup_iters: int = 0  # linear warm-up iterations (mmpose's COCO recipes: 500)
+    warmup_ratio: float = 0.001  # warm-up starts at warmup_ratio * lr
+    # Linear scaling: with a base batch, lr is for base_batch_size samples per step and is
+    # multiplied by (loader.batch_size * world size) / base_batch_size (mmpose's
+    # auto_scale_lr); without one, lr is used as it is (the HRNet configs).
+    base_batch_size: Optional[int] = None
+    grad_clip: float = 0.0  # max total gradient norm; 0 = no clipping
+    amp: bool = True  # CUDA: mixed precision (ignored on the CPU)
+    amp_dtype: str = "auto"  # auto (bfloat16 where the GPU has it, else float16) | ...
+    channels_last: bool = True  # CUDA: channels-last memory format
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # SyncBatchNorm across ranks
+    init_from: Optional[str] = None  # a previous run's checkpoint: its weights, a fresh optimiser
+    validate: bool = True  # flip-test predictions on the val set, scored
+    val_every: int = 1  # epochs between validations (the last epoch always validates)
+    log_every: int = 20  # steps between log lines (where there is no progress bar)
+    cpu_threads: int = 0  # torch threads per rank; 0 = the rule in dali_pose.engine.distributed
 
     def __post_init__(self):
-        _check_min("train", self, 1, "epochs", "log_every")
+        _check_min("train", self, 1, "epochs", "log_every", "val_every")
+        _check_min("train", self, 0, "warmup_iters", "grad_clip", "cpu_threads")
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _require(self.lr_factor > 0, "train.lr_factor", f"must be > 0, got {self.lr_factor}")
+        _require(0 < self.warmup_ratio <= 1, "train.warmup_ratio",
+                 f"must be in (0, 1], got {self.warmup_ratio}")
         steps = list(self.lr_steps)
         _require(all(s >= 1 for s in steps) and steps == sorted(set(steps)), "train.lr_steps",
                  f"increasing epochs >= 1, got {steps}")
+        _require(self.base_batch_size is None or self.base_batch_size >= 1,
+                 "train.base_batch_size", f"must be >= 1, got {self.base_batch_size}")
+        _require(self.amp_dtype in _CHOICES["train.amp_dtype"], "train.amp_dtype",
+                 f"{self.amp_dtype!r} is not one of {_CHOICES['train.amp_dtype']}")
 
 
 @dataclass(frozen=True)
@@ -338,6 +361,19 @@ def to_dict(cfg: Config) -> dict:
         return v
 
     return plain(dataclasses.asdict(cfg))
+
+
+def changed_keys(a: Config, b: Config) -> list:
+    """The dotted keys whose values differ between two configs."""
+    def flat(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    fa, fb = dict(flat(to_dict(a))), dict(flat(to_dict(b)))
+    return [k for k in fa if fa[k] != fb[k]]
 
 
 def save_config(cfg: Config, path: str) -> None:

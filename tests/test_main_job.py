@@ -36,7 +36,7 @@ def test_train_py_trains_validates_and_writes_outputs(tiny, tmp_path, capsys):
     args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
     for o in _overrides(tiny, out):
         args += ["--set", o]
-    mod.main(args + ["--set", "train.epochs=1"])
+    assert mod.main(args + ["--set", "train.epochs=1"]) == 0
     text = capsys.readouterr().out
     assert "samples/s" in text and "data wait" in text and "AP" in text
     ckpt = torch.load(out / "model.pt")

@@ -1,107 +1,86 @@
-"""A model in, scores out: checkpoints, flip-test predictions on the val split, metrics.
+"""A model in, scores out: flip-test predictions on the val split, back in source pixels, and
+their metrics.
 
-``train.py`` calls :func:`predict` and :func:`score` after training; ``evaluate.py
---checkpoint`` calls :func:`load_checkpoint` and then the same two, so a saved model is
-scored exactly as it was at the end of its run.
-
-A checkpoint is a ``torch.save`` of ``{"model": state_dict, "config": to_dict(cfg),
-"epochs": int}``: plain types only, so it loads with ``weights_only=True``.
+``train.py`` calls :func:`predict` (each rank on its shard), :func:`merge` and :func:`score`
+when it validates; ``evaluate.py --checkpoint`` calls :func:`load_checkpoint` and then the
+same, so a saved model is scored exactly as it was during its run.
 """
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..codecs import build_codec
-from ..config import Config, ConfigError, config_from_dict, load_config, to_dict
+from ..config import Config, config_from_dict, load_config
 from ..datasets import PoseIndex
-from ..models import build_model
+from ..models import build_model, describe_model
+from ..models.weights import WeightsError, load_state, read_weights_file
 from .metrics import EvaluationError, evaluate_coco, evaluate_mpii, format_table, write_metrics
 from .postprocess import index_to_results, write_results
 
 
-def save_checkpoint(path: str, model: torch.nn.Module, cfg: Config, epochs: int) -> None:
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "epochs": int(epochs)},
-               path)
-
-
 def load_checkpoint(path: str, config: Optional[str] = None, overrides=()):
-    """(cfg, model on the CPU in eval mode, epochs trained) of a :func:`save_checkpoint` file.
+    """(cfg, model on the CPU in eval mode, epochs trained) of a checkpoint ``train.py``
+    wrote (``last.pt``, ``best.pt`` or the final ``model.pt``).
 
     The config is the one saved in the checkpoint, unless ``config`` (a YAML path) is given;
-    ``overrides`` ("a.b=c") apply to either. Raises ``EvaluationError`` naming ``path`` when
-    the file is not such a checkpoint or its weights do not fit the config's model.
+    ``overrides`` ("a.b=c") apply to either. A file that is not such a checkpoint, or whose
+    weights do not fit the config's model, is a one-line ``WeightsError`` naming ``path``.
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EvaluationError(f"cannot read checkpoint {path}: {first}") from e
+    ckpt = read_weights_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt) \
             or not isinstance(ckpt["model"], dict):
-        raise EvaluationError(f"{path}: not a dali_pose checkpoint (a dict with 'model' and "
-                              f"'config', as train.py writes)")
-    try:
-        cfg = load_config(config, overrides) if config else config_from_dict(
-            ckpt["config"], overrides, source=f"{path} (its saved config)")
-    except ConfigError as e:
-        raise EvaluationError(str(e)) from e
+        raise WeightsError(f"{path}: not a dali_pose checkpoint (a dict with 'model' and "
+                           f"'config', as train.py writes)")
+    cfg = load_config(config, overrides) if config else config_from_dict(
+        ckpt["config"], overrides, source=f"{path} (its saved config)")
     model = build_model(cfg)
-    _check_weights(path, ckpt["model"], model.state_dict(), cfg)
-    model.load_state_dict(ckpt["model"])
-    return cfg, model.eval(), int(ckpt.get("epochs", 0))
-
-
-def _check_weights(path: str, got: dict, want: dict, cfg: Config) -> None:
-    """One readable line instead of torch's list of every mismatched tensor."""
-    missing = [k for k in want if k not in got]
-    unexpected = [k for k in got if k not in want]
-    shape = [k for k in want if k in got and tuple(got[k].shape) != tuple(want[k].shape)]
-    if not (missing or unexpected or shape):
-        return
-    parts = []
-    if shape:
-        k = shape[0]
-        parts.append(f"{len(shape)} tensors of another shape (first: {k} is "
-                     f"{tuple(got[k].shape)} in the file, {tuple(want[k].shape)} in the model)")
-    for what, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            parts.append(f"{len(keys)} {what} (first: {keys[0]})")
-    m = cfg.model
-    raise EvaluationError(
-        f"{path}: the weights do not fit the config's model (model.width={m.width}, "
-        f"stem_width={m.stem_width}, num_blocks={m.num_blocks}, stage_modules="
-        f"{list(m.stage_modules)}, target={m.target}, data.format={cfg.data.format}): "
-        + "; ".join(parts))
+    load_state(model, ckpt["model"], path, describe_model(cfg))
+    return cfg, model.eval(), int(ckpt.get("epoch", ckpt.get("epochs", 0)))
 
 
 @dataclass(frozen=True)
 class Predictions:
     """``keypoints`` (N, K, 3): x, y in source-image pixels (0-based, integer pixel centres)
     and the heatmap score, one row per ``index`` row; ``done`` (N,) bool marks the rows
-    predicted (all, unless ``max_batches`` stopped the run; the others are NaN)."""
+    predicted (all, unless ``max_batches`` stopped the run or this is one rank's shard; the
+    others are NaN)."""
     index: PoseIndex
     keypoints: np.ndarray
     done: np.ndarray
+
+
+def merge(parts: Sequence[Predictions]) -> Predictions:
+    """The shards of several ranks as one; a row predicted by two of them is an error (each
+    validation instance must be predicted exactly once)."""
+    first = parts[0]
+    count = np.sum([p.done for p in parts], axis=0)
+    if (count > 1).any():
+        rows = np.flatnonzero(count > 1)
+        raise EvaluationError(f"validation: {len(rows)} instances predicted more than once "
+                              f"(first: instance {first.index.instance_id[rows[0]]})")
+    keypoints = first.keypoints.copy()
+    for p in parts[1:]:
+        keypoints[p.done] = p.keypoints[p.done]
+    return Predictions(first.index, keypoints, count == 1)
 
 
 @torch.no_grad()
 def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
             max_batches: Optional[int] = None, loader=None) -> Predictions:
     """Run ``model`` over the val split (flip test when ``loader.flip_test``), decoded back to
-    source pixels. ``loader`` defaults to ``build_loader(cfg, "val")``."""
+    source pixels. ``loader`` defaults to ``build_loader(cfg, "val")``; a shard's loader
+    predicts the shard's rows."""
     if loader is None:
         from ..loader import build_loader
 
         loader = build_loader(cfg, "val")
     index, info = loader.index, loader.info
     codec = build_codec(cfg)
-    row_of = {int(i): r for r, i in enumerate(index.instance_id)}
     preds = np.full((len(index), info.num_joints, 3), np.nan, np.float32)
     done = np.zeros(len(index), bool)
     model.eval()
@@ -111,9 +90,9 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
         if "image_flipped" in batch:
             flipped = model(batch["image_flipped"].to(device)).float()
         kps = codec.decode(output, batch["matrix"], flipped, info.flip_index).cpu().numpy()
-        for i, iid in enumerate(batch["instance_id"].tolist()):
-            preds[row_of[int(iid)]] = kps[i]
-            done[row_of[int(iid)]] = True
+        rows = batch["row"].cpu().numpy()
+        preds[rows] = kps
+        done[rows] = True
         if max_batches is not None and b + 1 >= max_batches:
             break
     return Predictions(index, preds, done)
@@ -128,7 +107,8 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
     COCO/CrowdPose: ``val_results.json`` (rescored, OKS-NMS'd) against ``ann`` (default
     ``cfg.data.val_ann``); people not predicted count as missed. MPII: ``val_preds.npy``
     (N, 16, 2) in the json's order (HRNet's valid.json lists people in ``gt_valid.mat``'s
-    order); scored only when ``ann`` names ``gt_valid.mat``, else returns None.
+    order); scored against ``ann`` (default ``cfg.data.val_gt``, the ``gt_valid.mat``), not
+    scored (None) when neither names one.
     """
     os.makedirs(out_dir, exist_ok=True)
     done = preds.done
@@ -137,6 +117,7 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
     if n < total:
         print(f"validation stopped early: {n} of {total} people predicted")
     if cfg.data.format == "mpii":
+        ann = ann or cfg.data.val_gt
         path = os.path.join(out_dir, "val_preds.npy")
         np.save(path, preds.keypoints[:, :, :2])
         print(f"wrote {path} ({n} of {total} people)")

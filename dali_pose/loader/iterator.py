@@ -10,7 +10,8 @@ K joints, crop H x W, heatmaps h x w):
     keypoints      (N, K, 3) float32: x, y in crop px (pixel centres on integers), visibility
     matrix         (N, 2, 3) float32: source-image px -> crop px (OpenCV convention)
     center, scale  (N, 2) float32: the crop's box in source px (after augmentation)
-    image_id, instance_id (N,) int64; flipped (N,) bool; occluded (N, K) float32
+    image_id, instance_id (N,) int64; row (N,) int64: the sample's row in the dataset index
+    flipped (N,) bool; occluded (N, K) float32
 
 Epochs and shards: :func:`.schedule.epoch_schedule`. Augmentation: every random draw of a
 training sample is a pure function of (loader.seed, epoch, sample) (:mod:`dali_pose.draws`),
@@ -167,6 +168,7 @@ class PoseLoader:
             "matrix": t.matrix,
             "center": t.crop_box[:, 0:2].contiguous(),
             "scale": t.crop_box[:, 2:4].contiguous(),
+            "row": torch.from_numpy(rows.copy()).to(self._torch_device),
             "image_id": torch.from_numpy(ids.image_id[rows]).to(self._torch_device),
             "instance_id": torch.from_numpy(ids.instance_id[rows]).to(self._torch_device),
             "flipped": t.flipped[:, 0].bool(),

@@ -16,3 +16,11 @@ def build_model(cfg, num_joints=None):
     if num_joints is None:
         num_joints = DATASETS[cfg.data.format].num_joints
     return build_hrnet(model_cfg, build_codec(model_cfg).channels(num_joints))
+
+
+def describe_model(cfg) -> str:
+    """The model a config asks for, in one line (for messages)."""
+    m = cfg.model
+    return (f"HRNet model.width={m.width}, stem_width={m.stem_width}, "
+            f"num_blocks={m.num_blocks}, stage_modules={list(m.stage_modules)}, "
+            f"target={m.target}, data.format={cfg.data.format}")

@@ -252,6 +252,7 @@ class ReferenceDataset(Dataset):
             "matrix": m.astype(np.float32),
             "center": box[0:2].copy(),
             "scale": box[2:4].copy(),
+            "row": np.int64(row),
             "image_id": np.int64(ix.image_id[row]),
             "instance_id": np.int64(ix.instance_id[row]),
             "flipped": flip,
