@@ -174,6 +174,7 @@ def train(args) -> None:
             if done_steps >= steps:
                 break
         seconds = time.perf_counter() - t_epoch
+        distributed.sync_buffers(dist, model)
         record = {"epoch": epoch, "steps": done_steps, "loss": _mean_over_ranks(
                       dist, loss_sum.item(), done_steps),
                   "lr": sched.get_last_lr()[0], "samples_per_s": samples / seconds,

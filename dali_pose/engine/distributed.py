@@ -107,6 +107,15 @@ def broadcast(d: Dist, obj: Any) -> Any:
     return box[0]
 
 
+def sync_buffers(d: Dist, model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+    at the start of each forward, so after an epoch's last step each rank holds statistics
+    updated by its own last batch; validation and checkpoints want one model."""
+    if d.distributed:
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """A hash of every parameter and buffer, to check that the ranks hold the same model."""
     h = hashlib.sha1()
