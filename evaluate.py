@@ -8,10 +8,12 @@ File mode (no model)::
     python evaluate.py --dataset mpii      --ann gt_valid.mat --preds preds.npy \\
         [--visible visible_valid.npy]
 
-Model mode (a ``model.pt`` that train.py wrote)::
+Model mode (a checkpoint train.py wrote, or any weight file through a config)::
 
     python evaluate.py --checkpoint runs/synthetic/model.pt [--config CFG] [--set KEY=VALUE]
     python evaluate.py --checkpoint runs/mpii/model.pt --ann gt_valid.mat
+    python evaluate.py --config configs/coco_w32_256x192.yaml \
+        --set model.weights=models/pose_hrnet_w32_256x192.pth --set model.codec=msra
 
 runs the model over the config's val split (the config saved in the checkpoint unless
 ``--config`` is given; ``--set`` overrides either, e.g. ``loader.device=cpu`` or
@@ -88,7 +90,7 @@ def _read_image(path: str, shape: Tuple[int, int]) -> np.ndarray:
 
     if path is None:
         return np.full((shape[0], shape[1], 3), 96, np.uint8)
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise EvaluationError(f"--vis: cannot read image {path}")
     return img
@@ -206,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", help="image folder for --vis")
     ap.add_argument("--mpii-json", help="mpii --vis: HRNet-format json naming each person's "
                                         "image, in gt_valid.mat order")
-    ap.add_argument("--verbose", action="store_true", help="show pycocotools' own output")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show pycocotools' own output, and full tracebacks on errors")
     return ap
 
 
@@ -239,11 +242,24 @@ def _model_mode(args) -> None:
     from dali_pose.evaluation.inference import load_checkpoint, predict
     from dali_pose.evaluation.inference import score as score_model
 
-    cfg, model, epochs = load_checkpoint(args.checkpoint, args.config, args.overrides)
+    from dali_pose import build_model, load_config
+    from dali_pose.models import describe_model
+
+    if args.checkpoint:
+        cfg, model, epochs = load_checkpoint(args.checkpoint, args.config, args.overrides)
+        what = f"{args.checkpoint} ({epochs} epochs)"
+    else:  # a published or earlier model through the config's model.weights
+        cfg = load_config(args.config, args.overrides)
+        if not cfg.model.weights:
+            raise EvaluationError("model mode without --checkpoint needs the weights: "
+                                  "--set model.weights=PATH (a dali_pose, official HRNet / "
+                                  "SimpleBaseline or mmpose file)")
+        model = build_model(cfg, log=print).eval()
+        what = cfg.model.weights
     fmt = cfg.data.format
     if args.dataset and args.dataset != fmt:
-        raise EvaluationError(f"--dataset {args.dataset} but {args.checkpoint}'s config has "
-                              f"data.format {fmt}")
+        raise EvaluationError(f"--dataset {args.dataset} but the config has data.format "
+                              f"{fmt}")
     if fmt == "mpii" and args.vis and args.ann is None:
         raise EvaluationError("--vis for MPII needs --ann gt_valid.mat (the drawings show "
                               "its ground truth)")
@@ -253,8 +269,8 @@ def _model_mode(args) -> None:
         raise EvaluationError("loader.device is 'gpu' but CUDA is not available; add "
                               "--set loader.device=cpu")
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-    print(f"{args.checkpoint}: HRNet width {cfg.model.width}, {epochs} epochs; val "
-          f"{cfg.data.val_ann} on {device}")
+    print(f"{what}: {describe_model(cfg)}, codec {cfg.model.codec}; val {cfg.data.val_ann}"
+          f"{' with detections ' + cfg.data.det_file if cfg.data.det_file else ''} on {device}")
     preds = predict(cfg, model.to(device), device, args.max_batches)
     out_dir = os.path.dirname(out) or "."
     metrics = score_model(cfg, preds, out_dir, ann=args.ann, metrics_path=out,
@@ -284,27 +300,30 @@ def _draw(dataset, ann, preds, args, out, images, mpii_json) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.checkpoint:
+    model_mode = bool(args.checkpoint or args.config or args.overrides)
+    if not model_mode:
         missing = [f"--{f}" for f in ("dataset", "ann", "preds") if not getattr(args, f)]
         if missing:
-            parser.error(f"file mode needs {', '.join(missing)} (or give --checkpoint to "
-                         f"score a model)")
-        if args.config or args.overrides or args.max_batches is not None:
-            parser.error("--config/--set/--max-batches belong to model mode (--checkpoint)")
+            parser.error(f"file mode needs {', '.join(missing)} (or give --checkpoint, or "
+                         f"--config with model.weights, to score a model)")
+        if args.max_batches is not None:
+            parser.error("--max-batches belongs to model mode (--checkpoint or --config)")
     else:
         if args.preds or args.visible:
-            parser.error("--preds/--visible belong to file mode; with --checkpoint the model "
+            parser.error("--preds/--visible belong to file mode; in model mode the model "
                          "makes the predictions")
         if args.max_batches is not None and args.max_batches < 1:
             parser.error("--max-batches must be >= 1")
     try:
         if args.vis < 0:
             raise EvaluationError("--vis must be >= 0")
-        if args.checkpoint:
+        if model_mode:
             _model_mode(args)
         else:
             _file_mode(args)
     except (EvaluationError, DatasetError, ConfigError, WeightsError, OSError) as e:
+        if args.verbose:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -29,13 +29,14 @@ from dali_pose.config import (ConfigError, add_config_args, changed_keys, config
 from dali_pose.datasets import DatasetError
 from dali_pose.engine import distributed
 from dali_pose.engine.checkpoint import read_training_checkpoint, resume_path, save_atomic
+from dali_pose.engine.preflight import check_run
 from dali_pose.engine.progress import Progress
 from dali_pose.engine.schedule import build_scheduler
 from dali_pose.evaluation.inference import merge, predict, score
 from dali_pose.evaluation.metrics import EvaluationError
 from dali_pose.models import describe_model
 from dali_pose.models.losses import pose_loss
-from dali_pose.models.weights import WeightsError, load_state, read_weights_file
+from dali_pose.models.weights import WeightsError, load_state, read_weights_file, save_model
 
 
 def parse_args(argv=None):
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (ConfigError, DatasetError, WeightsError, EvaluationError) as e:
+    except (ConfigError, DatasetError, WeightsError, EvaluationError, OSError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -69,14 +70,16 @@ def train(args) -> None:
     tc = cfg.train
     gpu = cfg.loader.device == "gpu"
     dist = distributed.setup(gpu, tc.cpu_threads)
-    log = print if dist.main else (lambda *a, **k: None)
+    log = print if dist.main else None  # the other ranks are quiet
+    say = log or (lambda *a, **k: None)
     device = dist.device
+    check_run(cfg, validate=tc.validate, write=dist.main)  # before anything takes time
     state = None
     ckpt = resume_path(args.resume, cfg.out_dir)
     if ckpt is not None:
         state = read_training_checkpoint(ckpt)
         changed = changed_keys(config_from_dict(state["config"], source=ckpt), cfg)
-        log(f"resuming {ckpt} after epoch {state['epoch']}"
+        say(f"resuming {ckpt} after epoch {state['epoch']}"
             + (f" (config now differs in: {', '.join(changed)})" if changed else ""))
     if dist.main:
         os.makedirs(cfg.out_dir, exist_ok=True)
@@ -87,19 +90,19 @@ def train(args) -> None:
     t0 = time.perf_counter()
     device_id = dist.local_rank if gpu else None
     loader = build_loader(cfg, "train", shard_id=dist.rank, num_shards=dist.world_size,
-                          device_id=device_id)
+                          device_id=device_id, log=log)
     val_loader = (build_loader(cfg, "val", shard_id=dist.rank, num_shards=dist.world_size,
-                               device_id=device_id) if tc.validate else None)
+                               device_id=device_id, log=log) if tc.validate else None)
     steps = len(loader) if args.max_batches is None else min(len(loader), args.max_batches)
-    log(f"train set: {len(loader.index)} people, {len(loader)} batches of "
+    say(f"train set: {len(loader.index)} people, {len(loader)} batches of "
         f"{cfg.loader.batch_size} per rank x {dist.world_size} rank(s) on {loader.device} "
         f"({time.perf_counter() - t0:.1f} s to build)")
 
     # ---- model, optimiser, schedule
-    model = build_model(cfg)
+    model = build_model(cfg, log=log)
     if tc.init_from and state is None:
         load_state(model, _model_state(tc.init_from), tc.init_from, describe_model(cfg))
-        log(f"initialised from {tc.init_from}")
+        say(f"initialised from {tc.init_from}")
     if tc.sync_bn and dist.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -129,7 +132,7 @@ def train(args) -> None:
             model, device_ids=[dist.local_rank] if gpu else None)
     if tc.compile:
         net = torch.compile(net)
-    log(f"model: {describe_model(cfg)}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} "
+    say(f"model: {describe_model(cfg)}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} "
         f"M parameters, {amp or torch.float32} on {device}; effective batch "
         f"{cfg.loader.batch_size * dist.world_size}, lr {lr:.2e}; "
         f"{torch.get_num_threads()} torch thread(s) per rank")
@@ -210,14 +213,13 @@ def train(args) -> None:
     # ---- the final model, a look at the training crops
     if dist.main:
         final = os.path.join(cfg.out_dir, "model.pt")
-        save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "epoch": tc.epochs},
-                    final)
-        log(f"wrote {final} (score it again: python evaluate.py --checkpoint {final})")
+        save_model(final, model, cfg, tc.epochs)
+        say(f"wrote {final} (score it again: python evaluate.py --checkpoint {final})")
         from dali_pose.tools.preview import write_preview
 
         preview = os.path.join(cfg.out_dir, "preview.png")
         write_preview(cfg, preview, "train", 16, loader=loader)
-        log(f"wrote {preview}, metrics.jsonl and config.yaml in {cfg.out_dir}")
+        say(f"wrote {preview}, metrics.jsonl and config.yaml in {cfg.out_dir}")
     distributed.cleanup(dist)
 
 

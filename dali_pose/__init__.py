@@ -28,11 +28,11 @@ def build_loader(cfg, split, **kwargs):
     return _build(cfg, split, **kwargs)
 
 
-def build_model(cfg, num_joints=None):
-    """``dali_pose.models.build_model``: the configured network."""
+def build_model(cfg, num_joints=None, log=None):
+    """``dali_pose.models.build_model``: the configured network, its weights applied."""
     from .models import build_model as _build
 
-    return _build(cfg, num_joints)
+    return _build(cfg, num_joints, log)
 
 
 __all__ = ["Config", "ConfigError", "DATASETS", "DatasetError", "build_codec", "build_loader",

@@ -8,8 +8,9 @@ tensors; NumPy arrays are accepted and give NumPy back; no per-sample Python loo
 ``heatmaps`` (the confidence maps of a target or output, for pictures) and ``loss`` (the
 HRNet / mmpose definition for its target).
 
-    ``UDPGaussian``  model.target: gaussian  K channels, UDP Gaussian, DARK-UDP decoding
-    ``UDPCombined``  model.target: combined  3K channels [disk, x-offset, y-offset]
+    ``UDPGaussian``   model.target: gaussian  K channels, UDP Gaussian, DARK-UDP decoding
+    ``UDPCombined``   model.target: combined  3K channels [disk, x-offset, y-offset]
+    ``MSRAGaussian``  model.codec: msra       K channels, HRNet's classic (biased) processing
 
 Coordinates (see :mod:`dali_pose.geometry`): pixel centres on integers everywhere. Heatmap
 pixel ``(u, v)`` is crop pixel ``(u * stride_x, v * stride_y)`` with the UDP stride
@@ -47,7 +48,13 @@ Where this differs from the UDP/DARK reference code, and why
   different stencil); both are exact for the quadratic log of a perfect Gaussian.
 - Guards: the 2-D Newton step is taken only where the Hessian is negative definite (else a
   1-D step per axis where that axis curves downwards, else none), and the result is kept
-  within +-1 px of the argmax (a flat or noisy map must not fling the point away).
+  within +-sigma of the argmax, per axis (a flat or noisy map must not fling the point
+  away; the blurred log map is quadratic only within about sigma of its peak), and within
+  +-1 px where the blur had to be narrowed at a border (less smoothing). An earlier
+  +-1 px bound cost accuracy on noisy maps: noise moves the argmax by up to 2 px at sigma 2,
+  and the bound then kept the point from coming back (interior Gaussians with noise sd 0.1:
+  mean error 0.112 heatmap px with the +-1 bound; 0.098 with +-sigma, the same as mmpose's
+  unguarded step, ``tests/test_codecs.py::test_dark_on_noisy_maps``).
 - Target weights (in the kernels): 0 when the nearest heatmap pixel of the keypoint is off the
   map, for both targets (the reference Gaussian code tests whether the 3-sigma window overlaps
   the map; its offset target ignores the map bounds).
@@ -65,10 +72,9 @@ import numpy as np
 import torch
 
 from .kernels.targets import (TargetOp, combined_target_op, gaussian_target_op,
-                              window_radius)
+                              msra_target_op, window_radius)
 
 LOG_FLOOR = 1e-10  # blurred heatmaps are floored here before the log
-MAX_STEP = 1.0  # heatmap pixels: largest sub-pixel correction from the argmax, per axis
 # Combined-target disk radius, x heatmap height: UDP's "KPD" 3.5 px on 64-px-tall maps.
 COMBINED_RADIUS_FACTOR = 0.0546875
 
@@ -82,9 +88,13 @@ def udp_stride(input_size, heatmap_size) -> Tuple[float, float]:
 def combined_radius(heatmap_size) -> float:
     """Disk radius of the combined target in heatmap px: 0.0546875 x heatmap height.
 
-    Our reading of UDP's "0.0546875 x heatmap width ... 3.5 px at 64x48": 3.5 px only comes
-    out of the 64-pixel side, which is the *height* in our [w, h] sizes; mmpose 0.x's
-    ``0.0546875 * heatmap_size[1]`` with [w, h] sizes is the same rule.
+    dali_pose follows UDP's paper and code (and mmpose 0.x's ``0.0546875 *
+    heatmap_size[1]`` with [w, h] sizes): "0.0546875 x heatmap width ... 3.5 px at 64x48"
+    only gives 3.5 px from the 64-pixel side, the *height* in [w, h] sizes. mmpose 1.x's
+    ``0.0546875 * max(w, h)`` is the same number on every map at least as tall as it is
+    wide, i.e. on every top-down configuration (48x64, 72x96, 64x64); the two differ only
+    for landscape maps, where we keep the paper's rule (the radius then scales with the
+    person's height, which the 3.5 px were chosen for).
     """
     return COMBINED_RADIUS_FACTOR * float(heatmap_size[1])
 
@@ -186,10 +196,13 @@ def dark_refine(hm: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, sigma: flo
                       (y0 - cy).to(f64))
     x = cx.to(f64) + torch.where(use2, sx2, sx1)
     y = cy.to(f64) + torch.where(use2, sy2, sy1)
+    # the step bound: sigma where the blur had its full radius, one pixel near a border
+    bx = torch.where(rx >= r, sigma, 1.0).to(f64)
+    by = torch.where(ry >= r, sigma, 1.0).to(f64)
     xf = x0.to(f64)
     yf = y0.to(f64)
-    return (torch.minimum(torch.maximum(x, xf - MAX_STEP), xf + MAX_STEP),
-            torch.minimum(torch.maximum(y, yf - MAX_STEP), yf + MAX_STEP))
+    return (torch.minimum(torch.maximum(x, xf - bx), xf + bx),
+            torch.minimum(torch.maximum(y, yf - by), yf + by))
 
 
 
@@ -206,6 +219,7 @@ class Codec:
     heatmap_size: Tuple[int, int]
     sigma: float
     channels_per_joint = 1
+    unbiased = True  # the crop: UDP's geometry.udp_matrix (False: HRNet's msra_matrix)
 
     @property
     def stride(self) -> Tuple[float, float]:
@@ -392,14 +406,70 @@ class UDPCombined(Codec):
         return 0.5 * loss / k
 
 
+@dataclass(frozen=True)
+class MSRAGaussian(Codec):
+    """HRNet's classic ("MSRA") processing, to evaluate and train the HRNet / SimpleBaseline
+    model zoos as they were made (UDP showed it biased): the crop maps the box to W x H
+    (``geometry.msra_matrix``), stride = input / heatmap, the Gaussian sits on the rounded
+    position (``kernels.targets.msra_target_cpu``), the flip test shifts the flipped heatmap
+    one pixel right, and decoding takes the argmax plus a quarter pixel towards the higher
+    neighbour (HRNet's ``get_final_preds``). The loss is HRNet's ``JointsMSELoss``."""
+
+    unbiased = False
+
+    @property
+    def stride(self) -> Tuple[float, float]:
+        """Crop px per heatmap px, (x, y): input / heatmap."""
+        return (self.input_size[0] / self.heatmap_size[0],
+                self.input_size[1] / self.heatmap_size[1])
+
+    def target_op(self, num_joints: int) -> TargetOp:
+        return msra_target_op(tuple(self.heatmap_size), self.stride, float(self.sigma),
+                              int(num_joints))
+
+    def flip_back(self, output_flipped, flip_index):
+        """Mirror, swap left/right, then HRNet's ``shift_heatmap``: every column moves one
+        pixel right (column 0 keeps its value): the tensor mirror is x' -> W - 1 - x' while
+        this codec's heatmap grid mirrors as x' -> W - x'."""
+        out = super().flip_back(output_flipped, flip_index)
+        shifted = out.copy() if isinstance(out, np.ndarray) else out.clone()
+        shifted[..., 1:] = out[..., :-1]
+        return shifted
+
+    def decode_heatmaps(self, out: torch.Tensor):
+        n, c, h, w = out.shape
+        hm = out.reshape(n * c, h, w)
+        idx, x0, y0, score = _argmax2d(hm)
+        x, y = x0.to(torch.float64), y0.to(torch.float64)
+        inner_x = (x0 > 1) & (x0 < w - 1) & (y0 > 1) & (y0 < h - 1)
+        flat = hm.reshape(n * c, h * w)
+
+        def at(dx, dy):
+            i = (idx + dy * w + dx).clamp(0, h * w - 1)
+            return flat.gather(1, i[:, None])[:, 0]
+
+        x = x + torch.where(inner_x, 0.25 * torch.sign(at(1, 0) - at(-1, 0)),
+                            torch.zeros_like(x0, dtype=out.dtype)).to(torch.float64)
+        y = y + torch.where(inner_x, 0.25 * torch.sign(at(0, 1) - at(0, -1)),
+                            torch.zeros_like(y0, dtype=out.dtype)).to(torch.float64)
+        keep = (score > 0).to(torch.float64)  # HRNet's pred_mask: (0, 0) where max <= 0
+        return (torch.stack([x * keep, y * keep], dim=-1).reshape(n, c, 2),
+                score.reshape(n, c))
+
+    loss = UDPGaussian.loss
+
+
 def build_codec(cfg) -> Codec:
     """The codec of ``cfg`` (a ``ModelConfig`` or a whole ``Config``): the one place that
-    chooses by ``model.target``."""
+    chooses by ``model.codec`` and ``model.target``."""
     m = _model(cfg)
-    kinds = {"gaussian": UDPGaussian, "combined": UDPCombined}
-    if m.target not in kinds:
-        raise ValueError(f"model.target: unknown target {m.target!r}")
-    return kinds[m.target](tuple(m.input_size), tuple(m.heatmap_size), float(m.sigma))
+    kinds = {("udp", "gaussian"): UDPGaussian, ("udp", "combined"): UDPCombined,
+             ("msra", "gaussian"): MSRAGaussian}
+    kind = kinds.get((getattr(m, "codec", "udp"), m.target))
+    if kind is None:
+        raise ValueError(f"model.codec {m.codec!r} with model.target {m.target!r}: no such "
+                         f"codec")
+    return kind(tuple(m.input_size), tuple(m.heatmap_size), float(m.sigma))
 
 
 def decode(output, batch, cfg, output_flipped=None, flip_index=None):

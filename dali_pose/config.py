@@ -27,6 +27,9 @@ class ConfigError(ValueError):
 _CHOICES = {
     "data.format": ("coco", "mpii", "crowdpose"),
     "model.target": ("gaussian", "combined"),
+    "model.codec": ("udp", "msra"),
+    "model.arch": ("hrnet", "simplebaseline"),
+    "model.init": ("normal", "kaiming"),
     "loader.device": ("gpu", "cpu"),
     "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
     "train.amp_dtype": ("auto", "bfloat16", "float16"),
@@ -74,11 +77,15 @@ class DataConfig:
     val_gt: Optional[str] = None  # MPII: the official gt_valid.mat, to score PCKh
     det_score_min: float = 0.0
     padding: float = 1.25  # box enlargement, HRNet/UDP convention
+    # a truncated, empty or undecodable image: error (name it, stop) | skip (count, report)
+    on_bad_image: str = "error"
 
     def __post_init__(self):
         _require(self.format in _CHOICES["data.format"], "data.format",
                  f"{self.format!r} is not one of {_CHOICES['data.format']}")
         _require(self.padding > 0, "data.padding", f"must be > 0, got {self.padding}")
+        _require(self.on_bad_image in ("error", "skip"), "data.on_bad_image",
+                 f"{self.on_bad_image!r} is not one of ('error', 'skip')")
 
 
 @dataclass(frozen=True)
@@ -87,11 +94,20 @@ class ModelConfig:
     heatmap_size: Tuple[int, int] = (48, 64)  # [w, h] of the targets
     sigma: float = 2.0  # Gaussian sigma in heatmap pixels
     target: str = "gaussian"  # gaussian | combined (UDP classification + offsets)
+    # udp (unbiased, the default) | msra (HRNet's classic processing, for its model zoo)
+    codec: str = "udp"
+    arch: str = "hrnet"  # hrnet | simplebaseline
     # HRNet (dali_pose.models.hrnet): defaults are HRNet-W32; the synthetic config trains a tiny one.
     width: int = 32  # channels of the highest-resolution branch (W in HRNet-W32)
     stem_width: int = 64  # stem channels; stage 1 bottlenecks output 4x this
     num_blocks: int = 4  # basic blocks per branch in each module
     stage_modules: Tuple[int, ...] = (1, 4, 3)  # modules in stages 2, 3, 4
+    depth: int = 50  # SimpleBaseline's ResNet: 50 | 101 | 152
+    # normal: convs ~ N(0, 0.001) (HRNet / mmpose, made to start from ImageNet weights);
+    # kaiming: PyTorch's default (Kaiming-uniform) in the backbone, far quicker from scratch
+    init: str = "normal"
+    pretrained: Optional[str] = None  # ImageNet backbone file (HRNet's, torchvision's ResNet)
+    weights: Optional[str] = None  # a whole pose model: dali_pose, official or mmpose file
 
     def __post_init__(self):
         for name in ("input_size", "heatmap_size"):
@@ -100,6 +116,13 @@ class ModelConfig:
         _require(self.sigma > 0, "model.sigma", f"must be > 0, got {self.sigma}")
         _require(self.target in _CHOICES["model.target"], "model.target",
                  f"{self.target!r} is not one of {_CHOICES['model.target']}")
+        for key in ("codec", "arch", "init"):
+            _require(getattr(self, key) in _CHOICES[f"model.{key}"], f"model.{key}",
+                     f"{getattr(self, key)!r} is not one of {_CHOICES[f'model.{key}']}")
+        _require(self.depth in (50, 101, 152), "model.depth",
+                 f"{self.depth} is not one of (50, 101, 152)")
+        _require(self.codec == "udp" or self.target == "gaussian", "model.codec",
+                 "the combined target is UDP's: model.codec must be udp")
         _check_min("model", self, 1, "width", "stem_width", "num_blocks")
         _require(bool(self.stage_modules) and min(self.stage_modules) >= 1,
                  "model.stage_modules", f"non-empty, each >= 1, got {list(self.stage_modules)}")

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -91,6 +90,12 @@ CROWDPOSE_AREA_FACTOR = 0.53
 # units of 200 px, a legacy of the original MPII tools).
 MPII_PIXEL_STD = 200.0
 MPII_CENTER_SHIFT = 15.0
+# A labelled keypoint further than this share of the image's longer side outside the image
+# is an annotation error: it is set unlabelled (as v = 0), counted and reported, so that
+# half-body boxes and targets never chase it (a crop of nothing but black, supervised).
+KEYPOINT_MARGIN = 0.05
+NAMES_SHOWN = 5  # ids named per reason when rows are left out or changed
+UNLABELLED = "keypoints far outside their image (set unlabelled)"
 
 
 class DatasetError(ValueError):
@@ -104,8 +109,10 @@ class PoseIndex:
     image_paths (N,) str; center (N,2) f64 px; scale (N,2) f64 px (box w, h after aspect fix
     and padding); keypoints (N,K,3) f32 (x, y px, visibility 0/1/2); area (N,) f32;
     image_id (N,) i64; instance_id (N,) i64 (annotation id, or detection row for det boxes);
-    score (N,) f32 (1 for ground truth, detector score for det boxes).
-    ``skipped`` counts rows left out, by reason.
+    score (N,) f32 (1 for ground truth, detector score for det boxes); image_size (N, 2) i64
+    (w, h) of the stored image as the annotations give it (0, 0 where they do not, MPII).
+    ``skipped`` counts rows left out, by reason; ``unlabelled`` the keypoints set unlabelled
+    because they lie far outside their image (``KEYPOINT_MARGIN``).
     """
 
     info: DatasetInfo
@@ -117,7 +124,9 @@ class PoseIndex:
     image_id: np.ndarray
     instance_id: np.ndarray
     score: np.ndarray
+    image_size: Optional[np.ndarray] = None
     skipped: Dict[str, int] = field(default_factory=dict)
+    unlabelled: int = 0
     source: str = ""
 
     def __len__(self) -> int:
@@ -142,10 +151,16 @@ def read_json(path: str, what: str = "annotation file", error=None):
     """``json.load`` with errors that name the file (``error``: the exception class)."""
     error = error or DatasetError
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except FileNotFoundError as e:
+        raise error(f"{what} {path} does not exist (see the README's Datasets section for "
+                    f"where each dataset's files go)") from e
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not a JSON text file (binary data at byte "
+                    f"{e.start}): expected a json") from e
     except json.JSONDecodeError as e:
         raise error(f"{what} {path} is not valid JSON: {e}") from e
 
@@ -161,23 +176,51 @@ def _check_image(img_path: str, path: str, what: str) -> None:
         raise DatasetError(f"{path}: image {img_path} of {what} does not exist")
 
 
+def _image_id(iid, path: str, what: str) -> int:
+    if isinstance(iid, bool) or not isinstance(iid, int):
+        raise DatasetError(f"{path}: {what} has image id {iid!r}: image ids must be integers")
+    return iid
+
+
 class _Rows:
-    """Accumulates index rows, then freezes them into a PoseIndex."""
+    """Accumulates index rows, then freezes them into a PoseIndex; what it leaves out or
+    changes is counted by reason with the first names, and reported in one line."""
 
     def __init__(self, info: DatasetInfo, source: str):
         self.info, self.source = info, source
         self.cols = {k: [] for k in ("image_paths", "center", "scale", "keypoints", "area",
-                                     "image_id", "instance_id", "score")}
+                                     "image_id", "instance_id", "score", "image_size")}
         self.skipped: Dict[str, int] = {}
+        self.names: Dict[str, List[str]] = {}
+        self.unlabelled = 0
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, name: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if name and len(self.names.setdefault(reason, [])) < NAMES_SHOWN:
+            self.names[reason].append(name)
 
     def add(self, **row) -> None:
         for k, v in row.items():
             self.cols[k].append(v)
 
-    def freeze(self) -> PoseIndex:
+    def keypoints_in_image(self, kps: np.ndarray, size, what: str) -> np.ndarray:
+        """``kps`` with the labelled keypoints far outside a (w, h) image set unlabelled."""
+        w, h = size
+        if not (w > 0 and h > 0):
+            return kps
+        m = KEYPOINT_MARGIN * max(w, h)
+        far = (kps[:, 2] > 0) & ((kps[:, 0] < -m) | (kps[:, 0] > w - 1 + m)
+                                 | (kps[:, 1] < -m) | (kps[:, 1] > h - 1 + m))
+        if far.any():
+            kps = kps.copy()
+            kps[far] = 0.0
+            self.unlabelled += int(far.sum())
+            self.skipped.setdefault(UNLABELLED, 0)
+            if len(self.names.setdefault(UNLABELLED, [])) < NAMES_SHOWN:
+                self.names[UNLABELLED].append(what)
+        return kps
+
+    def freeze(self, log: Optional[Callable] = print) -> PoseIndex:
         k = self.info.num_joints
         c = self.cols
         index = PoseIndex(
@@ -190,13 +233,19 @@ class _Rows:
             image_id=np.array(c["image_id"], dtype=np.int64),
             instance_id=np.array(c["instance_id"], dtype=np.int64),
             score=np.array(c["score"], dtype=np.float32),
-            skipped=dict(self.skipped),
+            image_size=np.array(c["image_size"], dtype=np.int64).reshape(-1, 2),
+            skipped={r: n for r, n in self.skipped.items() if n},
+            unlabelled=self.unlabelled,
             source=self.source,
         )
-        if self.skipped:
-            detail = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items()))
-            warnings.warn(f"{self.source}: kept {len(index)} people, skipped {detail}",
-                          stacklevel=3)
+        parts = []
+        for r in sorted(self.skipped):
+            n = self.unlabelled if r == UNLABELLED else self.skipped[r]
+            names = self.names.get(r, [])
+            more = ", ..." if n > len(names) else ""
+            parts.append(f"{n} {r}" + (f" ({', '.join(names)}{more})" if names else ""))
+        if parts and log is not None:
+            log(f"{self.source}: kept {len(index)} people; " + "; ".join(parts))
         if len(index) == 0:
             raise DatasetError(f"{self.source}: no usable person instances")
         return index
@@ -237,13 +286,15 @@ def _clip_box(x, y, w, h, width, height):
 
 def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ratio: float,
                     padding: float = 1.25, det_file: Optional[str] = None,
-                    det_score_min: float = 0.0) -> PoseIndex:
+                    det_score_min: float = 0.0, log: Optional[Callable] = print) -> PoseIndex:
     """COCO or CrowdPose keypoint json -> PoseIndex.
 
     Ground-truth boxes (``det_file=None``): crowd and zero-keypoint people are skipped (as
-    HRNet does), boxes are clipped to the image and empty ones skipped, with counts.
-    Detection boxes: one row per detection of category 1 with score >= ``det_score_min``;
-    keypoints are zeros.
+    HRNet does), boxes are clipped to the image and empty ones skipped, labelled keypoints
+    far outside the image set unlabelled, all counted and reported through ``log``.
+    Detection boxes: one row per detection of category 1 with score >= ``det_score_min``,
+    the box used as given (as HRNet and mmpose do); keypoints are zeros. Image and annotation
+    ids must be unique integers.
     """
     data = read_json(ann_path)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
@@ -256,7 +307,10 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                            f"joints, but format '{info.name}' has {k}")
     images = {}
     for img in data["images"]:
-        iid = _require(img, "id", ann_path, "an image entry")
+        iid = _image_id(_require(img, "id", ann_path, "an image entry"), ann_path,
+                        "an image entry")
+        if iid in images:
+            raise DatasetError(f"{ann_path}: image id {iid} appears twice")
         images[iid] = img
     rows = _Rows(info, ann_path if det_file is None else det_file)
 
@@ -265,33 +319,42 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
         img_path = os.path.join(images_dir, file_name)
         _check_image(img_path, ann_path, what)
         x, y, w, h = box
-        if "width" in img and "height" in img:
-            clipped = _clip_box(x, y, w, h, float(img["width"]), float(img["height"]))
+        size = (int(img.get("width", 0) or 0), int(img.get("height", 0) or 0))
+        if det_file is None and size[0] > 0 and size[1] > 0:
+            clipped = _clip_box(x, y, w, h, float(size[0]), float(size[1]))
             if clipped is None:
-                rows.skip("boxes empty after clipping to the image")
+                rows.skip("boxes empty after clipping to the image", what)
                 return
             x, y, w, h = clipped
         c, s = box_to_center_scale(x, y, w, h, aspect_ratio, padding)
         rows.add(image_paths=img_path, center=c, scale=s, keypoints=kps, area=area,
-                 image_id=img["id"], instance_id=inst_id, score=score)
+                 image_id=img["id"], instance_id=inst_id, score=score, image_size=size)
 
     if det_file is None:
+        seen = set()
         for ann in data["annotations"]:
             aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
             what = f"annotation {aid}"
+            if aid in seen:
+                raise DatasetError(f"{ann_path}: annotation id {aid} appears twice (ids must "
+                                   f"be unique: predictions are matched to people by them)")
+            seen.add(aid)
             iid = _require(ann, "image_id", ann_path, what)
             if iid not in images:
                 raise DatasetError(f"{ann_path}: {what} refers to unknown image_id {iid}")
             if ann.get("category_id", 1) != 1:
-                rows.skip("non-person annotations")
+                rows.skip("non-person annotations", what)
                 continue
             if ann.get("iscrowd", 0):
-                rows.skip("crowd annotations")
+                rows.skip("crowd annotations", what)
                 continue
             kps = _parse_keypoints(ann, k, ann_path, what)
             box = _parse_box(_require(ann, "bbox", ann_path, what), ann_path, what)
+            img = images[iid]
+            kps = rows.keypoints_in_image(kps, (img.get("width", 0) or 0,
+                                                img.get("height", 0) or 0), what)
             if not (kps[:, 2] > 0).any():
-                rows.skip("people with no labelled keypoints")
+                rows.skip("people with no labelled keypoints", what)
                 continue
             if "area" in ann:
                 area = float(ann["area"])
@@ -322,11 +385,11 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                 continue
             box = _parse_box(_require(det, "bbox", det_file, what), det_file, what)
             add_box(box, images[iid], zeros, box[2] * box[3], i, score, what)
-    return rows.freeze()
+    return rows.freeze(log)
 
 
 def load_mpii(ann_path: str, images_dir: str, aspect_ratio: float,
-              padding: float = 1.25) -> PoseIndex:
+              padding: float = 1.25, log: Optional[Callable] = print) -> PoseIndex:
     """HRNet/mmpose MPII json (1-based MATLAB pixels) -> PoseIndex (0-based pixels).
 
     As HRNet: centre y += 15*scale, box side = scale*200*padding; then converted to our
@@ -366,12 +429,14 @@ def load_mpii(ann_path: str, images_dir: str, aspect_ratio: float,
         kps[:, 2] = np.where(vis > 0, 2.0, 0.0)
         kps[vis <= 0, :2] = 0.0
         rows.add(image_paths=img_path, center=(cx, cy), scale=wh, keypoints=kps,
-                 area=wh[0] * wh[1] / padding ** 2, image_id=i, instance_id=i, score=1.0)
-    return rows.freeze()
+                 area=wh[0] * wh[1] / padding ** 2, image_id=i, instance_id=i, score=1.0,
+                 image_size=(0, 0))
+    return rows.freeze(log)
 
 
-def load_index(cfg, split: str) -> PoseIndex:
-    """The dataset index for ``split`` ('train' or 'val') as configured in ``cfg.data``."""
+def load_index(cfg, split: str, log: Optional[Callable] = print) -> PoseIndex:
+    """The dataset index for ``split`` ('train' or 'val') as configured in ``cfg.data``;
+    ``log`` receives the one-line report of what was left out or changed (None: silent)."""
     d = cfg.data
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -380,7 +445,7 @@ def load_index(cfg, split: str) -> PoseIndex:
     w, h = cfg.model.input_size
     aspect = w / h
     if d.format == "mpii":
-        return load_mpii(ann, images, aspect, d.padding)
+        return load_mpii(ann, images, aspect, d.padding, log)
     det = d.det_file if split == "val" else None
     return load_coco_style(ann, images, DATASETS[d.format], aspect, d.padding, det,
-                           d.det_score_min)
+                           d.det_score_min, log)

@@ -7,7 +7,9 @@ stride) and, inverted, takes predictions back to the source image.
 
 UDP (Huang et al., "The Devil is in the Details", CVPR 2020) measures image size in *unit
 lengths* (w - 1, h - 1), so the box of size ``scale`` pixels around ``center`` maps to
-[0, w_in - 1] x [0, h_in - 1] and the heatmap stride is (w_in - 1)/(w_hm - 1).
+[0, w_in - 1] x [0, h_in - 1] and the heatmap stride is (w_in - 1)/(w_hm - 1). HRNet's
+classic processing (``model.codec: msra``, to evaluate and train its model zoo as it was
+made) maps the box to [0, w_in] x [0, h_in] with stride w_in / w_hm: :func:`msra_matrix`.
 
 All functions here are numba ``njit`` so the pipeline kernels can call them; they run on
 plain NumPy arrays from Python too.
@@ -22,29 +24,44 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def udp_matrix(cx, cy, sw, sh, rot_deg, out_w, out_h, flip):
-    """Source px -> crop px, UDP: box centre -> crop centre, box size -> (out - 1) unit lengths.
-
-    ``rot_deg`` rotates the *content* counter-clockwise on screen (HRNet's sign);
-    ``flip`` mirrors the crop horizontally about its centre line x' = (out_w - 1)/2.
-    Returns float64 (2, 3).
-    """
+def box_matrix(cx, cy, sw, sh, rot_deg, span_w, span_h, flip):
+    """Source px -> crop px: the box (centre (cx, cy), size (sw, sh) px) onto [0, span_w] x
+    [0, span_h] of the crop, rotated by ``rot_deg`` (the *content* counter-clockwise on
+    screen, HRNet's sign) about its centre; ``flip`` mirrors x' -> span_w - x'.
+    Returns float64 (2, 3). :func:`udp_matrix` and :func:`msra_matrix` choose the span."""
     theta = rot_deg * math.pi / 180.0
     c, s = math.cos(theta), math.sin(theta)
-    kx = (out_w - 1.0) / sw
-    ky = (out_h - 1.0) / sh
+    kx = span_w / sw
+    ky = span_h / sh
     m = np.empty((2, 3), np.float64)
     m[0, 0] = c * kx
     m[0, 1] = -s * kx
-    m[0, 2] = kx * (-cx * c + cy * s) + 0.5 * (out_w - 1.0)
+    m[0, 2] = kx * (-cx * c + cy * s) + 0.5 * span_w
     m[1, 0] = s * ky
     m[1, 1] = c * ky
-    m[1, 2] = ky * (-cx * s - cy * c) + 0.5 * (out_h - 1.0)
+    m[1, 2] = ky * (-cx * s - cy * c) + 0.5 * span_h
     if flip:
         m[0, 0] = -m[0, 0]
         m[0, 1] = -m[0, 1]
-        m[0, 2] = (out_w - 1.0) - m[0, 2]
+        m[0, 2] = span_w - m[0, 2]
     return m
+
+
+@numba.njit(cache=True)
+def udp_matrix(cx, cy, sw, sh, rot_deg, out_w, out_h, flip):
+    """UDP: the box maps to [0, out_w - 1] x [0, out_h - 1] (image sizes in unit lengths, so
+    the box centre lands on the crop centre pixel grid's middle (out - 1) / 2); ``flip`` is
+    the exact mirror x' -> (out_w - 1) - x' of the crop's pixel grid."""
+    return box_matrix(cx, cy, sw, sh, rot_deg, out_w - 1.0, out_h - 1.0, flip)
+
+
+@numba.njit(cache=True)
+def msra_matrix(cx, cy, sw, sh, rot_deg, out_w, out_h, flip):
+    """HRNet's classic ("MSRA") crop: the box maps to [0, out_w] x [0, out_h] (its centre
+    to (out_w / 2, out_h / 2), half a pixel off the crop's middle); the training flip
+    mirrors the source image about the box centre, i.e. x' -> out_w - x' (the flip test's
+    tensor mirror is out_w - 1 - x': hence HRNet's one-pixel heatmap shift)."""
+    return box_matrix(cx, cy, sw, sh, rot_deg, float(out_w), float(out_h), flip)
 
 
 @numba.njit(cache=True)

@@ -99,7 +99,8 @@ fi
 # ---- 3. the GPU tests (test_gpu.py first: the loader end to end)
 step pytest_gpu 260 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs \
   --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu.py tests/test_targets.py \
-  tests/test_occlusion.py tests/test_noda.py tests/test_codecs.py tests/test_bench.py
+  tests/test_occlusion.py tests/test_noda.py tests/test_codecs.py tests/test_bench.py \
+  tests/test_trainer.py
 tail -40 "$OUT/logs/pytest_gpu.log" | grep -E "passed|failed|error|FAILED|ERROR|SKIPPED" \
   | awk '!seen[$0]++' | sed 's/^/    /' >> "$SUM"
 

@@ -217,3 +217,140 @@ def test_decode_on_cuda_matches_cpu(name):  # pragma: no cover - needs a GPU
                  output_flipped=torch.from_numpy(tf).cuda(), flip_index=FI)
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-3)
+
+
+# ------------------------------------------------------------------ HRNet's classic codec ---
+
+def _msra_reference(kps, m):
+    """HRNet's ``generate_target`` (lib/dataset/JointsDataset.py), transcribed in NumPy."""
+    w, h = m.heatmap_size
+    stride = (m.input_size[0] / w, m.input_size[1] / h)
+    tmp = m.sigma * 3
+    target = np.zeros((len(kps), h, w), np.float64)
+    weight = (kps[:, 2] > 0).astype(np.float64)
+    for j, (x, y, v) in enumerate(kps):
+        mu_x, mu_y = int(x / stride[0] + 0.5), int(y / stride[1] + 0.5)
+        ul = [int(mu_x - tmp), int(mu_y - tmp)]
+        br = [int(mu_x + tmp + 1), int(mu_y + tmp + 1)]
+        if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
+            weight[j] = 0
+            continue
+        size = 2 * tmp + 1
+        xs = np.arange(0, size, 1, np.float64)
+        ys = xs[:, None]
+        x0 = y0 = size // 2
+        g = np.exp(-((xs - x0) ** 2 + (ys - y0) ** 2) / (2 * m.sigma ** 2))
+        gx = max(0, -ul[0]), min(br[0], w) - ul[0]
+        gy = max(0, -ul[1]), min(br[1], h) - ul[1]
+        ix = max(0, ul[0]), min(br[0], w)
+        iy = max(0, ul[1]), min(br[1], h)
+        if weight[j] > 0:
+            target[j, iy[0]:iy[1], ix[0]:ix[1]] = g[gy[0]:gy[1], gx[0]:gx[1]]
+    return target, weight
+
+
+@pytest.mark.parametrize("sigma", [2.0, 1.5])
+def test_msra_targets_are_hrnets(sigma):
+    m = ModelConfig(codec="msra", sigma=sigma)
+    rng = np.random.default_rng(11)
+    kps = np.zeros((K, 3), np.float32)
+    for _ in range(30):
+        kps[:, 0] = rng.uniform(-40, 230, K)
+        kps[:, 1] = rng.uniform(-40, 300, K)
+        kps[:, 2] = rng.choice([0, 1, 2], K)
+        t, w = build_codec(m).encode(kps)
+        ref_t, ref_w = _msra_reference(kps, m)
+        np.testing.assert_array_equal(w, ref_w)
+        np.testing.assert_allclose(t, ref_t, rtol=1e-6, atol=1e-7)
+
+
+def test_msra_round_trip_and_flip_test_bias():
+    """HRNet's processing, measured: the decoded position is the rounded heatmap position
+    (error up to half a heatmap pixel, 2 crop px at stride 4, unbiased on average); its flip
+    test (mirror, one-pixel shift, average) moves x by the known quarter-pixel-scale bias.
+    UDP, through the same measurement, is exact (test_round_trip, test_flip_test_round_trip)."""
+    m = ModelConfig(codec="msra")
+    codec = build_codec(m)
+    assert codec.stride == (4.0, 4.0) and not codec.unbiased
+    w_in, h_in = m.input_size
+    rng = np.random.default_rng(12)
+    n = 300
+    kps = np.zeros((n, K, 3), np.float32)
+    kps[..., 0] = rng.uniform(12, w_in - 13, (n, K))
+    kps[..., 1] = rng.uniform(12, h_in - 13, (n, K))
+    kps[..., 2] = 2
+    flipped = kps.copy()
+    flipped[..., 0] = (w_in - 1) - kps[..., 0]  # the val pipeline's tensor mirror
+    flipped = flipped[:, FI]
+    t, _ = codec.encode(kps)
+    tf, _ = codec.encode(flipped)
+    eye = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1))
+    plain = codec.decode(t, eye)[..., :2] - kps[..., :2]
+    both = codec.decode(t, eye, tf, FI)[..., :2] - kps[..., :2]
+    print(f"\nmsra: round trip |err| max {np.abs(plain).max():.3f} mean "
+          f"{np.abs(plain).mean():.3f} crop px, mean x {plain[..., 0].mean():+.3f}; flip "
+          f"test mean x {both[..., 0].mean():+.3f}, mean y {both[..., 1].mean():+.3f}")
+    assert np.abs(plain).max() <= 0.5 * 4.0 + 1e-3
+    assert abs(plain[..., 0].mean()) < 0.05 and abs(plain[..., 1].mean()) < 0.05
+    assert 0.15 < both[..., 0].mean() < 0.35  # measured +0.25 crop px
+    assert abs(both[..., 1].mean()) < 0.05
+
+
+def test_msra_crop_maps_the_box_onto_the_whole_crop():
+    m = G.msra_matrix(100.0, 80.0, 48.0, 64.0, 0.0, 192, 256, False)
+    np.testing.assert_allclose(G.apply_affine(m, [[100.0, 80.0], [76.0, 48.0]]),
+                               [[96.0, 128.0], [0.0, 0.0]])
+    mf = G.msra_matrix(100.0, 80.0, 48.0, 64.0, 0.0, 192, 256, True)
+    p = np.array([[90.0, 70.0]])
+    np.testing.assert_allclose(G.apply_affine(mf, p)[0, 0], 192 - G.apply_affine(m, p)[0, 0])
+
+
+def _dark_like_mmpose(hm, sigma, kernel=11):
+    """mmpose 1.x's DARK-UDP refinement, written from its definition: blur the whole map
+    (OpenCV Gaussian, ``kernel`` taps, rescaled to the original maximum), clip to
+    [0.001, 50], log, pad with edge values, one unguarded Newton step at the argmax."""
+    import cv2
+
+    n, h, w = hm.shape
+    b = np.stack([cv2.GaussianBlur(m, (kernel, kernel), 0) for m in hm])
+    b *= hm.reshape(n, -1).max(1)[:, None, None] / b.reshape(n, -1).max(1)[:, None, None]
+    lg = np.pad(np.log(np.clip(b, 0.001, 50)), ((0, 0), (1, 1), (1, 1)), mode="edge")
+    flat = hm.reshape(n, -1).argmax(1)
+    x, y = flat % w + 1, flat // w + 1
+    r = np.arange(n)
+    f = lambda dx, dy: lg[r, y + dy, x + dx]  # noqa: E731
+    g = np.stack([0.5 * (f(1, 0) - f(-1, 0)), 0.5 * (f(0, 1) - f(0, -1))], 1)
+    hxx = f(1, 0) - 2 * f(0, 0) + f(-1, 0)
+    hyy = f(0, 1) - 2 * f(0, 0) + f(0, -1)
+    hxy = 0.5 * (f(1, 1) - f(1, 0) - f(0, 1) + 2 * f(0, 0) - f(-1, 0) - f(0, -1) + f(-1, -1))
+    hess = np.stack([np.stack([hxx, hxy], 1), np.stack([hxy, hyy], 1)], 1)
+    step = np.linalg.solve(hess + np.finfo(np.float32).eps * np.eye(2), g[..., None])[..., 0]
+    return np.stack([x - 1, y - 1], 1) - step
+
+
+def test_dark_on_noisy_maps():
+    """Interior Gaussians (sigma 2) plus noise: DARK-UDP's error is that of mmpose's
+    unguarded step, and bounded where mmpose's is not (a pure-noise map)."""
+    import dali_pose.codecs as C
+
+    rng = np.random.default_rng(13)
+    h, w, sigma, n = 64, 48, 2.0, 3000
+    mu = np.stack([rng.uniform(8, w - 9, n), rng.uniform(8, h - 9, n)], 1)
+    py, px = np.mgrid[0:h, 0:w]
+    clean = np.exp(-((px[None] - mu[:, 0, None, None]) ** 2
+                     + (py[None] - mu[:, 1, None, None]) ** 2) / (2 * sigma ** 2))
+    for noise in (0.05, 0.1):
+        hm = (clean + rng.normal(0, noise, clean.shape)).astype(np.float32)
+        t = torch.from_numpy(hm)
+        _, x0, y0, _ = C._argmax2d(t)
+        x, y = C.dark_refine(t, x0, y0, sigma)
+        ours = np.linalg.norm(np.stack([x.numpy(), y.numpy()], 1) - mu, axis=1)
+        theirs = np.linalg.norm(_dark_like_mmpose(hm, sigma) - mu, axis=1)
+        print(f"\nnoise {noise}: DARK-UDP mean {ours.mean():.4f} max {ours.max():.3f}; "
+              f"mmpose mean {theirs.mean():.4f} max {theirs.max():.3f} heatmap px")
+        assert ours.mean() <= 1.01 * theirs.mean() and ours.max() <= 1.05 * theirs.max()
+    flat = rng.normal(0, 1, (200, h, w)).astype(np.float32)
+    t = torch.from_numpy(flat)
+    _, x0, y0, _ = C._argmax2d(t)
+    x, y = C.dark_refine(t, x0, y0, sigma)
+    assert (x - x0).abs().max() <= sigma and (y - y0).abs().max() <= sigma

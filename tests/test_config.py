@@ -62,5 +62,5 @@ def test_bad_file(tmp_path):
 def test_shipped_configs_load():
     from pathlib import Path
 
-    for p in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+    for p in sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")):
         load_config(str(p))

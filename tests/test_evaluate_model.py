@@ -17,9 +17,8 @@ from conftest import shared  # noqa: E402
 from dali_pose import load_config  # noqa: E402
 from dali_pose.datasets import DATASETS  # noqa: E402
 from dali_pose import build_model  # noqa: E402
-from dali_pose.evaluation.inference import (load_checkpoint, predict, save_checkpoint,  # noqa: E402
-                                            score)
-from dali_pose.evaluation.metrics import EvaluationError  # noqa: E402
+from dali_pose.evaluation.inference import load_checkpoint, predict, score  # noqa: E402
+from dali_pose.models.weights import WeightsError, save_model  # noqa: E402
 from dali_pose.tools.synthetic import generate  # noqa: E402
 
 
@@ -36,7 +35,7 @@ def run(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg)
     ckpt = d / "model.pt"
-    save_checkpoint(str(ckpt), model, cfg, epochs=3)
+    save_model(str(ckpt), model, cfg, epoch=3)
     return d, cfg, model, ckpt
 
 
@@ -75,11 +74,11 @@ def test_model_mode_scores_like_train_and_like_file_mode(run, tmp_path, capsys):
 
 def test_model_mode_errors(run, tmp_path, capsys):
     d, _, _, ckpt = run
-    assert evaluate.main(["--checkpoint", str(ckpt), "--set", "model.width=16"]) == 1
+    assert evaluate.main(["--checkpoint", str(ckpt), "--set", "model.width=24"]) == 1
     err = capsys.readouterr().err
-    assert str(ckpt) in err and "model.width=16" in err and "another shape" in err
+    assert str(ckpt) in err and "model.width=24" in err and "another shape" in err
     assert evaluate.main(["--checkpoint", str(ckpt), "--set", "model.target=combined"]) == 1
-    assert "head.weight" in capsys.readouterr().err
+    assert "final_layer.weight" in capsys.readouterr().err
     assert evaluate.main(["--checkpoint", str(ckpt), "--set", "loader.nope=1"]) == 1
     assert "loader.nope" in capsys.readouterr().err
     assert evaluate.main(["--checkpoint", str(ckpt), "--dataset", "mpii"]) == 1
@@ -94,7 +93,7 @@ def test_model_mode_errors(run, tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(not_ckpt)]) == 1
     assert f"cannot read checkpoint {not_ckpt}" in capsys.readouterr().err
     torch.save({"weights": {}}, tmp_path / "other.pt")
-    with pytest.raises(EvaluationError, match="not a dali_pose checkpoint"):
+    with pytest.raises(WeightsError, match="not a dali_pose checkpoint"):
         load_checkpoint(str(tmp_path / "other.pt"))
     with pytest.raises(SystemExit):  # file mode without its inputs: argparse usage error
         evaluate.main(["--dataset", "coco"])
@@ -120,12 +119,13 @@ def test_mpii_json_rows_are_gt_valid_rows():
 
 def test_mpii_model_mode(tmp_path, capsys):
     m = shared("mpii-sample")
-    cfg = load_config(str(ROOT / "configs" / "mpii_256x256.yaml"), [
+    cfg = load_config(str(ROOT / "configs" / "mpii_w32_256x256.yaml"), [
         f"data.val_ann={m}/test_mpii.json", f"data.val_images={m}/images",
         "loader.device=cpu", "loader.batch_size=4", "model.width=8", "model.stem_width=16",
-        "model.num_blocks=1", "model.stage_modules=[1,1,1]"])
+        "model.num_blocks=1", "model.stage_modules=[1,1,1]", "model.pretrained=null",
+        "data.val_gt=null"])
     ckpt = tmp_path / "mpii.pt"
-    save_checkpoint(str(ckpt), build_model(cfg), cfg, epochs=0)
+    save_model(str(ckpt), build_model(cfg), cfg, epoch=0)
     out = tmp_path / "eval" / "metrics.json"
     assert evaluate.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 0
     preds = np.load(out.parent / "val_preds.npy")

@@ -40,7 +40,7 @@ def test_train_py_trains_validates_and_writes_outputs(tiny, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "samples/s" in text and "data wait" in text and "AP" in text
     ckpt = torch.load(out / "model.pt")
-    assert ckpt["config"]["out_dir"] == str(out) and "head.weight" in ckpt["model"]
+    assert ckpt["config"]["out_dir"] == str(out) and "final_layer.weight" in ckpt["model"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["AP"] <= 1.0
     results = json.loads((out / "val_results.json").read_text())
@@ -50,7 +50,7 @@ def test_train_py_trains_validates_and_writes_outputs(tiny, tmp_path, capsys):
     assert 0 < len(results) <= len(people)
     assert {r["image_id"] for r in results} == {a["image_id"] for a in people}
     grid = cv2.imread(str(out / "preview.png"))
-    assert grid is not None and grid.shape[0] >= 256
+    assert grid is not None and grid.shape[0] >= 128  # configs/synthetic.yaml: 128x96 crops
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["loader"]["batch_size"] == 4 and saved["out_dir"] == str(out)
 

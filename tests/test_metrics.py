@@ -584,8 +584,9 @@ def test_index_to_results(tmp_path):
         (tmp_path / img["file_name"]).write_bytes(b"")
     ann = tmp_path / "gt.json"
     ann.write_text(json.dumps(gt))
-    with pytest.warns(UserWarning):  # the crowd and empty annotations are skipped
-        index = load_coco_style(str(ann), str(tmp_path), COCO, 0.75)
+    lines = []  # the crowd and empty annotations are skipped, and said so
+    index = load_coco_style(str(ann), str(tmp_path), COCO, 0.75, log=lines.append)
+    assert len(lines) == 1 and "skipped" not in lines[0] and "annotation" in lines[0]
     kp = index.keypoints.astype(np.float64).copy()
     labelled = kp[:, :, 2] > 0
     kp[:, :, 2] = 0.9

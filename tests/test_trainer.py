@@ -191,3 +191,35 @@ def test_two_process_ddp_on_gloo(tiny, tmp_path):
         assert r["samples"] == r["unique_samples"] == 2 * per_rank  # disjoint, the epoch
         assert r["val_instances"] == n_val
     assert p.stdout.count("train set:") == 1  # rank 1 prints nothing
+
+
+# ------------------------------------------------------------------------- GPU ------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_gpu_training_mixed_precision_channels_last(tiny, tmp_path, amp_dtype):
+    """One GPU epoch in each mixed precision, channels-last, the loader on the same GPU."""
+    out = tmp_path / amp_dtype
+    p = _run(_args(tiny, out, "train.epochs=1", "loader.device=gpu",
+                   f"train.amp_dtype={amp_dtype}", "train.channels_last=true"))
+    text = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, text[-3000:]
+    assert f"torch.{amp_dtype} on cuda:0" in text
+    (line,) = _lines(out / "metrics.jsonl")
+    assert line["loss"] > 0 and "val/AP" in line
+
+
+@pytest.mark.gpu
+def test_two_process_ddp_on_nccl(tiny, tmp_path):  # pragma: no cover - needs 2 GPUs
+    if torch.cuda.device_count() < 2:
+        pytest.skip("NCCL with two ranks needs two GPUs")
+    out = tmp_path / "nccl"
+    args = _args(tiny, out, "train.epochs=1", "loader.device=gpu", "loader.batch_size=2")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", str(ROOT / "train.py"), *args], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    (line,) = _lines(out / "metrics.jsonl")
+    assert line["world_size"] == 2 and line["ranks_in_sync"]
+    assert line["samples"] == line["unique_samples"]

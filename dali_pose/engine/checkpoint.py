@@ -15,46 +15,19 @@ validation metric improves) is a ``torch.save`` of a dict of plain types and ten
     torch_rng   torch's CPU generator state (and ``cuda_rng`` on a GPU)
 
 so it loads with ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
-Writing goes to a temporary file in the same directory, flushed and fsync'd, then
-``os.replace``d over the old one (and the directory fsync'd): a crash at any moment leaves
-either the old or the new checkpoint, never a torn one.
+Writing (:func:`dali_pose.models.weights.save_atomic`) goes to a temporary file in the same
+directory, flushed and fsync'd, then ``os.replace``d over the old one (and the directory
+fsync'd): a crash at any moment leaves either the old or the new checkpoint, never a torn
+one.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional
 
-import torch
-
-from ..models.weights import WeightsError, read_weights_file
+from ..models.weights import WeightsError, read_weights_file, save_atomic  # noqa: F401
 
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config")
-
-
-def save_atomic(obj, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (see the module docstring)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - a file system without directory fsync
-        pass
 
 
 def read_training_checkpoint(path: str) -> dict:

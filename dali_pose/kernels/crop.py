@@ -29,8 +29,8 @@ from typing import Optional, Tuple
 import numba
 import numpy as np
 
-from ..geometry import (AugParams, augment, invert_affine, opencv_to_dali_into, source_roi,
-                        transform_keypoints, udp_matrix)
+from ..geometry import (AugParams, augment, invert_affine, msra_matrix, opencv_to_dali_into,
+                        source_roi, transform_keypoints, udp_matrix)
 from .op import NumbaOp, Port, fixed_shapes
 
 # Extra source pixels around the crop footprint: bilinear needs one neighbour.
@@ -39,15 +39,19 @@ ROI_MARGIN = 1
 
 @functools.lru_cache(maxsize=None)
 def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, ...],
-            upper_body: Tuple[bool, ...], aug: Optional[AugParams], roi: bool) -> NumbaOp:
+            upper_body: Tuple[bool, ...], aug: Optional[AugParams], roi: bool,
+            unbiased: bool = True) -> NumbaOp:
     """The crop-geometry operator for crops of ``input_size`` = [w, h].
 
     ``padding``: the box enlargement of the index (to recover the person's own box);
     ``flip_index`` / ``upper_body``: the dataset's joint swap and upper-body mask; ``aug``:
     the training augmentation (None: the box as it is, no flip); ``roi``: the last output is
-    the source window (True) or DALI's warp matrix (False).
+    the source window (True) or DALI's warp matrix (False); ``unbiased``: UDP's crop
+    (:func:`~dali_pose.geometry.udp_matrix`) or HRNet's classic one (``msra_matrix``).
     """
     out_w, out_h = (float(v) for v in input_size)
+    matrix_of = udp_matrix if unbiased else msra_matrix
+    span_w, span_h = (out_w - 1.0, out_h - 1.0) if unbiased else (out_w, out_h)
     k = len(flip_index)
     flip_idx = np.asarray(flip_index, np.int64)
     upper = np.asarray(upper_body, np.bool_)
@@ -65,7 +69,7 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
                                                 half_min, shift_factor, aspect)
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
-        m = udp_matrix(cx, cy, sw, sh, rot, out_w, out_h, flip)
+        m = matrix_of(cx, cy, sw, sh, rot, out_w, out_h, flip)
         for r in range(2):
             for c in range(3):
                 matrix[r, c] = m[r, c]
@@ -76,8 +80,8 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
         crop_box[3] = sh
         person_box[0] = m[0, 0] * center[0] + m[0, 1] * center[1] + m[0, 2]
         person_box[1] = m[1, 0] * center[0] + m[1, 1] * center[1] + m[1, 2]
-        person_box[2] = scale[0] / pad * (out_w - 1.0) / sw
-        person_box[3] = scale[1] / pad * (out_h - 1.0) / sh
+        person_box[2] = scale[0] / pad * span_w / sw
+        person_box[3] = scale[1] / pad * span_h / sh
         flipped[0] = 1 if flip else 0
         return m
 

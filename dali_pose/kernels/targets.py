@@ -146,6 +146,40 @@ def combined_target_cpu(heatmap, weight, kps, stride_x, stride_y, radius):
                 heatmap[3 * j + 2, py, px] = oy
 
 
+@numba.njit(cache=True)
+def msra_target_cpu(heatmap, weight, kps, stride_x, stride_y, sigma):
+    """HRNet's classic Gaussian target of one sample (``model.codec: msra``), as its
+    ``generate_target``: the Gaussian centred on the *rounded* heatmap position
+    ``int(x / stride + 0.5)`` (Python's truncating ``int``), written on the window
+    ``[int(mu - 3 sigma), int(mu + 3 sigma + 1))`` clipped to the map; weight 0 when the
+    joint is unlabelled or the window misses the map. heatmap (K, h, w), weight (K,)."""
+    k = heatmap.shape[0]
+    h = heatmap.shape[1]
+    w = heatmap.shape[2]
+    tmp = 3.0 * sigma
+    c0 = math.floor((2.0 * tmp + 1.0) / 2.0)  # the centre index of HRNet's Gaussian patch
+    inv = 1.0 / (2.0 * sigma * sigma)
+    for j in range(k):
+        heatmap[j, :, :] = 0.0
+        weight[j] = 0.0
+        if kps[j, 2] <= 0:
+            continue
+        mu_x = int(float(kps[j, 0]) / stride_x + 0.5)
+        mu_y = int(float(kps[j, 1]) / stride_y + 0.5)
+        ul_x = int(mu_x - tmp)
+        ul_y = int(mu_y - tmp)
+        br_x = int(mu_x + tmp + 1.0)
+        br_y = int(mu_y + tmp + 1.0)
+        if ul_x >= w or ul_y >= h or br_x < 0 or br_y < 0:
+            continue
+        weight[j] = 1.0
+        for py in range(max(0, ul_y), min(br_y, h)):
+            for px in range(max(0, ul_x), min(br_x, w)):
+                dx = px - ul_x - c0
+                dy = py - ul_y - c0
+                heatmap[j, py, px] = math.exp(-(dx * dx + dy * dy) * inv)
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA kernels: built per config (closure constants), compiled by DALI (or by cuda.jit in tests).
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +255,47 @@ def _make_combined_gpu(stride_x, stride_y, radius):
     return combined_target_gpu
 
 
+def _make_msra_gpu(stride_x, stride_y, sigma):
+    tmp = 3.0 * sigma
+    c0 = math.floor((2.0 * tmp + 1.0) / 2.0)
+    inv = 1.0 / (2.0 * sigma * sigma)
+
+    def msra_target_gpu(heatmap, weight, kps, box):
+        # msra_target_cpu's formulas written out, integers kept as floats (see above);
+        # truncation toward zero (Python's int) is floor for x >= 0 and ceil below.
+        x0, y0, j0 = cuda.grid(3)
+        gx, gy, gz = cuda.gridsize(3)
+        k = heatmap.shape[0]
+        h = heatmap.shape[1]
+        w = heatmap.shape[2]
+        for j in range(j0, k, gz):
+            ax = float(kps[j, 0]) / stride_x + 0.5
+            ay = float(kps[j, 1]) / stride_y + 0.5
+            mu_x = math.floor(ax) if ax >= 0 else math.ceil(ax)
+            mu_y = math.floor(ay) if ay >= 0 else math.ceil(ay)
+            bx = mu_x - tmp
+            by = mu_y - tmp
+            ul_x = math.floor(bx) if bx >= 0 else math.ceil(bx)
+            ul_y = math.floor(by) if by >= 0 else math.ceil(by)
+            cx = mu_x + tmp + 1.0
+            cy = mu_y + tmp + 1.0
+            br_x = math.floor(cx) if cx >= 0 else math.ceil(cx)
+            br_y = math.floor(cy) if cy >= 0 else math.ceil(cy)
+            ok = (kps[j, 2] > 0 and not (ul_x >= w or ul_y >= h or br_x < 0 or br_y < 0))
+            if x0 == 0 and y0 == 0:
+                weight[j] = 1.0 if ok else 0.0
+            for py in range(y0, h, gy):
+                for px in range(x0, w, gx):
+                    val = 0.0
+                    if ok and ul_x <= px < br_x and ul_y <= py < br_y:
+                        dx = px - ul_x - c0
+                        dy = py - ul_y - c0
+                        val = math.exp(-(dx * dx + dy * dy) * inv)
+                    heatmap[j, py, px] = val
+
+    return msra_target_gpu
+
+
 # ---------------------------------------------------------------------------------------------
 # The operators
 # ---------------------------------------------------------------------------------------------
@@ -283,3 +358,18 @@ def combined_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float
 
     return _target_op("combined targets", 3 * int(num_joints), w, h, int(num_joints),
                       (sx, sy), cpu_run, _make_combined_gpu(sx, sy, radius))
+
+
+@functools.lru_cache(maxsize=None)
+def msra_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float], sigma: float,
+                   num_joints: int) -> TargetOp:
+    """HRNet's classic Gaussian target (:func:`msra_target_cpu`), K channels."""
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    sx, sy = float(stride[0]), float(stride[1])
+    sigma = float(sigma)
+
+    def cpu_run(heatmap_out, weight_out, kps, box):
+        msra_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma)
+
+    return _target_op("msra targets", int(num_joints), w, h, int(num_joints), (sx, sy),
+                      cpu_run, _make_msra_gpu(sx, sy, sigma))

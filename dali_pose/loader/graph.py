@@ -85,7 +85,7 @@ def graph_spec(cfg, info, *, train: bool, gpu: bool) -> GraphSpec:
     codec = build_codec(cfg.model)
     crop = crop_op((w, h), float(cfg.data.padding), tuple(int(v) for v in info.flip_index),
                    tuple(j in info.upper_body for j in range(info.num_joints)),
-                   AugParams.of(cfg.aug) if train else None, fused)
+                   AugParams.of(cfg.aug) if train else None, fused, codec.unbiased)
     dropping = noda = None
     if train and cfg.occlusion.method != "none":
         dropping = dropping_op_from(cfg.occlusion, (w, h))
@@ -229,7 +229,9 @@ def read_stage(spec: GraphSpec, source, pool_source=None) -> Read:
 
 def geometry_stage(spec: GraphSpec, read: Read) -> Geometry:
     """The crop operator (CPU: it reads host data)."""
-    shape = fn.peek_image_shape(read.jpeg)
+    # stored pixel order: COCO / MPII / CrowdPose annotate the pixels as stored, whatever an
+    # EXIF orientation tag says (HRNet reads with cv2.IMREAD_IGNORE_ORIENTATION)
+    shape = fn.peek_image_shape(read.jpeg, adjust_orientation=False)
     return Geometry(*apply(spec.crop, read.center, read.scale, read.keypoints, read.uniform,
                            read.normal, shape))
 
@@ -240,9 +242,9 @@ def decode_stage(spec: GraphSpec, read: Read, geometry: Geometry):
         return fn.decoders.image_slice(read.jpeg, geometry.window[0:2], geometry.window[2:4],
                                        axis_names="WH", normalized_anchor=False,
                                        normalized_shape=False, output_type=types.RGB,
-                                       device="cpu")
+                                       adjust_orientation=False, device="cpu")
     return fn.decoders.image(read.jpeg, device="mixed" if spec.gpu else "cpu",
-                             output_type=types.RGB)
+                             output_type=types.RGB, adjust_orientation=False)
 
 
 def warp_stage(spec: GraphSpec, read: Read, geometry: Geometry, decoded):

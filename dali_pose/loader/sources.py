@@ -21,8 +21,15 @@ import torch
 from ..datasets import DatasetError, PoseIndex
 from ..draws import pool_pick, sample_draws
 from ..geometry import NUM_NORMAL, NUM_UNIFORM
+from ..imagefiles import inspect
 
-_SIGNATURES = (b"\xff\xd8", b"\x89PNG")
+
+def _placeholder_jpeg() -> np.ndarray:
+    """A valid 8x8 black JPEG: what a skipped image's sample decodes (then dropped)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    return buf.reshape(-1)
 
 
 class BatchSource:
@@ -33,8 +40,12 @@ class BatchSource:
     """
 
     def __init__(self, index: PoseIndex, *, train: bool, seed: int, n_occlusion: int = 0,
-                 n_noda: int = 0):
+                 n_noda: int = 0, on_bad_image: str = "error", log=print):
         self.index, self.train, self.seed = index, train, seed
+        self.on_bad_image, self.log = on_bad_image, log
+        self.bad: dict = {}  # path -> why, of the images skipped (on_bad_image: skip)
+        self._checked: set = set()  # paths whose bytes were found whole and of the right size
+        self._placeholder = None
         self.n_occlusion, self.n_noda = n_occlusion, n_noda
         self.batches: List[np.ndarray] = []
         self.cursor = 0
@@ -64,18 +75,48 @@ class BatchSource:
         """Serve nothing more this epoch."""
         self.cursor = len(self.batches)
 
-    def read(self, i: int) -> np.ndarray:
-        """The file bytes of row ``i``'s image."""
+    def read(self, i: int):
+        """(file bytes, True) of row ``i``'s image; a bad file (unreadable, empty, not an
+        image DALI decodes, truncated) is a ``DatasetError`` naming it and the instance, or
+        with ``on_bad_image: skip`` (placeholder bytes, False), reported once. An image
+        whose stored size is not the annotations' is always an error (a wrong file)."""
         path = self.index.image_paths[i]
+        what = f"image {path} (instance {self.index.instance_id[i]})"
+        if path in self.bad:
+            return self._skip(path, None)
         try:
             data = np.fromfile(path, dtype=np.uint8)
         except OSError as e:
-            raise DatasetError(f"cannot read image {path} (instance "
-                               f"{self.index.instance_id[i]}): {e}") from e
-        if not any(data[:len(s)].tobytes() == s for s in _SIGNATURES):
-            raise DatasetError(f"image {path} (instance {self.index.instance_id[i]}) is not "
-                               f"a JPEG or PNG file")
-        return data
+            return self._bad(path, f"cannot read {what}: {e}")
+        if path in self._checked:
+            return data, True
+        info = inspect(data)
+        if info.kind is None and info.problem is None:
+            return self._bad(path, f"{what} is not an image DALI decodes (JPEG, PNG, BMP, "
+                                   f"WebP, TIFF, JPEG 2000, PNM)")
+        if info.problem is not None:
+            return self._bad(path, f"{what} is {info.problem}")
+        want = None if self.index.image_size is None else tuple(self.index.image_size[i])
+        if info.size is not None and want is not None and min(want) > 0 and info.size != want:
+            raise DatasetError(f"{what} is {info.size[0]}x{info.size[1]} pixels, the "
+                               f"annotations say {want[0]}x{want[1]}: a resized copy or "
+                               f"another file?")
+        self._checked.add(path)
+        return data, True
+
+    def _bad(self, path: str, message: str):
+        if self.on_bad_image != "skip":
+            raise DatasetError(message + " (data.on_bad_image: skip skips such images)")
+        return self._skip(path, message)
+
+    def _skip(self, path: str, message):
+        if path not in self.bad:
+            self.bad[path] = message
+            if self.log is not None:
+                self.log(f"skipped: {message} ({len(self.bad)} image(s) skipped so far)")
+        if self._placeholder is None:
+            self._placeholder = _placeholder_jpeg()
+        return self._placeholder, False
 
     def __call__(self):
         if self.cursor >= len(self.batches):
@@ -83,9 +124,12 @@ class BatchSource:
         rows = self.batches[self.cursor]
         self.cursor += 1
         ix = self.index
-        out = [[self.read(i) for i in rows], list(ix.center[rows].astype(np.float32)),
+        files = [self.read(i) for i in rows]
+        # a skipped image's sample goes through the graph with row -1: the loader drops it
+        served = np.where([ok for _, ok in files], rows, -1).astype(np.int64)
+        out = [[data for data, _ in files], list(ix.center[rows].astype(np.float32)),
                list(ix.scale[rows].astype(np.float32)), list(ix.keypoints[rows]),
-               list(rows.astype(np.int64).reshape(-1, 1))]
+               list(served.reshape(-1, 1))]
         if self.train:
             draws = [sample_draws(self.seed, self.epoch, int(r), self.n_occlusion,
                                   self.n_noda, self.occlusion_prob, self.noda_prob)

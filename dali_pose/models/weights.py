@@ -7,7 +7,9 @@ never code. A file that cannot be read, or whose tensors do not fit the model, i
 """
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 from typing import Mapping
 
 import torch
@@ -29,11 +31,49 @@ def read_weights_file(path: str, what: str = "weights file"):
                            f"{first}") from e
 
 
+def save_atomic(obj, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same directory,
+    flushed and fsync'd, ``os.replace``d over ``path``, the directory fsync'd; a crash or a
+    failed write at any moment leaves the old file or the new one, never a torn one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - a file system without directory fsync
+        pass
+
+
+def save_model(path: str, model: torch.nn.Module, cfg, epoch: int) -> None:
+    """A model file ``evaluate.py --checkpoint`` and ``model.weights`` read: ``{"model":
+    state dict, "config": the resolved config, "epoch": epochs trained}``."""
+    from ..config import to_dict
+
+    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "epoch": int(epoch)},
+                path)
+
+
 def check_fit(path: str, got: Mapping, model: torch.nn.Module, describe: str) -> None:
     """Raise one readable line when state dict ``got`` (from ``path``) does not fit
     ``model`` exactly; ``describe`` says which model the config asks for."""
     want = model.state_dict()
-    missing = [k for k in want if k not in got]
+    # BatchNorm's step counter came with PyTorch 0.4.1; older files (torchvision's ResNets)
+    # lack it, and it plays no part in a forward pass
+    missing = [k for k in want if k not in got and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in got if k not in want]
     shape = [k for k in want if k in got and tuple(got[k].shape) != tuple(want[k].shape)]
     if not (missing or unexpected or shape):
@@ -53,4 +93,78 @@ def check_fit(path: str, got: Mapping, model: torch.nn.Module, describe: str) ->
 def load_state(model: torch.nn.Module, state: Mapping, path: str, describe: str) -> None:
     """``model.load_state_dict(state)`` after :func:`check_fit`."""
     check_fit(path, state, model, describe)
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)
+
+
+# ---------------------------------------------------------------------- layouts -------
+# dali_pose's modules have the official HRNet / SimpleBaseline names, so the three layouts
+# people have on disk differ only by the wrapping of the dict and key prefixes.
+
+_PREFIXES = ("module.", "backbone.", "head.", "keypoint_head.")  # DDP, mmpose 1.x / 0.x
+
+
+def _strip(key: str) -> str:
+    for p in _PREFIXES:
+        if key.startswith(p):
+            key = key[len(p):]
+    return key
+
+
+def pose_state_dict(obj, path: str):
+    """(state dict with dali_pose's key names, layout name) of a loaded pose weight file:
+    a dali_pose checkpoint (``{"model", "config", ...}``), an mmpose checkpoint
+    (``{"meta", "state_dict"}`` with ``backbone.`` / ``head.`` prefixes; HRNet's own
+    ``checkpoint.pth`` also has a ``state_dict``, with DDP's ``module.``), or a plain state
+    dict (the official ``pose_hrnet_*.pth`` / ``pose_resnet_*.pth``)."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
+        return dict(obj["model"]), "dali_pose checkpoint"
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state, layout = obj["state_dict"], "mmpose / HRNet training checkpoint"
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, layout = obj, "plain state dict (official HRNet / SimpleBaseline)"
+    else:
+        raise WeightsError(f"{path}: not a weight file dali_pose knows (a dali_pose "
+                           f"checkpoint, an mmpose checkpoint or a plain state dict)")
+    return {_strip(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, layout
+
+
+def load_pose_weights(model: torch.nn.Module, path: str, describe: str) -> str:
+    """``model.weights``: a whole pose model from ``path`` in any layout of
+    :func:`pose_state_dict`; every tensor must fit. Returns the layout's name."""
+    state, layout = pose_state_dict(read_weights_file(path, "model.weights file"), path)
+    load_state(model, state, path, f"{describe}; the file is a {layout}")
+    return layout
+
+
+def load_backbone(model: torch.nn.Module, path: str) -> str:
+    """``model.pretrained``: initialise the backbone from an ImageNet classification file
+    (the official HRNet ImageNet checkpoints, torchvision's ResNets): every tensor whose name
+    and shape fit the model's backbone is loaded, the rest is skipped (classification
+    heads: ``fc``, ``classifier``, ``incre_modules``, ``downsamp_modules``, HRNet's last
+    multi-scale fuse layers). Returns a one-line report. A file that fits less than half of
+    the backbone (another architecture or width: a ResNet file's ``layer1`` has the shapes
+    of HRNet's) is a ``WeightsError`` naming it."""
+    obj = read_weights_file(path, "model.pretrained file")
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: model.pretrained is not a state dict")
+    state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    head = tuple(getattr(model, "HEAD", ()))
+    want = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    fit = {k: v for k, v in state.items() if k in want and v.shape == want[k].shape}
+    counted = [k for k in want if not k.endswith("num_batches_tracked")]  # see check_fit
+    loaded = [k for k in counted if k in fit]
+    if 2 * len(loaded) < len(counted):
+        raise WeightsError(f"{path}: only {len(loaded)} of the backbone's {len(counted)} "
+                           f"tensors fit (is it the ImageNet file of this architecture and "
+                           f"width?)")
+    model.load_state_dict(fit, strict=False)
+    skipped = sorted(k for k in state if k not in fit)
+    missing = sorted(k for k in counted if k not in fit)
+    groups = sorted({k.split(".")[0] for k in skipped})
+    return (f"{path}: loaded {len(loaded)} of the backbone's {len(counted)} tensors"
+            + (f", {len(missing)} backbone tensors not in the file (first: {missing[0]})"
+               if missing else "")
+            + (f"; skipped {len(skipped)} file tensors ({', '.join(groups)})"
+               if skipped else ""))

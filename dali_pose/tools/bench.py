@@ -331,7 +331,7 @@ def _prefix_graph(upto: str):
             return tuple(v for v in read if v is not None)
         if upto == "full decode":
             return (fn.decoders.image(read.jpeg, device="mixed" if spec.gpu else "cpu",
-                                      output_type=types.RGB),)
+                                      output_type=types.RGB, adjust_orientation=False),)
         geometry = G.geometry_stage(spec, read)
         if upto == "geometry":
             return tuple(geometry)

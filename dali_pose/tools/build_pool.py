@@ -267,7 +267,7 @@ def build_pool(cfg, level: str = "grabcut", margin: float = 0.1, max_side: int =
             continue
         path = index.image_paths[i]
         if path != cache_path:
-            cache_path, cache_img = path, cv2.imread(path, cv2.IMREAD_COLOR)
+            cache_path, cache_img = path, cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if cache_img is None:
             skipped["unreadable image"] += 1
             continue

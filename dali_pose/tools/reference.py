@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..codecs import COMBINED_RADIUS_FACTOR, UDPCombined, build_codec
 from ..datasets import DatasetError, PoseIndex, load_index
 from ..draws import sample_draws
-from ..geometry import augment, transform_keypoints, udp_matrix
+from ..geometry import augment, msra_matrix, transform_keypoints, udp_matrix
 from ..kernels.dropping import QUANT, dropping_op_from
 from ..loader.schedule import epoch_schedule, occlusion_probs
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
@@ -214,7 +214,8 @@ class ReferenceDataset(Dataset):
                 a.half_body_min_joints, a.shift_factor, self.out_w / self.out_h)
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
-        m = udp_matrix(cx, cy, sw, sh, rot, float(self.out_w), float(self.out_h), flip)
+        matrix_of = udp_matrix if self.codec.unbiased else msra_matrix
+        m = matrix_of(cx, cy, sw, sh, rot, float(self.out_w), float(self.out_h), flip)
         kps_crop = np.zeros((self.k, 3), np.float32)
         transform_keypoints(m, kps, flip, self.flip_index, kps_crop)
         box = np.array([cx, cy, sw, sh], np.float32)
@@ -226,7 +227,7 @@ class ReferenceDataset(Dataset):
         ix = self.index
         t0 = time.thread_time()
         path = ix.image_paths[row]
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
             raise DatasetError(f"cannot read image {path} (instance {ix.instance_id[row]})")
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -528,7 +528,7 @@ def _generate(out_dir: str, seed: int, num_train: int, num_val: int, width: int,
     return paths, {"train": tr, "val": va}
 
 
-def generate(out_dir: str, seed: int = 0, num_train: int = 300, num_val: int = 60,
+def generate(out_dir: str, seed: int = 0, num_train: int = 600, num_val: int = 60,
              width: int = 640, height: int = 480) -> Dict[str, str]:
     """Writes the dataset under ``out_dir`` and returns its paths.
 
@@ -552,7 +552,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", default=argparse.SUPPRESS,
                         help="output directory (the default config reads data/synthetic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--num-train", type=int, default=300, metavar="N",
+    parser.add_argument("--num-train", type=int, default=600, metavar="N",
                         help="training images")
     parser.add_argument("--num-val", type=int, default=60, metavar="N",
                         help="validation images")
