@@ -52,8 +52,10 @@ def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
     cfg0 = _cfg(data, [])
     pool_path = str(tmp_path / "pool.npz")
     np.savez(pool_path, **build_pool(cfg0, level="cardboard", verbose=False))
-    cfg = _cfg(data, ["noda.prob=1", f"noda.pool={pool_path}"])
+    cfg = _cfg(data, ["noda.prob=1", f"noda.pool={pool_path}", "loader.pipelines=2"])
     loader = build_loader(cfg, "train")
+    pools = [lane[1] for lane in loader._lanes]
+    assert len(pools) == 2 and pools[0]._rgba is pools[1]._rgba  # one copy for all lanes
     occluded = []
     for batch in loader:
         occ = batch["occluded"]

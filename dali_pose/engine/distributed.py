@@ -22,6 +22,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -67,11 +69,11 @@ def setup(gpu: bool, cpu_threads: int = 0) -> Dist:
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     if gpu:
         if not torch.cuda.is_available():
-            raise RuntimeError("loader.device is 'gpu' but CUDA is not available; "
-                               "use --set loader.device=cpu")
+            raise ConfigError("config key 'loader.device': 'gpu', but CUDA is not available "
+                              "here; use --set loader.device=cpu")
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
-                               f"GPUs: --nproc_per_node must not exceed the GPUs per node")
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
+                              f"GPUs: --nproc_per_node must not exceed the GPUs per node")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
