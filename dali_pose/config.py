@@ -31,6 +31,7 @@ _CHOICES = {
     "model.arch": ("hrnet", "simplebaseline"),
     "model.init": ("normal", "kaiming"),
     "loader.device": ("gpu", "cpu"),
+    "loader.image_dtype": ("float32", "float16", "uint8"),
     "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
     "train.amp_dtype": ("auto", "bfloat16", "float16"),
 }
@@ -200,17 +201,26 @@ class LoaderConfig:
     batch_size: int = 32
     num_threads: int = 2
     seed: int = 0
-    fp16: bool = False  # images as float16
+    # float32 / float16: ImageNet-normalised crops; uint8: intensities, normalised on the
+    # consumer's device (dali_pose.normalize.normalize_images): 4x less to copy
+    image_dtype: str = "float32"
     flip_test: bool = True  # validation: also yield a flipped copy of each crop
     drop_last: bool = True  # training: drop (True) or fill (False) the last partial batch
     prefetch: int = 2
     fast_cpu: bool = True  # CPU backend: region-of-interest decode + fused numba warp
     pipelines: int = 1  # DALI pipelines taking batches in turn, num_threads shared among them
+    # decode each image once per epoch for all its people (not with NODA, which pastes one
+    # pool person per sample); their crops mix in a seeded shuffle buffer of this many
+    decode_per_image: bool = True
+    shuffle_buffer: int = 512
 
     def __post_init__(self):
         _require(self.device in _CHOICES["loader.device"], "loader.device",
                  f"{self.device!r} is not one of {_CHOICES['loader.device']}")
-        _check_min("loader", self, 1, "batch_size", "num_threads", "prefetch", "pipelines")
+        _check_min("loader", self, 1, "batch_size", "num_threads", "prefetch", "pipelines",
+                   "shuffle_buffer")
+        _require(self.image_dtype in _CHOICES["loader.image_dtype"], "loader.image_dtype",
+                 f"{self.image_dtype!r} is not one of {_CHOICES['loader.image_dtype']}")
         _check_min("loader", self, 0, "seed")
 
 
@@ -271,6 +281,9 @@ class Config:
         _require(self.noda.prob == 0 or bool(self.noda.pool), "noda.pool",
                  "noda.prob > 0 needs a pool: build one with `python -m "
                  "dali_pose.tools.build_pool --config CFG --out POOL.npz`")
+        _require(self.noda.prob == 0 or self.loader.image_dtype != "uint8",
+                 "loader.image_dtype", "NODA blends normalised crops: uint8 crops with "
+                 "noda.prob > 0 are not supported")
 
 
 

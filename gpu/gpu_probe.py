@@ -8,6 +8,8 @@
                                   and the DALI "grid volume" warnings it prints per sample
     python gpu_probe.py dot       the README's dot test on the GPU loader (5 epochs): max /
                                   mean error, next to the CPU loader's; stderr warning count
+    python gpu_probe.py perimage  per-image decoding on the GPU: dot test (float32, uint8) and
+                                  GPU crops vs the CPU loader's
     python gpu_probe.py noda      GPU loader with a NODA pool + AID (the torch-CUDA pool views
                                   through a GPU external source), vs the CPU loader
     python gpu_probe.py profile   3 GPU-loader batches under torch.profiler (CUPTI sees DALI's
@@ -127,10 +129,11 @@ def numba_op():
     k, bs = 17, 8
     kern = build_codec(ModelConfig()).target_op(k)
     rng = np.random.default_rng(0)
-    kps = [np.concatenate([rng.uniform(0, 191, (k, 1)), rng.uniform(0, 255, (k, 1)),
-                           rng.choice([0.0, 2.0], (k, 1))], 1).astype(np.float32)
-           for _ in range(bs)]
-    box = [np.zeros(4, np.float32) for _ in range(bs)]
+    people = [1 + i % 3 for i in range(bs)]  # samples of 1, 2, 3 people (per-image decoding)
+    kps = [np.concatenate([rng.uniform(0, 191, (p, k, 1)), rng.uniform(0, 255, (p, k, 1)),
+                           rng.choice([0.0, 2.0], (p, k, 1))], 2).astype(np.float32)
+           for p in people]
+    box = [np.zeros((p, 4), np.float32) for p in people]
     t0 = time.perf_counter()
     pipe = Pipeline(batch_size=bs, num_threads=2, device_id=0)
     with pipe:
@@ -148,8 +151,8 @@ def numba_op():
     hm, wt = hm.as_cpu(), wt.as_cpu()
     worst = 0.0
     for i in range(bs):
-        h = np.full((kern.channels, 64, 48), np.nan, np.float32)
-        w = np.full(k, np.nan, np.float32)
+        h = np.full((people[i], kern.channels, 64, 48), np.nan, np.float32)
+        w = np.full((people[i], k), np.nan, np.float32)
         kern.cpu_kernel(h, w, kps[i], box[i])
         worst = max(worst, float(np.abs(np.array(hm[i]) - h).max()),
                     float(np.abs(np.array(wt[i]) - w).max()))
@@ -180,6 +183,65 @@ def dot():
             out("dot gpu grid-volume warnings (5 epochs, 30 samples each)",
                 grid_warnings(err()))
             out("dot gpu verdict", "PASS" if len(e) > 30 and e.max() < 0.05 else "FAIL")
+
+
+def perimage():
+    """Per-image decoding on the GPU (nvJPEG region of interest + the CUDA warp of all an
+    image's crops): the dot test on images of several people, float32 and uint8, and the
+    GPU crops against the CPU loader's (same draws, same geometry)."""
+    import numpy as np
+    import torch
+    from dali_pose import build_loader, load_config
+    from dali_pose.normalize import normalize_images
+    from test_per_image import crowd_dataset, dot_errors
+    from pathlib import Path
+
+    index = crowd_dataset(Path(tempfile.mkdtemp()))
+    for dtype in ("float32", "uint8"):
+        over = ["loader.batch_size=4", "aug.rot_prob=1", "aug.half_body_prob=0",
+                f"loader.image_dtype={dtype}", "loader.shuffle_buffer=4"]
+        for device in DEVICES:
+            t0 = time.perf_counter()
+            loader = build_loader(load_config(None, over), "train", device=device,
+                                  index=index)
+            e = np.asarray(dot_errors(_CpuBatches(loader), 4))
+            out(f"perimage dot {device} {dtype}",
+                f"n={len(e)} max={e.max():.4f} mean={e.mean():.4f} px, per_image="
+                f"{loader.spec.per_image} ({time.perf_counter() - t0:.1f} s)")
+            if device == "gpu":
+                out(f"perimage dot gpu {dtype} verdict",
+                    "PASS" if len(e) > 40 and e.max() < 0.05 else "FAIL")
+    if set(DEVICES) != {"gpu", "cpu"}:
+        return
+    over = ["loader.batch_size=3", "aug.rot_prob=0.5", "occlusion.method=aid",
+            "occlusion.prob=0.5", "loader.drop_last=false"]
+    crops = {}
+    for device in ("gpu", "cpu"):
+        loader = build_loader(load_config(None, over), "train", device=device, index=index)
+        crops[device] = {int(r): (normalize_images(b["image"][i]).cpu(),
+                                  b["heatmap"][i].cpu())
+                         for b in loader for i, r in enumerate(b["row"].tolist())}
+    same = set(crops["gpu"]) == set(crops["cpu"])
+    out("perimage gpu vs cpu: same people", same)
+    if same:
+        di = max(float((crops["gpu"][r][0] - crops["cpu"][r][0]).abs().max())
+                 for r in crops["cpu"])
+        dh = max(float((crops["gpu"][r][1] - crops["cpu"][r][1]).abs().max())
+                 for r in crops["cpu"])
+        out("perimage gpu vs cpu: max |image| diff (normalised)", f"{di:.2e}")
+        out("perimage gpu vs cpu: max |heatmap| diff", f"{dh:.2e}")
+        out("perimage gpu vs cpu verdict", "PASS" if di < 1e-3 and dh < 1e-5 else "FAIL")
+
+
+class _CpuBatches:
+    """A loader whose batches are moved to the CPU (dot_errors reads them with NumPy)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for b in self.loader:
+            yield {k: v.cpu() for k, v in b.items()}
 
 
 def noda():
@@ -262,8 +324,8 @@ def profile():
 if __name__ == "__main__":
     mode = sys.argv[1]
     try:
-        {"env": env, "gate": gate, "numba": numba_op, "dot": dot, "noda": noda,
-         "profile": profile}[mode]()
+        {"env": env, "gate": gate, "numba": numba_op, "dot": dot, "perimage": perimage,
+         "noda": noda, "profile": profile}[mode]()
     except Exception as e:  # noqa: BLE001
         out(f"{mode} FAILED", f"{type(e).__name__}: {str(e)[:1500]}")
         traceback.print_exc()

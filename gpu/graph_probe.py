@@ -13,8 +13,8 @@ What it does:
     (compile_cuda with exactly the argument types DALI builds from out_types/in_types and
     outs_ndim/ins_ndim as pipeline.py passes them, then PTX for sm_90 = H200), so a dtype /
     ndim mismatch between a kernel's NumbaOp description and its CUDA kernel fails here;
-  * defines the full GPU graph (train + val, AID, combined target, fp16, NODA with a tiny
-    fake pool) through dali_pose.loader.graph with device_id=0, and reports how far
+  * defines the full GPU graph (train + val, per image and per person, AID, combined
+    target, float16 and uint8 crops, NODA with a tiny fake pool) through dali_pose.loader.graph with device_id=0, and reports how far
     pipe.build() gets without a device.
 """
 import os
@@ -174,9 +174,17 @@ def probe(tag, overrides, split="train", noda=False):
 
 
 probe("val", [], split="val")
+probe("val per person", ["loader.decode_per_image=false"], split="val")
 probe("train gaussian", [])
-probe("train AID + combined + fp16", ["occlusion.method=aid", "occlusion.prob=1",
-                                      "model.target=combined", "loader.fp16=true"])
+probe("train gaussian per person", ["loader.decode_per_image=false"])
+probe("train AID + combined + float16", ["occlusion.method=aid", "occlusion.prob=1",
+                                         "model.target=combined",
+                                         "loader.image_dtype=float16"])
+probe("train AID + uint8", ["occlusion.method=aid", "occlusion.prob=1",
+                            "loader.image_dtype=uint8"])
+probe("train AID + uint8 per person", ["occlusion.method=aid", "occlusion.prob=1",
+                                       "loader.image_dtype=uint8",
+                                       "loader.decode_per_image=false"])
 probe("train NODA + AID", ["occlusion.method=aid", "noda.prob=1", "noda.pool=x.npz"],
       noda=True)
 for m in ("cutout", "erasing", "hide_and_seek", "gridmask"):

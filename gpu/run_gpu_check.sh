@@ -11,9 +11,11 @@
 # Finishes inside BUDGET seconds (default 540) and always writes
 # $OUT/summary.txt; later steps are skipped when the budget runs short. Steps, most telling
 # first: environment, DALI's CUDA-13 toolkit gate with/without the shim, one GPU numba
-# operator in DALI vs the CPU kernel, `pytest -m gpu`, the dot test (numbers), a GPU loader
+# operator in DALI vs the CPU kernel, `pytest -m gpu`, the dot test (numbers), per-image
+# decoding on the GPU (dot test, float32 / uint8, GPU vs CPU crops), a GPU loader
 # with a NODA pool (untested by tests/), a CUPTI profile of the GPU iterator (host round
-# trips), `python -m dali_pose.tools.bench --backends dali-gpu,reference --train-step --kernels`
+# trips), `python -m dali_pose.tools.bench --backends dali-gpu,dali-gpu-person,reference
+# --train-step --kernels`
 # on a small synthetic set (300 people, generated while the tests run).
 set -uo pipefail
 T0=$(date +%s)
@@ -100,12 +102,13 @@ fi
 step pytest_gpu 260 $PY -m pytest -q -m gpu -p no:cacheprovider -rfEs \
   --junitxml="$OUT/pytest_gpu.xml" tests/test_gpu.py tests/test_targets.py \
   tests/test_occlusion.py tests/test_noda.py tests/test_codecs.py tests/test_bench.py \
-  tests/test_trainer.py
+  tests/test_trainer.py tests/test_per_image.py tests/test_warp.py
 tail -40 "$OUT/logs/pytest_gpu.log" | grep -E "passed|failed|error|FAILED|ERROR|SKIPPED" \
   | awk '!seen[$0]++' | sed 's/^/    /' >> "$SUM"
 
 # ---- 4. numbers: dot test, iterator profile
 step dot 100 $PY "$HERE/gpu_probe.py" dot
+step perimage 100 $PY "$HERE/gpu_probe.py" perimage
 step noda 120 $PY "$HERE/gpu_probe.py" noda
 step profile 60 $PY "$HERE/gpu_probe.py" profile
 
@@ -113,7 +116,7 @@ step profile 60 $PY "$HERE/gpu_probe.py" profile
 [ -n "${SYN:-}" ] && wait "$SYN"
 tail -3 "$OUT/logs/synthetic.log" 2>/dev/null | sed 's/^/    synthetic: /' >> "$SUM"
 step bench 240 $PY -m dali_pose.tools.bench --config configs/synthetic.yaml \
-  --backends dali-gpu,reference --train-step --kernels --rounds 3 --batches 20 --warmup 4 \
+  --backends dali-gpu,dali-gpu-person,reference --train-step --kernels --rounds 3 --batches 20 --warmup 4 \
   --stage-batches 8 --train-iters 20 --set loader.num_threads=8 --json "$OUT/bench.json"
 grep -c "It is recommended that the grid volume" "$OUT/logs/bench.log" 2>/dev/null \
   | sed 's/^/    DALI grid-volume warnings in bench stderr: /' >> "$SUM"

@@ -31,7 +31,8 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--json", str(out), "--epochs-memory", "2",
-            "--backends", "dali-gpu,dali-cpu,reference", "--kernels"]
+            "--backends", "dali-gpu,dali-cpu,dali-cpu-person,reference", "--kernels",
+            "--set", "loader.image_dtype=uint8"]
     for o in tiny:
         args += ["--set", o]
     assert main(args) == 0
@@ -42,10 +43,11 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
     assert meta["smoke"] and meta["batch_size"] == 4 and meta["cores"] >= 1
     assert {"load_before", "load_after", "peak_rss_mb", "config_resolved"} <= set(meta)
     be = rep["backends"]
-    assert set(be) == {"dali-gpu", "dali-cpu", "reference"}
+    assert set(be) == {"dali-gpu", "dali-cpu", "dali-cpu-person", "reference"}
+    assert meta["image_dtype"] == "uint8" and meta["decode_per_image"]
     if not torch.cuda.is_available():
         assert be["dali-gpu"]["status"] == "skipped" and "CUDA" in be["dali-gpu"]["reason"]
-    for name in ("dali-cpu", "reference"):
+    for name in ("dali-cpu", "dali-cpu-person", "reference"):
         r = be[name]
         assert r["status"] == "ok"
         assert r["median_samples_per_s"] > 0 and r["ratio_to_reference"] > 0
@@ -73,14 +75,19 @@ def test_smoke_stage_breakdown(tiny, tmp_path):
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--stages", "--rounds", "1", "--json", str(out),
-            "--backends", "dali-cpu"]
+            "--backends", "dali-cpu,dali-cpu-person"]
     for o in tiny:
         args += ["--set", o]
     assert main(args) == 0
-    st = json.loads(out.read_text())["backends"]["dali-cpu"]["stages"]
-    assert list(st["stages"]) == list(DALI_STAGES)
-    assert "full decode" in st["prefixes"] and st["warp"] == "fused"
-    assert all(p["samples_per_s"] > 0 for p in st["prefixes"].values())
+    be = json.loads(out.read_text())["backends"]
+    for name, per_image in (("dali-cpu", True), ("dali-cpu-person", False)):
+        st = be[name]["stages"]
+        assert list(st["stages"]) == list(DALI_STAGES)
+        assert "full decode" in st["prefixes"] and st["warp"] == "fused"
+        assert all(p["samples_per_s"] > 0 for p in st["prefixes"].values())
+        assert st["per_image"] == per_image
+        # the synthetic scenes hold several people: more than one per decoded image
+        assert (st["people_per_decode"] > 1.0) == per_image
 
 
 @pytest.mark.gpu
@@ -150,11 +157,11 @@ def test_numpy_targets_match_the_numba_kernel(target):
                                        cfg.model.sigma)
         else:
             hm, wt = combined_targets(kps, cfg.model.input_size, cfg.model.heatmap_size)
-        hm_k = np.full((t.channels, t.hm_size[1], t.hm_size[0]), np.nan, np.float32)
-        wt_k = np.full(k, np.nan, np.float32)
-        t.cpu_kernel(hm_k, wt_k, kps, np.zeros(1, np.float32))
-        np.testing.assert_array_equal(wt, wt_k)
-        np.testing.assert_allclose(hm, hm_k, rtol=0, atol=1e-6)
+        hm_k = np.full((1, t.channels, t.hm_size[1], t.hm_size[0]), np.nan, np.float32)
+        wt_k = np.full((1, k), np.nan, np.float32)
+        t.cpu_kernel(hm_k, wt_k, kps[None], np.zeros((1, 4), np.float32))
+        np.testing.assert_array_equal(wt, wt_k[0])
+        np.testing.assert_allclose(hm, hm_k[0], rtol=0, atol=1e-6)
 
 
 def test_reference_matches_dali_cpu_on_training(tiny):
@@ -162,15 +169,24 @@ def test_reference_matches_dali_cpu_on_training(tiny):
     same augmented geometry, flips, targets and AID discs, sample by sample; crops equal up
     to OpenCV's 1/32-px positions and uint8 rounding."""
     cfg = load_config(None, tiny + ["loader.batch_size=4", "aug.rot_prob=0.5",
-                                    "occlusion.method=aid", "occlusion.prob=0.5"])
+                                    "occlusion.method=aid", "occlusion.prob=0.5",
+                                    "loader.drop_last=false"])
     index = load_index(cfg, "train")
     ref = build_reference_loader(cfg, "train", num_workers=0, index=index)
     dali = build_loader(cfg, "train", device="cpu", index=index)
     diffs = []
+
+    def by_row(loader):  # the loaders batch people in different orders (per-image decoding)
+        return {int(row): {k: v[i:i + 1] for k, v in batch.items() if k != "stage_s"}
+                for batch in loader for i, row in enumerate(batch["row"].tolist())}
+
     for epoch in (0, 3):
         ref.set_epoch(epoch)
         dali.set_epoch(epoch)
-        for r, d in zip(ref, dali):
+        ref_rows, dali_rows = by_row(ref), by_row(dali)
+        assert set(ref_rows) == set(dali_rows) == set(range(len(index)))
+        for row, r in ref_rows.items():
+            d = dali_rows[row]
             for key in ("instance_id", "flipped", "target_weight"):
                 assert torch.equal(r[key], d[key]), key
             for key in ("matrix", "center", "scale", "keypoints"):

@@ -6,7 +6,7 @@ import torch
 
 from dali_pose import build_loader, load_config
 from dali_pose.datasets import COCO, PoseIndex
-from dali_pose.loader import epoch_schedule
+from dali_pose.loader import epoch_schedule, image_epoch, image_groups
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 pytest.importorskip("nvidia.dali")
@@ -208,7 +208,8 @@ def test_gpu_request_without_cuda_is_a_clear_error(tmp_path):
 
 def test_fp16_images_and_combined_targets(tmp_path):
     index = _dot_dataset(tmp_path, 2)
-    cfg = load_config(None, ["loader.batch_size=2", "loader.fp16=true", "model.target=combined"])
+    cfg = load_config(None, ["loader.batch_size=2", "loader.image_dtype=float16",
+                             "model.target=combined"])
     b16 = next(iter(build_loader(cfg, "val", index=index)))
     b32 = next(iter(build_loader(load_config(None, ["loader.batch_size=2"]), "val",
                                  index=index)))
@@ -225,12 +226,19 @@ def test_several_pipelines_give_the_same_validation_batches(tmp_path):
     for a, b in zip(one, two):
         torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)
         torch.testing.assert_close(a["heatmap"], b["heatmap"], rtol=0, atol=0)
-    # training: every lane's batches, in turn, make up the epoch's schedule
-    cfg = load_config(None, ["loader.batch_size=2", "loader.pipelines=2", "loader.drop_last=false"])
-    loader = build_loader(cfg, "train", index=index)
+    # training: every lane's runs, in turn, make up the epoch's schedule
+    base = ["loader.batch_size=2", "loader.pipelines=2", "loader.drop_last=false"]
+    loader = build_loader(load_config(None, base + ["loader.decode_per_image=false"]),
+                          "train", index=index)
     ids = [b["instance_id"].tolist() for b in loader]
     expected = epoch_schedule(5, 2, train=True, seed=0, epoch=0, drop_last=False)[0]
     assert ids == [(index.instance_id[b]).tolist() for b in expected]
+    loader = build_loader(load_config(None, base), "train", index=index)
+    ids = [b["instance_id"].tolist() for b in loader]
+    plan = image_epoch(image_groups(index.image_paths), 2, train=True, seed=0, epoch=0,
+                       drop_last=False)
+    assert ids == [index.instance_id[plan.batch_rows(b)].tolist()
+                   for b in range(len(plan.batches))]
 
 
 def test_numba_operators_compile_once_per_config(tmp_path, monkeypatch):

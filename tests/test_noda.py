@@ -71,10 +71,11 @@ def kernels(size=SIZE, info=COCO, **kw):
 
 
 def run_cpu(kern, image, kps, box, rgba, pbox, draws):
-    out = np.full_like(image, np.nan)
-    occ = np.full(kern.num_joints, np.nan, np.float32)
-    kern.cpu_kernel(out, occ, image, kps, box, rgba, pbox, draws)
-    return out, occ
+    """One crop through the operator (a sample of P = 1 crops; the pool person per sample)."""
+    out = np.full_like(image[None], np.nan)
+    occ = np.full((1, kern.num_joints), np.nan, np.float32)
+    kern.cpu_kernel(out, occ, image[None], kps[None], box[None], rgba, pbox, draws[None])
+    return out[0], occ[0]
 
 
 def random_case(rng, size=SIZE):
@@ -121,8 +122,9 @@ def test_config_errors_and_layout():
         kernels(max_tries=0)
     k = kernels(max_tries=7)
     assert k.num_draws == 1 + 3 * 7 and k.num_joints == K
-    assert tuple(p.ndim for p in k.outputs) == (3, 1)
-    assert tuple(p.ndim for p in k.inputs) == (3, 2, 1, 3, 1, 1)
+    # per crop (P, ...): image, occluded, keypoints, box, draws; per sample: the pool person
+    assert tuple(p.ndim for p in k.outputs) == (4, 2)
+    assert tuple(p.ndim for p in k.inputs) == (4, 3, 2, 3, 1, 2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -287,8 +289,8 @@ _SCRIPT = textwrap.dedent("""
     res = {}
     n = z["kps"].shape[0]
     for i in range(n):
-        args = (z["image"][i], z["kps"][i], z["box"][i], z["rgba_%d" % i], z["pbox"][i],
-                z["draws"][i])
+        args = (z["image"][i][None], z["kps"][i][None], z["box"][i][None], z["rgba_%d" % i],
+                z["pbox"][i], z["draws"][i][None])
         if mode == "cpu":
             launches = [None]
         else:
@@ -297,13 +299,13 @@ _SCRIPT = textwrap.dedent("""
             launches = [((2, 1, 1), (32, 1, 1)), ((1, 1, 1), (5, 1, 1))]
         for j, launch in enumerate(launches):
             out = np.full_like(args[0], np.nan)
-            occ = np.full(17, np.nan, np.float32)
+            occ = np.full((1, 17), np.nan, np.float32)
             if launch is None:
                 kern.cpu_kernel(out, occ, *args)
             else:
                 gpu[launch[0], launch[1]](out, occ, *args)
-            res["img_%d_%d" % (i, j)] = out
-            res["occ_%d_%d" % (i, j)] = occ
+            res["img_%d_%d" % (i, j)] = out[0]
+            res["occ_%d_%d" % (i, j)] = occ[0]
     np.savez(sys.argv[2], **res)
 """)
 
@@ -381,10 +383,10 @@ def test_gpu_run_compiles_to_ptx(monkeypatch):
         monkeypatch.setattr(disp, "get_current_device",
                             lambda: pytypes.SimpleNamespace(compute_capability=(8, 0)))
     f = types.float32
-    sig = types.void(types.Array(f, 3, "C"), types.Array(f, 1, "C"), types.Array(f, 3, "C"),
-                     types.Array(f, 2, "C"), types.Array(f, 1, "C"),
+    sig = types.void(types.Array(f, 4, "C"), types.Array(f, 2, "C"), types.Array(f, 4, "C"),
+                     types.Array(f, 3, "C"), types.Array(f, 2, "C"),
                      types.Array(types.uint8, 3, "C"), types.Array(f, 1, "C"),
-                     types.Array(f, 1, "C"))
+                     types.Array(f, 2, "C"))
     try:
         ptx, _ = cuda.compile_ptx(kernels((192, 256)).gpu_run, sig, cc=(8, 0))
     except (NvvmSupportError, CudaSupportError) as e:  # pragma: no cover
@@ -405,14 +407,15 @@ def test_gpu_matches_cpu_on_device():  # pragma: no cover - needs a GPU
         kps, box, rgba, pbox = random_case(rng, size)
         image = rng.standard_normal((3, size[1], size[0])).astype(np.float32)
         draws = kern.draws(rng)
-        d_out = cuda.to_device(np.full_like(image, np.nan))
-        d_occ = cuda.to_device(np.full(K, np.nan, np.float32))
+        d_out = cuda.to_device(np.full_like(image[None], np.nan))
+        d_occ = cuda.to_device(np.full((1, K), np.nan, np.float32))
         gpu[kern.launch(cuda.get_current_device().MULTIPROCESSOR_COUNT)](
-            d_out, d_occ, *(cuda.to_device(a) for a in (image, kps, box, rgba, pbox, draws)))
+            d_out, d_occ, *(cuda.to_device(a) for a in (image[None], kps[None], box[None],
+                                                        rgba, pbox, draws[None])))
         out, occ = run_cpu(kern, image, kps, box, rgba, pbox, draws)
-        np.testing.assert_array_equal(d_occ.copy_to_host(), occ)
+        np.testing.assert_array_equal(d_occ.copy_to_host()[0], occ)
         # GPU may contract a*b+c into FMA: equal up to float rounding
-        np.testing.assert_allclose(d_out.copy_to_host(), out, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(d_out.copy_to_host()[0], out, rtol=0, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,10 +441,12 @@ def _dali_case(device):
     draws = [kern.draws(rng) for _ in range(bs)]
     cols = [images, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
             [c[3] for c in cases], draws]
+    per_crop = (0, 1, 2, 5)  # (P, ...) inputs; the pool person (rgba, box) is per sample
+    dali_cols = [[a[None] for a in c] if j in per_crop else c for j, c in enumerate(cols)]
     pipe = Pipeline(batch_size=bs, num_threads=1, device_id=None if device == "cpu" else 0)
     with pipe:
         srcs = [fn.external_source(source=_batch_source(c), batch=True, device=device)
-                for c in cols]
+                for c in dali_cols]
         out, occ = dali_operator(kern.op, device, 0 if device == "gpu" else None)(*srcs)
         pipe.set_outputs(out, occ)
     pipe.build()
@@ -452,9 +457,9 @@ def _dali_case(device):
     for i in range(bs):
         ref_out, ref_occ = run_cpu(kern, *(c[i] for c in cols[:1]), *cases[i][:2],
                                    cases[i][2], cases[i][3], draws[i])
-        assert np.array(occ[i]).shape == (K,)
-        np.testing.assert_array_equal(np.array(occ[i]), ref_occ)
-        np.testing.assert_allclose(np.array(out[i]), ref_out, rtol=0, atol=1e-5)
+        assert np.array(occ[i]).shape == (1, K)
+        np.testing.assert_array_equal(np.array(occ[i])[0], ref_occ)
+        np.testing.assert_allclose(np.array(out[i])[0], ref_out, rtol=0, atol=1e-5)
         pasted += ref_occ.any()
     assert pasted >= 1
 

@@ -55,9 +55,10 @@ def random_image(rng, size):
 
 
 def run_cpu(kern, image, kps, draws):
-    out = np.full_like(image, np.nan)  # DALI outputs are uninitialised
-    kern.cpu_kernel(out, image, kps, draws)
-    return out
+    """One crop through the operator (a sample of P = 1 crops)."""
+    out = np.full_like(image[None], np.nan)  # DALI outputs are uninitialised
+    kern.cpu_kernel(out, image[None], kps[None], draws[None])
+    return out[0]
 
 
 def expected(kern, image, kps, draws):
@@ -269,7 +270,7 @@ def test_aid_leaves_targets_unchanged():
     def targets(kps):
         hm = np.zeros((t.channels, t.hm_size[1], t.hm_size[0]), np.float32)
         wt = np.zeros(K, np.float32)
-        t.cpu_kernel(hm, wt, kps, np.zeros(4, np.float32))
+        t.cpu_kernel(hm[None], wt[None], kps[None], np.zeros((1, 4), np.float32))
         return hm, wt
 
     for kps in random_kps(rng, FULL, n=5):
@@ -373,14 +374,14 @@ _SCRIPT = textwrap.dedent("""
             image, kps = z["image"][i], z["kps"][i]
             draws = z["draws_" + method][i]
             if not sim:
-                out = np.full_like(image, np.nan)
-                kern.cpu_kernel(out, image, kps, draws)
-                res["%%s_%%d" %% (method, i)] = out
+                out = np.full_like(image[None], np.nan)
+                kern.cpu_kernel(out, image[None], kps[None], draws[None])
+                res["%%s_%%d" %% (method, i)] = out[0]
             else:
                 for j, (b, t) in enumerate(launches):
-                    out = np.full_like(image, np.nan)
-                    gpu[b, t](out, image, kps, draws)
-                    res["%%s_%%d_%%d" %% (method, i, j)] = out
+                    out = np.full_like(image[None], np.nan)
+                    gpu[b, t](out, image[None], kps[None], draws[None])
+                    res["%%s_%%d_%%d" %% (method, i, j)] = out[0]
     np.savez(sys.argv[2], **res)
 """ % (METHODS,))
 
@@ -450,7 +451,7 @@ def _cuda_available():
 
 def ptx_signature(n_out_3d, ins):
     from numba import types
-    t = {"f3": types.Array(types.float32, 3, "C"), "f2": types.Array(types.float32, 2, "C"),
+    t = {"f4": types.Array(types.float32, 4, "C"), "f3": types.Array(types.float32, 3, "C"), "f2": types.Array(types.float32, 2, "C"),
          "f1": types.Array(types.float32, 1, "C"), "u3": types.Array(types.uint8, 3, "C")}
     return types.void(*[t[a] for a in n_out_3d + ins])
 
@@ -483,7 +484,7 @@ def ptx_compiler(monkeypatch):
 def test_gpu_run_compiles_to_ptx(method, ptx_compiler):
     """Type-checks gpu_run for CUDA with exactly DALI's argument types (C-contiguous)."""
     kern = kernels(method, FULL)
-    ptx = ptx_compiler(kern.gpu_run, ptx_signature(["f3"], ["f3", "f2", "f1"]))
+    ptx = ptx_compiler(kern.gpu_run, ptx_signature(["f4"], ["f4", "f3", "f2"]))
     assert ".entry" in ptx
 
 
@@ -499,10 +500,11 @@ def test_gpu_matches_cpu_on_device(method):  # pragma: no cover - needs a GPU
     for kps in random_kps(rng, FULL, n=8):
         image = random_image(rng, FULL)
         draws = kern.draws(rng)
-        d_out = cuda.to_device(np.full_like(image, np.nan))
+        d_out = cuda.to_device(np.full_like(image[None], np.nan))
         gpu[kern.launch(cuda.get_current_device().MULTIPROCESSOR_COUNT)](
-            d_out, cuda.to_device(image), cuda.to_device(kps), cuda.to_device(draws))
-        np.testing.assert_array_equal(d_out.copy_to_host(), run_cpu(kern, image, kps, draws))
+            d_out, cuda.to_device(image[None]), cuda.to_device(kps[None]),
+            cuda.to_device(draws[None]))
+        np.testing.assert_array_equal(d_out.copy_to_host()[0], run_cpu(kern, image, kps, draws))
 
 
 # ------------------------------------------------------------------------------------------
@@ -531,7 +533,7 @@ def _dali_run(kern, images, kps_batch, draws_batch, device):
     (out,) = pipe.run()
     if device == "gpu":
         out = out.as_cpu()
-    return [np.array(out[i]) for i in range(bs)]
+    return [np.array(out[i])[0] for i in range(bs)]
 
 
 def _dali_case(method, device):
@@ -540,7 +542,8 @@ def _dali_case(method, device):
     images = [random_image(rng, SMALL) for _ in range(3)]
     kps_batch = list(random_kps(rng, SMALL, n=3))
     draws = [kern.draws(rng) for _ in range(3)]
-    outs = _dali_run(kern, images, kps_batch, draws, device)
+    outs = _dali_run(kern, [a[None] for a in images], [a[None] for a in kps_batch],
+                     [a[None] for a in draws], device)
     for out, image, kps, d in zip(outs, images, kps_batch, draws):
         np.testing.assert_array_equal(out, run_cpu(kern, image, kps, d))
 

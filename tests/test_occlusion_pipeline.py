@@ -83,7 +83,7 @@ def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, t
     index = load_index(cfg, "train")
     main = BatchSource(index, train=True, seed=0)
     batches, _ = epoch_schedule(len(index), 4, train=True, seed=0, epoch=5)
-    main.start(batches, 5)
+    main.start([[np.array([r]) for r in b] for b in batches], 5)  # runs of one-person decodes
     a, b = PoolSource(main, pool), PoolSource(main, pool)
     for cursor in range(len(batches)):
         rows = batches[cursor]

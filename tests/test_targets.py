@@ -69,11 +69,12 @@ def random_kps(rng, m: ModelConfig, k=K, n=1):
 
 
 def run_cpu(kern, kps):
+    """Targets of one person's keypoints (K, 3): the operator on a sample of P = 1."""
     w, h = kern.hm_size
-    hm = np.full((kern.channels, h, w), np.nan, np.float32)  # outputs are uninitialised
-    wt = np.full((kern.num_joints,), np.nan, np.float32)
-    kern.cpu_kernel(hm, wt, kps, np.zeros(4, np.float32))
-    return hm, wt
+    hm = np.full((1, kern.channels, h, w), np.nan, np.float32)  # outputs are uninitialised
+    wt = np.full((1, kern.num_joints), np.nan, np.float32)
+    kern.cpu_kernel(hm, wt, kps[None], np.zeros((1, 4), np.float32))
+    return hm[0], wt[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -151,14 +152,14 @@ def test_combined_radius_and_values():
 def test_setup_shapes_plain_python():
     for name in ("gaussian", "combined"):
         kern = build_codec(CFGS[name]).target_op(K)
-        outs = [[np.zeros(3, np.int64) for _ in range(3)],
-                [np.zeros(1, np.int64) for _ in range(3)]]
-        ins = [[np.zeros(2, np.int64) for _ in range(3)],
-               [np.zeros(1, np.int64) for _ in range(3)]]
+        outs = [[np.zeros(4, np.int64) for _ in range(3)],
+                [np.zeros(2, np.int64) for _ in range(3)]]
+        ins = [[np.array([p, K, 3], np.int64) for p in (1, 3, 2)],
+               [np.array([p, 4], np.int64) for p in (1, 3, 2)]]
         kern.setup(outs, ins)
-        for i in range(3):
-            assert tuple(outs[0][i]) == (kern.channels, 64, 48)
-            assert tuple(outs[1][i]) == (K,)
+        for i, p in enumerate((1, 3, 2)):
+            assert tuple(outs[0][i]) == (p, kern.channels, 64, 48)
+            assert tuple(outs[1][i]) == (p, K)
 
 
 def test_factory_geometry():
@@ -184,10 +185,10 @@ _DUMP = textwrap.dedent("""
     for name, kw in args["cfgs"].items():
         kern = build_codec(ModelConfig(**kw)).target_op(kps.shape[0])
         w, h = kern.hm_size
-        hm = np.full((kern.channels, h, w), np.nan, np.float32)
-        wt = np.full(kps.shape[0], np.nan, np.float32)
-        kern.cpu_kernel(hm, wt, kps, np.zeros(1, np.float32))
-        res[name] = [hm.tolist(), wt.tolist()]
+        hm = np.full((1, kern.channels, h, w), np.nan, np.float32)
+        wt = np.full((1, kps.shape[0]), np.nan, np.float32)
+        kern.cpu_kernel(hm, wt, kps[None], np.zeros((1, 4), np.float32))
+        res[name] = [hm[0].tolist(), wt[0].tolist()]
     print(json.dumps(res))
 """)
 
@@ -234,14 +235,16 @@ _SIM = textwrap.dedent("""
         gpu = cuda.jit(kern.gpu_run)
         diffs = []
         # the kernel's own launch shape, then a tiny one that exercises the grid-stride loops
+        # one sample of all the people (P = 2): the kernel loops over them
         for launch in ((kern.blocks, kern.threads_per_block), ((1, 1, 2), (4, 2, 1))):
-            for kps in kps_all:
-                hm = np.full((kern.channels, h, w), np.nan, np.float32)
-                wt = np.full(k, np.nan, np.float32)
-                gpu[launch[0], launch[1]](hm, wt, kps, np.zeros(1, np.float32))
+            for kps in (kps_all, kps_all[:1]):
+                p = kps.shape[0]
+                hm = np.full((p, kern.channels, h, w), np.nan, np.float32)
+                wt = np.full((p, k), np.nan, np.float32)
+                gpu[launch[0], launch[1]](hm, wt, kps, np.zeros((p, 4), np.float32))
                 hm_c = np.full_like(hm, np.nan)
                 wt_c = np.full_like(wt, np.nan)
-                kern.cpu_kernel(hm_c, wt_c, kps, np.zeros(1, np.float32))
+                kern.cpu_kernel(hm_c, wt_c, kps, np.zeros((p, 4), np.float32))
                 assert not np.isnan(hm).any() and not np.isnan(wt).any()
                 diffs.append([float(np.abs(hm - hm_c).max()),
                               float(np.abs(wt - wt_c).max()), float(wt_c.sum())])
@@ -270,8 +273,8 @@ def _ptx_signature():
     from numba import types
     f32 = types.float32
     # exactly the argument types DALI's GPU numba_function compiles run_fn with
-    return (types.void(types.Array(f32, 3, "C"), types.Array(f32, 1, "C"),
-                       types.Array(f32, 2, "C"), types.Array(f32, 1, "C")))
+    return (types.void(types.Array(f32, 4, "C"), types.Array(f32, 2, "C"),
+                       types.Array(f32, 3, "C"), types.Array(f32, 2, "C")))
 
 
 @pytest.mark.parametrize("name", ["gaussian", "combined"])
@@ -308,13 +311,13 @@ def test_gpu_matches_cpu_on_device(name):  # pragma: no cover - needs a GPU
     rng = np.random.default_rng(11)
     w, h = kern.hm_size
     for kps in random_kps(rng, m, n=8):
-        d_hm = cuda.to_device(np.full((kern.channels, h, w), np.nan, np.float32))
-        d_wt = cuda.to_device(np.full(K, np.nan, np.float32))
-        gpu[kern.blocks, kern.threads_per_block](d_hm, d_wt, cuda.to_device(kps),
-                                                 cuda.to_device(np.zeros(1, np.float32)))
+        d_hm = cuda.to_device(np.full((1, kern.channels, h, w), np.nan, np.float32))
+        d_wt = cuda.to_device(np.full((1, K), np.nan, np.float32))
+        gpu[kern.blocks, kern.threads_per_block](d_hm, d_wt, cuda.to_device(kps[None]),
+                                                 cuda.to_device(np.zeros((1, 4), np.float32)))
         hm_c, wt_c = run_cpu(kern, kps)
-        np.testing.assert_array_equal(d_wt.copy_to_host(), wt_c)
-        np.testing.assert_allclose(d_hm.copy_to_host(), hm_c, rtol=RTOL, atol=ATOL)
+        np.testing.assert_array_equal(d_wt.copy_to_host()[0], wt_c)
+        np.testing.assert_allclose(d_hm.copy_to_host()[0], hm_c, rtol=RTOL, atol=ATOL)
 
 
 # ------------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def _dali_targets(kern, kps_batch, device):
     from dali_pose.loader.graph import dali_operator
 
     bs = len(kps_batch)
-    boxes = [np.zeros(4, np.float32) for _ in range(bs)]
+    boxes = [np.zeros((len(k), 4), np.float32) for k in kps_batch]
     pipe = Pipeline(batch_size=bs, num_threads=1, device_id=None if device == "cpu" else 0)
     with pipe:
         kps = fn.external_source(source=lambda: list(kps_batch), batch=True, device=device)
@@ -347,13 +350,15 @@ def _dali_targets(kern, kps_batch, device):
 def test_cpu_run_inside_dali(name):
     m = CFGS[name]
     kern = build_codec(m).target_op(K)
-    kps_batch = list(random_kps(np.random.default_rng(5), m, n=4))
+    people = random_kps(np.random.default_rng(5), m, n=6)
+    kps_batch = [people[0:1], people[1:4], people[4:6]]  # samples of 1, 3 and 2 people
     hms, wts = _dali_targets(kern, kps_batch, "cpu")
     for kps, hm, wt in zip(kps_batch, hms, wts):
-        assert hm.shape == (kern.channels, 64, 48) and wt.shape == (K,)
-        ref, ref_w = reference(kps, m)
-        np.testing.assert_array_equal(wt, ref_w)
-        np.testing.assert_allclose(hm, ref, rtol=RTOL, atol=ATOL)
+        assert hm.shape == (len(kps), kern.channels, 64, 48) and wt.shape == (len(kps), K)
+        for p in range(len(kps)):
+            ref, ref_w = reference(kps[p], m)
+            np.testing.assert_array_equal(wt[p], ref_w)
+            np.testing.assert_allclose(hm[p], ref, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.gpu
@@ -362,9 +367,11 @@ def test_cpu_run_inside_dali(name):
 def test_gpu_run_inside_dali(name):  # pragma: no cover - needs a GPU
     m = CFGS[name]
     kern = build_codec(m).target_op(K)
-    kps_batch = list(random_kps(np.random.default_rng(6), m, n=4))
+    people = random_kps(np.random.default_rng(6), m, n=6)
+    kps_batch = [people[0:1], people[1:4], people[4:6]]  # samples of 1, 3 and 2 people
     hms, wts = _dali_targets(kern, kps_batch, "gpu")
     for kps, hm, wt in zip(kps_batch, hms, wts):
-        hm_c, wt_c = run_cpu(kern, kps)
-        np.testing.assert_array_equal(wt, wt_c)
-        np.testing.assert_allclose(hm, hm_c, rtol=RTOL, atol=ATOL)
+        for p in range(len(kps)):
+            hm_c, wt_c = run_cpu(kern, kps[p])
+            np.testing.assert_array_equal(wt[p], wt_c)
+            np.testing.assert_allclose(hm[p], hm_c, rtol=RTOL, atol=ATOL)

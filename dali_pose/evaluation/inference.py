@@ -19,6 +19,7 @@ from ..config import Config, config_from_dict, load_config
 from ..datasets import PoseIndex
 from ..models import build_model, describe_model
 from ..models.weights import WeightsError, load_state, read_weights_file
+from ..normalize import normalize_images
 from .metrics import EvaluationError, evaluate_coco, evaluate_mpii, format_table, write_metrics
 from .postprocess import index_to_results, write_results
 
@@ -85,10 +86,10 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
     done = np.zeros(len(index), bool)
     model.eval()
     for b, batch in enumerate(loader):
-        output = model(batch["image"].to(device)).float()
+        output = model(normalize_images(batch["image"].to(device))).float()
         flipped = None
         if "image_flipped" in batch:
-            flipped = model(batch["image_flipped"].to(device)).float()
+            flipped = model(normalize_images(batch["image_flipped"].to(device))).float()
         kps = codec.decode(output, batch["matrix"], flipped, info.flip_index).cpu().numpy()
         rows = batch["row"].cpu().numpy()
         preds[rows] = kps

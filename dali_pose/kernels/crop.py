@@ -1,22 +1,25 @@
-"""Per-sample crop geometry: the augmented box, its matrix, the keypoints in the crop.
+"""Crop geometry: the augmented boxes, their matrices, the keypoints in the crops.
 
-The operator (:func:`crop_op`, CPU only: its inputs are host data) turns the source's box,
-keypoints and random draws into everything the later stages need. Per sample:
+The operator (:func:`crop_op`, CPU only: its inputs are host data) turns the source's
+boxes, keypoints and random draws into everything the later stages need. A DALI sample is
+one decoded image and the P >= 1 people cropped from it (one per sample when each person
+decodes their own image). Per sample:
 
 inputs
-    ``center`` (2,) f32 and ``scale`` (2,) f32: the person's padded box in source px
-    (``PoseIndex``); ``keypoints`` (K, 3) f32 in source px; ``uniform`` (NUM_UNIFORM,) and
-    ``normal`` (NUM_NORMAL,) f32 draws (:mod:`dali_pose.draws`, layout in
+    ``center`` (P, 2) f32 and ``scale`` (P, 2) f32: the people's padded boxes in source px
+    (``PoseIndex``); ``keypoints`` (P, K, 3) f32 in source px; ``uniform`` (P, NUM_UNIFORM)
+    and ``normal`` (P, NUM_NORMAL) f32 draws (:mod:`dali_pose.draws`, layout in
     :mod:`dali_pose.geometry`); ``image_shape`` (3,) i64 (H, W, C) from ``peek_image_shape``.
 outputs
-    ``matrix`` (2, 3) f32, source px -> crop px (OpenCV convention); ``keypoints`` (K, 3) f32
-    in crop px, joints swapped when flipped; ``crop_box`` (4,) f32 ``[cx, cy, w, h]`` of the
-    crop in source px after augmentation; ``person_box`` (4,) f32 ``[cx, cy, w, h]`` of the
-    person's own (unpadded, unaugmented) box in crop px (NODA places occluders by it);
-    ``flipped`` (1,) i32; and by backend
-      * ``roi`` (4,) i32 ``[x0, y0, w, h]``: the source window the crop samples (the CPU fast
-        path decodes only that region; never empty), or
-      * ``warp_matrix`` (2, 3) f32: ``matrix`` in DALI's pixel convention (``warp_affine``).
+    ``matrix`` (P, 2, 3) f32, source px -> crop px (OpenCV convention); ``keypoints``
+    (P, K, 3) f32 in crop px, joints swapped when flipped; ``crop_box`` (P, 4) f32
+    ``[cx, cy, w, h]`` of each crop in source px after augmentation; ``person_box`` (P, 4)
+    f32 ``[cx, cy, w, h]`` of each person's own (unpadded, unaugmented) box in crop px (NODA
+    places occluders by it); ``flipped`` (P,) i32; and by backend
+      * ``roi`` (4,) i32 ``[x0, y0, w, h]``: the source window all P crops sample (decoded
+        once for them; never empty), or
+      * ``warp_matrix`` (P, 2, 3) f32: ``matrix`` in DALI's pixel convention
+        (``warp_affine``, which takes one crop per sample: P = 1).
 
 Geometry comes from :mod:`dali_pose.geometry` (the one place for it); this module only
 wires it into one kernel.
@@ -31,7 +34,7 @@ import numpy as np
 
 from ..geometry import (AugParams, augment, invert_affine, msra_matrix, opencv_to_dali_into,
                         source_roi, transform_keypoints, udp_matrix)
-from .op import NumbaOp, Port, fixed_shapes
+from .op import NumbaOp, Port
 
 # Extra source pixels around the crop footprint: bilinear needs one neighbour.
 ROI_MARGIN = 1
@@ -87,10 +90,15 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
 
     def run_roi(matrix, kps_out, crop_box, person_box, flipped, window, center, scale, kps,
                 u, n, shape):
-        m = place(matrix, kps_out, crop_box, person_box, flipped, center, scale, kps, u, n)
-        x0, y0, x1, y1 = source_roi(invert_affine(m), out_w, out_h, shape[1], shape[0],
-                                    ROI_MARGIN)
-        if x1 <= x0 or y1 <= y0:  # crop entirely off the image: decode one pixel
+        x0, y0, x1, y1 = shape[1], shape[0], 0, 0
+        for p in range(center.shape[0]):
+            m = place(matrix[p], kps_out[p], crop_box[p], person_box[p], flipped[p:p + 1],
+                      center[p], scale[p], kps[p], u[p], n[p])
+            a0, b0, a1, b1 = source_roi(invert_affine(m), out_w, out_h, shape[1], shape[0],
+                                        ROI_MARGIN)
+            if a1 > a0 and b1 > b0:  # the union of the crops' windows
+                x0, y0, x1, y1 = min(x0, a0), min(y0, b0), max(x1, a1), max(y1, b1)
+        if x1 <= x0 or y1 <= y0:  # every crop entirely off the image: decode one pixel
             x0, y0, x1, y1 = 0, 0, 1, 1
         window[0] = x0
         window[1] = y0
@@ -99,17 +107,39 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
 
     def run_dali(matrix, kps_out, crop_box, person_box, flipped, warp_matrix, center, scale,
                  kps, u, n, shape):
-        m = place(matrix, kps_out, crop_box, person_box, flipped, center, scale, kps, u, n)
-        opencv_to_dali_into(m, warp_matrix)
+        for p in range(center.shape[0]):
+            m = place(matrix[p], kps_out[p], crop_box[p], person_box[p], flipped[p:p + 1],
+                      center[p], scale[p], kps[p], u[p], n[p])
+            opencv_to_dali_into(m, warp_matrix[p])
+
+    def setup(outs, ins):
+        for i in range(len(outs[0])):
+            people = ins[0][i][0]  # center (P, 2): DALI 2.4 lets setup read input 0 only
+            outs[0][i][0] = people
+            outs[0][i][1] = 2
+            outs[0][i][2] = 3
+            outs[1][i][0] = people
+            outs[1][i][1] = k
+            outs[1][i][2] = 3
+            outs[2][i][0] = people
+            outs[2][i][1] = 4
+            outs[3][i][0] = people
+            outs[3][i][1] = 4
+            outs[4][i][0] = people
+            if roi:
+                outs[5][i][0] = 4
+            else:
+                outs[5][i][0] = people
+                outs[5][i][1] = 2
+                outs[5][i][2] = 3
 
     f32, i32 = "float32", "int32"
-    last = Port("roi", i32, 1) if roi else Port("warp_matrix", f32, 2)
+    last = Port("roi", i32, 1) if roi else Port("warp_matrix", f32, 3)
     return NumbaOp(
         name="crop geometry",
-        outputs=(Port("matrix", f32, 2), Port("keypoints", f32, 2), Port("crop_box", f32, 1),
-                 Port("person_box", f32, 1), Port("flipped", i32, 1), last),
-        inputs=(Port("center", f32, 1), Port("scale", f32, 1), Port("keypoints", f32, 2),
-                Port("uniform", f32, 1), Port("normal", f32, 1), Port("image_shape", "int64", 1)),
-        cpu_run=run_roi if roi else run_dali,
-        setup=fixed_shapes((2, 3), (k, 3), (4,), (4,), (1,), (4,) if roi else (2, 3)))
+        outputs=(Port("matrix", f32, 3), Port("keypoints", f32, 3), Port("crop_box", f32, 2),
+                 Port("person_box", f32, 2), Port("flipped", i32, 1), last),
+        inputs=(Port("center", f32, 2), Port("scale", f32, 2), Port("keypoints", f32, 3),
+                Port("uniform", f32, 2), Port("normal", f32, 2), Port("image_shape", "int64", 1)),
+        cpu_run=run_roi if roi else run_dali, setup=setup)
 

@@ -62,7 +62,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numba
 import numpy as np
@@ -315,26 +315,32 @@ def hide_and_seek_cells(w: int, h: int, grid_sizes) -> int:
 @dataclass(frozen=True, eq=False)
 class DroppingOp(NumbaOp):
     """The information-dropping operator of one method (see :class:`NumbaOp`), plus its
-    ``method``, crop ``input_size`` [w, h] and normalised black ``fill`` per channel."""
+    ``method``, crop ``input_size`` [w, h], black ``fill`` per channel (normalised, or 0 for
+    uint8 crops) and ``one``, the njit kernel of one person ((3, H, W) crop, (K, 3)
+    keypoints, (num_draws,) draws; see :func:`_dropping_runs`)."""
 
     method: str = ""
     input_size: Tuple[int, int] = (0, 0)
     fill: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    one: Optional[Callable] = None
 
 
 def _dropping_runs(geom, cover, cfg, pieces, fill):
-    """(cpu_run, gpu_run) for one method: copy the image; then, when the gate is open, set
-    to ``fill`` the pixels that ``cover`` picks in the box of each of the ``pieces`` pieces
-    ``geom`` gives. Outputs first, then inputs: (image_out, image_in, kps, draws).
+    """(one, cpu_run, gpu_run) for one method. ``one(image_out, image_in, kps, draws)``
+    (njit) does one person: copy the image (3, H, W); then, when the gate is open, set to
+    ``fill`` the pixels that ``cover`` picks in the box of each of the ``pieces`` pieces
+    ``geom`` gives. ``cpu_run`` / ``gpu_run`` do the P people of a DALI sample: image
+    (P, 3, H, W), kps (P, K, 3), draws (P, num_draws).
 
-    Both copy first and then only read kps/draws, so ``cpu_run`` may run in place
-    (``image_out is image_in``; the CPU warp kernel calls it that way). ``gpu_run``'s copy
-    and fill passes give each pixel to the same thread (the same grid-stride loop), so no
-    synchronisation is needed and any launch shape is correct.
+    ``one`` copies first and then only reads kps/draws, so it may run in place (``image_out
+    is image_in``; the CPU warp kernel calls it that way). ``gpu_run``'s copy and fill passes
+    give each pixel to the same thread (the same grid-stride loop), so no synchronisation is
+    needed and any launch shape is correct.
     """
     f0, f1, f2 = fill
 
-    def cpu_run(image_out, image_in, kps, draws):
+    @numba.njit
+    def one(image_out, image_in, kps, draws):
         if image_out.ctypes.data != image_in.ctypes.data:  # in place: nothing to copy
             copy_image(image_out, image_in)
         if not gated(draws):
@@ -349,35 +355,39 @@ def _dropping_runs(geom, cover, cfg, pieces, fill):
                     if cover(x, y, prm, draws, cfg):
                         _fill3(image_out, y, x, f0, f1, f2)
 
+    def cpu_run(image_out, image_in, kps, draws):
+        for p in range(image_in.shape[0]):
+            one(image_out[p], image_in[p], kps[p], draws[p])
+
     def gpu_run(image_out, image_in, kps, draws):
-        hh = image_in.shape[1]
-        ww = image_in.shape[2]
+        hh = image_in.shape[2]
+        ww = image_in.shape[3]
         tid = cuda.grid(1)
         stride = cuda.gridsize(1)
-        for q in range(tid, hh * ww, stride):
-            y = q // ww
-            x = q - y * ww
-            for c in range(image_in.shape[0]):
-                image_out[c, y, x] = image_in[c, y, x]
-        if not gated(draws):
-            return
-        for i in range(pieces):
-            prm = geom(kps, draws, ww, hh, cfg, i)
-            x0, y0, x1, y1 = _clip_box(prm, ww, hh)
+        for p in range(image_in.shape[0]):
             for q in range(tid, hh * ww, stride):
                 y = q // ww
                 x = q - y * ww
-                if x0 <= x < x1 and y0 <= y < y1 and cover(x, y, prm, draws, cfg):
-                    _fill3(image_out, y, x, f0, f1, f2)
+                for c in range(image_in.shape[1]):
+                    image_out[p, c, y, x] = image_in[p, c, y, x]
+            if gated(draws[p]):
+                for i in range(pieces):
+                    prm = geom(kps[p], draws[p], ww, hh, cfg, i)
+                    x0, y0, x1, y1 = _clip_box(prm, ww, hh)
+                    for q in range(tid, hh * ww, stride):
+                        y = q // ww
+                        x = q - y * ww
+                        if x0 <= x < x1 and y0 <= y < y1 and cover(x, y, prm, draws[p], cfg):
+                            _fill3(image_out[p], y, x, f0, f1, f2)
 
-    return cpu_run, gpu_run
+    return one, cpu_run, gpu_run
 
 
-def dropping_op_from(section, input_size) -> DroppingOp:
+def dropping_op_from(section, input_size, dtype: str = "float32") -> DroppingOp:
     """:func:`dropping_op` for ``section.method`` with that method's values read from
     ``section`` (any object with the ``occlusion`` config section's field names)."""
     values = {k: getattr(section, k) for k in METHOD_PARAMS[section.method]}
-    return dropping_op(section.method, tuple(int(v) for v in input_size),
+    return dropping_op(section.method, tuple(int(v) for v in input_size), dtype=dtype,
                        **{k: tuple(v) if isinstance(v, (list, tuple)) else v
                           for k, v in values.items()})
 
@@ -387,17 +397,19 @@ def dropping_op(method: str, input_size: Tuple[int, int], *, num: int = 1,
                 radius=(0.1, 0.2), shift_prob: float = 0.5, shift_spread: float = 0.1,
                 erasing_area=(0.02, 0.4), erasing_aspect=(0.3, 3.3),
                 grid_sizes=(0, 16, 32, 44, 56), hide_prob: float = 0.5,
-                gridmask_ratio: float = 0.5, gridmask_period=(32, 96)) -> DroppingOp:
+                gridmask_ratio: float = 0.5, gridmask_period=(32, 96),
+                dtype: str = "float32") -> DroppingOp:
     """The operator dropping ``method``'s pieces from crops of ``input_size`` = [w, h].
 
     Values are those of the ``occlusion`` config section (validated there); only the ones
-    in ``METHOD_PARAMS[method]`` are used. dtypes/ndims: image float32 (3, H, W); kps float32
-    (K, 3); draws float32 (num_draws,).
+    in ``METHOD_PARAMS[method]`` are used. Per sample: image (P, 3, H, W) of ``dtype``
+    (float32: normalised, black is ``black_fill()``; uint8: intensities, black is 0); kps
+    float32 (P, K, 3); draws float32 (P, num_draws).
     """
     if method not in METHODS:
         raise ValueError(f"dropping_op: method {method!r} is not one of {METHODS}")
     w, h = int(input_size[0]), int(input_size[1])
-    f0, f1, f2 = black_fill()
+    f0, f1, f2 = black_fill() if dtype == "float32" else (0, 0, 0)
     r_lo, r_hi = (float(v) for v in radius)
     shift_prob = float(shift_prob)
     spread = float(shift_spread)
@@ -431,7 +443,7 @@ def dropping_op(method: str, input_size: Tuple[int, int], *, num: int = 1,
         num_draws = 1
         geom, cover, cfg = _none_geom, _box_cover, (0,)
     pieces = num if method in ("aid", "cutout") else 1
-    cpu_run, gpu_run = _dropping_runs(geom, cover, cfg, pieces, (f0, f1, f2))
+    one, cpu_run, gpu_run = _dropping_runs(geom, cover, cfg, pieces, (f0, f1, f2))
 
     def params(kps, draws, size=None):
         """Per-sample geometry as plain Python (same njit helpers as the kernels).
@@ -482,9 +494,9 @@ def dropping_op(method: str, input_size: Tuple[int, int], *, num: int = 1,
     f32 = "float32"
     return DroppingOp(
         name=f"dropping ({method})",
-        outputs=(Port("image", f32, 3),),
-        inputs=(Port("image", f32, 3), Port("keypoints", f32, 2), Port("draws", f32, 1)),
+        outputs=(Port("image", dtype, 4),),
+        inputs=(Port("image", dtype, 4), Port("keypoints", f32, 3), Port("draws", f32, 2)),
         cpu_run=cpu_run, setup=like_first_input(), gpu_run=gpu_run,
         threads_per_block=GPU_THREADS, blocks_per_sm=GPU_BLOCKS_PER_SM,
         num_draws=num_draws, params=params, method=method, input_size=(w, h),
-        fill=(f0, f1, f2))
+        fill=(f0, f1, f2), one=one)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numba
 import numpy as np
@@ -41,7 +41,7 @@ from numba import cuda
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 from .common import copy_image, f64, imax, imin, kp_on_crop, pixel_of
 from .dropping import gated
-from .op import NumbaOp, Port, like_first_input
+from .op import NumbaOp, Port
 
 NODA_DRAWS_PER_TRY = 3  # scale, angle, distance
 GPU_THREADS = (256, 1, 1)  # grid-stride loops: any launch shape is correct
@@ -213,16 +213,19 @@ def noda_extent(rgba, pool_box, ox, oy, s, w, h):
 class NodaOp(NumbaOp):
     """The NODA paste operator (see :class:`NumbaOp`), plus its joint count and crop size.
 
-    outputs: image_out float32 (3, H, W), occluded_out float32 (K,);
-    inputs: image_in float32 (3, H, W), kps float32 (K, 3), person_box float32 (4,) the
-    target's [cx, cy, w, h] in crop px, pool_rgba uint8 (h, w, 4), pool_box float32 (4,)
-    [cx, cy, w, h] of the person inside the pool crop (``Pool.get(i)[2]``), draws float32
-    (num_draws,). Both boxes must follow one convention (here: the aspect-fixed, unpadded
-    box, ``PoseIndex.scale / padding``): only their centres and diagonals are used.
+    Per sample (P people, all pasted with the sample's one pool person: the loader gives
+    NODA samples of one person each): outputs image_out float32 (P, 3, H, W), occluded_out
+    float32 (P, K); inputs image_in float32 (P, 3, H, W), kps float32 (P, K, 3), person_box
+    float32 (P, 4) the target's [cx, cy, w, h] in crop px, pool_rgba uint8 (h, w, 4),
+    pool_box float32 (4,) [cx, cy, w, h] of the person inside the pool crop
+    (``Pool.get(i)[2]``), draws float32 (P, num_draws). Both boxes must follow one
+    convention (here: the aspect-fixed, unpadded box, ``PoseIndex.scale / padding``): only
+    their centres and diagonals are used. ``one`` is the njit kernel of one person.
     """
 
     num_joints: int = 0
     input_size: Tuple[int, int] = (0, 0)
+    one: Optional[Callable] = None  # the njit kernel of one person
 
 
 def noda_op_from(section, input_size, dataset_info) -> NodaOp:
@@ -247,8 +250,8 @@ def noda_op(input_size: Tuple[int, int], joints: Tuple[str, ...],
     is0, is1, is2 = (1.0 / float(v) for v in IMAGENET_STD)
     num_draws = 1 + NODA_DRAWS_PER_TRY * max_tries
 
-    def cpu_run(image_out, occluded_out, image_in, kps, target_box, pool_rgba, pool_box,
-                draws):
+    @numba.njit
+    def one(image_out, occluded_out, image_in, kps, target_box, pool_rgba, pool_box, draws):
         copy_image(image_out, image_in)
         for j in range(occluded_out.shape[0]):
             occluded_out[j] = 0.0
@@ -270,39 +273,46 @@ def noda_op(input_size: Tuple[int, int], joints: Tuple[str, ...],
                 noda_blend_px(image_out, image_in, x, y, pool_rgba, pool_box, ox, oy, s,
                               m0, m1, m2, is0, is1, is2)
 
+    def cpu_run(image_out, occluded_out, image_in, kps, target_box, pool_rgba, pool_box,
+                draws):
+        for p in range(image_in.shape[0]):
+            one(image_out[p], occluded_out[p], image_in[p], kps[p], target_box[p], pool_rgba,
+                pool_box, draws[p])
+
     def gpu_run(image_out, occluded_out, image_in, kps, target_box, pool_rgba, pool_box,
                 draws):
-        hh = image_in.shape[1]
-        ww = image_in.shape[2]
+        hh = image_in.shape[2]
+        ww = image_in.shape[3]
         tid = cuda.grid(1)
         stride = cuda.gridsize(1)
-        ok = False
-        s = 1.0
-        ox = 0.0
-        oy = 0.0
-        if gated(draws):
-            ok, t, rel, s, ang, rho, ox, oy = noda_place(
-                kps, target_box, pool_rgba, pool_box, draws, ww, hh, head, limb, neck_a,
-                neck_b, s_lo, s_hi, max_tries)
-        for j in range(tid, occluded_out.shape[0], stride):
-            occluded_out[j] = 0.0
-            if ok and noda_covered(kps, j, ww, hh, pool_rgba, pool_box, ox, oy, s):
-                occluded_out[j] = 1.0
-        x0 = 0
-        x1 = -1
-        y0 = 0
-        y1 = -1
-        if ok:
-            x0, x1, y0, y1 = noda_extent(pool_rgba, pool_box, ox, oy, s, ww, hh)
-        for p in range(tid, hh * ww, stride):
-            y = p // ww
-            x = p - y * ww
-            if x0 <= x <= x1 and y0 <= y <= y1:
-                noda_blend_px(image_out, image_in, x, y, pool_rgba, pool_box, ox, oy, s,
-                              m0, m1, m2, is0, is1, is2)
-            else:
-                for c in range(image_in.shape[0]):
-                    image_out[c, y, x] = image_in[c, y, x]
+        for p in range(image_in.shape[0]):
+            ok = False
+            s = 1.0
+            ox = 0.0
+            oy = 0.0
+            if gated(draws[p]):
+                ok, t, rel, s, ang, rho, ox, oy = noda_place(
+                    kps[p], target_box[p], pool_rgba, pool_box, draws[p], ww, hh, head, limb,
+                    neck_a, neck_b, s_lo, s_hi, max_tries)
+            for j in range(tid, occluded_out.shape[1], stride):
+                occluded_out[p, j] = 0.0
+                if ok and noda_covered(kps[p], j, ww, hh, pool_rgba, pool_box, ox, oy, s):
+                    occluded_out[p, j] = 1.0
+            x0 = 0
+            x1 = -1
+            y0 = 0
+            y1 = -1
+            if ok:
+                x0, x1, y0, y1 = noda_extent(pool_rgba, pool_box, ox, oy, s, ww, hh)
+            for q in range(tid, hh * ww, stride):
+                y = q // ww
+                x = q - y * ww
+                if x0 <= x <= x1 and y0 <= y <= y1:
+                    noda_blend_px(image_out[p], image_in[p], x, y, pool_rgba, pool_box, ox, oy,
+                                  s, m0, m1, m2, is0, is1, is2)
+                else:
+                    for c in range(image_in.shape[1]):
+                        image_out[p, c, y, x] = image_in[p, c, y, x]
 
     def params(kps, target_box, pool_rgba, pool_box, draws, size=None):
         """Placement as plain Python: dict(applied, ok, try, rel_scale, s, angle, rho, ox,
@@ -334,13 +344,19 @@ def noda_op(input_size: Tuple[int, int], joints: Tuple[str, ...],
                                      if 0 <= nx < ww and 0 <= ny < hh else 0.0)
         return out
 
+    def setup(outs, ins):
+        for i in range(len(outs[0])):
+            outs[0][i][:] = ins[0][i][:]
+            outs[1][i][0] = ins[0][i][0]  # P people
+            outs[1][i][1] = k
+
     f32 = "float32"
     return NodaOp(
         name="noda",
-        outputs=(Port("image", f32, 3), Port("occluded", f32, 1)),
-        inputs=(Port("image", f32, 3), Port("keypoints", f32, 2), Port("person_box", f32, 1),
+        outputs=(Port("image", f32, 4), Port("occluded", f32, 2)),
+        inputs=(Port("image", f32, 4), Port("keypoints", f32, 3), Port("person_box", f32, 2),
                 Port("pool_rgba", "uint8", 3), Port("pool_box", f32, 1),
-                Port("draws", f32, 1)),
-        cpu_run=cpu_run, setup=like_first_input((k,)), gpu_run=gpu_run,
+                Port("draws", f32, 2)),
+        cpu_run=cpu_run, setup=setup, gpu_run=gpu_run,
         threads_per_block=GPU_THREADS, blocks_per_sm=GPU_BLOCKS_PER_SM, num_draws=num_draws,
-        params=params, num_joints=k, input_size=(w, h))
+        params=params, num_joints=k, input_size=(w, h), one=one)

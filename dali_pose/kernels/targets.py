@@ -46,7 +46,7 @@ import numba
 
 from numba import cuda  # noqa: F401  (module global on purpose: the CUDA simulator swaps it)
 
-from .op import NumbaOp, Port, fixed_shapes
+from .op import NumbaOp, Port
 
 GPU_THREADS_PER_BLOCK = (32, 8, 1)  # x: heatmap width, y: heatmap height, z: joints
 
@@ -194,28 +194,29 @@ def _make_gaussian_gpu(stride_x, stride_y, sigma, rad):
         # Only builtins that lower inline are used (no int(), no helper calls).
         x0, y0, j0 = cuda.grid(3)
         gx, gy, gz = cuda.gridsize(3)  # grid-stride in all dims: any launch shape is correct
-        k = heatmap.shape[0]
-        h = heatmap.shape[1]
-        w = heatmap.shape[2]
-        for j in range(j0, k, gz):
-            mu_x = float(kps[j, 0]) / stride_x
-            mu_y = float(kps[j, 1]) / stride_y
-            ok = (kps[j, 2] > 0 and mu_x >= -0.5 and mu_x < w - 0.5
-                  and mu_y >= -0.5 and mu_y < h - 0.5)
-            # nearest pixel, kept as a float: int() of a float needs a device-side helper
-            # that numba.cuda compiles only with a GPU present (no PTX check without one)
-            cx = math.floor(mu_x + 0.5) if ok else 0.0
-            cy = math.floor(mu_y + 0.5) if ok else 0.0
-            if x0 == 0 and y0 == 0:
-                weight[j] = 1.0 if ok else 0.0
-            for py in range(y0, h, gy):
-                for px in range(x0, w, gx):
-                    val = 0.0
-                    if ok and abs(px - cx) <= rad and abs(py - cy) <= rad:
-                        dx = px - mu_x
-                        dy = py - mu_y
-                        val = math.exp(-(dx * dx + dy * dy) * inv)
-                    heatmap[j, py, px] = val
+        k = heatmap.shape[1]
+        h = heatmap.shape[2]
+        w = heatmap.shape[3]
+        for p in range(kps.shape[0]):  # the people of this sample
+            for j in range(j0, k, gz):
+                mu_x = float(kps[p, j, 0]) / stride_x
+                mu_y = float(kps[p, j, 1]) / stride_y
+                ok = (kps[p, j, 2] > 0 and mu_x >= -0.5 and mu_x < w - 0.5
+                      and mu_y >= -0.5 and mu_y < h - 0.5)
+                # nearest pixel, kept as a float: int() of a float needs a device-side helper
+                # that numba.cuda compiles only with a GPU present (no PTX check without one)
+                cx = math.floor(mu_x + 0.5) if ok else 0.0
+                cy = math.floor(mu_y + 0.5) if ok else 0.0
+                if x0 == 0 and y0 == 0:
+                    weight[p, j] = 1.0 if ok else 0.0
+                for py in range(y0, h, gy):
+                    for px in range(x0, w, gx):
+                        val = 0.0
+                        if ok and abs(px - cx) <= rad and abs(py - cy) <= rad:
+                            dx = px - mu_x
+                            dy = py - mu_y
+                            val = math.exp(-(dx * dx + dy * dy) * inv)
+                        heatmap[p, j, py, px] = val
 
     return gaussian_target_gpu
 
@@ -225,32 +226,33 @@ def _make_combined_gpu(stride_x, stride_y, radius):
         # Same formulas as _joint_center_py / _disk_value_py, written out (see above).
         x0, y0, j0 = cuda.grid(3)
         gx, gy, gz = cuda.gridsize(3)
-        k = weight.shape[0]
-        h = heatmap.shape[1]
-        w = heatmap.shape[2]
-        for j in range(j0, k, gz):
-            mu_x = float(kps[j, 0]) / stride_x
-            mu_y = float(kps[j, 1]) / stride_y
-            ok = (kps[j, 2] > 0 and mu_x >= -0.5 and mu_x < w - 0.5
-                  and mu_y >= -0.5 and mu_y < h - 0.5)
-            if x0 == 0 and y0 == 0:
-                weight[j] = 1.0 if ok else 0.0
-            for py in range(y0, h, gy):
-                for px in range(x0, w, gx):
-                    m = 0.0
-                    ox = 0.0
-                    oy = 0.0
-                    if ok:
-                        ox = (mu_x - px) / radius
-                        oy = (mu_y - py) / radius
-                        if ox * ox + oy * oy <= 1.0:
-                            m = 1.0
-                        else:
-                            ox = 0.0
-                            oy = 0.0
-                    heatmap[3 * j, py, px] = m
-                    heatmap[3 * j + 1, py, px] = ox
-                    heatmap[3 * j + 2, py, px] = oy
+        k = weight.shape[1]
+        h = heatmap.shape[2]
+        w = heatmap.shape[3]
+        for p in range(kps.shape[0]):  # the people of this sample
+            for j in range(j0, k, gz):
+                mu_x = float(kps[p, j, 0]) / stride_x
+                mu_y = float(kps[p, j, 1]) / stride_y
+                ok = (kps[p, j, 2] > 0 and mu_x >= -0.5 and mu_x < w - 0.5
+                      and mu_y >= -0.5 and mu_y < h - 0.5)
+                if x0 == 0 and y0 == 0:
+                    weight[p, j] = 1.0 if ok else 0.0
+                for py in range(y0, h, gy):
+                    for px in range(x0, w, gx):
+                        m = 0.0
+                        ox = 0.0
+                        oy = 0.0
+                        if ok:
+                            ox = (mu_x - px) / radius
+                            oy = (mu_y - py) / radius
+                            if ox * ox + oy * oy <= 1.0:
+                                m = 1.0
+                            else:
+                                ox = 0.0
+                                oy = 0.0
+                        heatmap[p, 3 * j, py, px] = m
+                        heatmap[p, 3 * j + 1, py, px] = ox
+                        heatmap[p, 3 * j + 2, py, px] = oy
 
     return combined_target_gpu
 
@@ -265,33 +267,34 @@ def _make_msra_gpu(stride_x, stride_y, sigma):
         # truncation toward zero (Python's int) is floor for x >= 0 and ceil below.
         x0, y0, j0 = cuda.grid(3)
         gx, gy, gz = cuda.gridsize(3)
-        k = heatmap.shape[0]
-        h = heatmap.shape[1]
-        w = heatmap.shape[2]
-        for j in range(j0, k, gz):
-            ax = float(kps[j, 0]) / stride_x + 0.5
-            ay = float(kps[j, 1]) / stride_y + 0.5
-            mu_x = math.floor(ax) if ax >= 0 else math.ceil(ax)
-            mu_y = math.floor(ay) if ay >= 0 else math.ceil(ay)
-            bx = mu_x - tmp
-            by = mu_y - tmp
-            ul_x = math.floor(bx) if bx >= 0 else math.ceil(bx)
-            ul_y = math.floor(by) if by >= 0 else math.ceil(by)
-            cx = mu_x + tmp + 1.0
-            cy = mu_y + tmp + 1.0
-            br_x = math.floor(cx) if cx >= 0 else math.ceil(cx)
-            br_y = math.floor(cy) if cy >= 0 else math.ceil(cy)
-            ok = (kps[j, 2] > 0 and not (ul_x >= w or ul_y >= h or br_x < 0 or br_y < 0))
-            if x0 == 0 and y0 == 0:
-                weight[j] = 1.0 if ok else 0.0
-            for py in range(y0, h, gy):
-                for px in range(x0, w, gx):
-                    val = 0.0
-                    if ok and ul_x <= px < br_x and ul_y <= py < br_y:
-                        dx = px - ul_x - c0
-                        dy = py - ul_y - c0
-                        val = math.exp(-(dx * dx + dy * dy) * inv)
-                    heatmap[j, py, px] = val
+        k = heatmap.shape[1]
+        h = heatmap.shape[2]
+        w = heatmap.shape[3]
+        for p in range(kps.shape[0]):  # the people of this sample
+            for j in range(j0, k, gz):
+                ax = float(kps[p, j, 0]) / stride_x + 0.5
+                ay = float(kps[p, j, 1]) / stride_y + 0.5
+                mu_x = math.floor(ax) if ax >= 0 else math.ceil(ax)
+                mu_y = math.floor(ay) if ay >= 0 else math.ceil(ay)
+                bx = mu_x - tmp
+                by = mu_y - tmp
+                ul_x = math.floor(bx) if bx >= 0 else math.ceil(bx)
+                ul_y = math.floor(by) if by >= 0 else math.ceil(by)
+                cx = mu_x + tmp + 1.0
+                cy = mu_y + tmp + 1.0
+                br_x = math.floor(cx) if cx >= 0 else math.ceil(cx)
+                br_y = math.floor(cy) if cy >= 0 else math.ceil(cy)
+                ok = (kps[p, j, 2] > 0 and not (ul_x >= w or ul_y >= h or br_x < 0 or br_y < 0))
+                if x0 == 0 and y0 == 0:
+                    weight[p, j] = 1.0 if ok else 0.0
+                for py in range(y0, h, gy):
+                    for px in range(x0, w, gx):
+                        val = 0.0
+                        if ok and ul_x <= px < br_x and ul_y <= py < br_y:
+                            dx = px - ul_x - c0
+                            dy = py - ul_y - c0
+                            val = math.exp(-(dx * dx + dy * dy) * inv)
+                        heatmap[p, j, py, px] = val
 
     return msra_target_gpu
 
@@ -305,11 +308,12 @@ class TargetOp(NumbaOp):
     """A target operator (see :class:`NumbaOp`) and what it writes: ``channels`` maps of
     ``hm_size`` = (w, h) for ``num_joints`` joints, at heatmap ``stride`` (x, y).
 
-    ``run(heatmap_out, weight_out, kps, person_box)`` with heatmap_out (channels, h, w)
-    float32, weight_out (K,) float32, kps (K, 3) float32 crop keypoints; ``person_box`` (4,)
-    float32 is not read: it keeps the inputs as many as the outputs (DALI 2.4's setup
-    wrapper, see :class:`NumbaOp`). The CUDA variant covers the map with one thread per
-    pixel and joint (grid-stride, so any launch shape is correct).
+    ``run(heatmap_out, weight_out, kps, person_box)`` for the P people of a sample:
+    heatmap_out (P, channels, h, w) float32, weight_out (P, K) float32, kps (P, K, 3)
+    float32 crop keypoints; ``person_box`` (P, 4) float32 is not read: it keeps the inputs as
+    many as the outputs (DALI 2.4's setup wrapper, see :class:`NumbaOp`). The CUDA variant
+    covers the map with one thread per pixel and joint (grid-stride, so any launch shape is
+    correct), person after person.
     """
 
     channels: int = 0
@@ -320,11 +324,22 @@ class TargetOp(NumbaOp):
 
 def _target_op(name, channels, w, h, k, stride, cpu_run, gpu_run) -> TargetOp:
     tpb = GPU_THREADS_PER_BLOCK
+
+    def setup(outs, ins):
+        for i in range(len(outs[0])):
+            people = ins[0][i][0]  # keypoints (P, K, 3)
+            outs[0][i][0] = people
+            outs[0][i][1] = channels
+            outs[0][i][2] = h
+            outs[0][i][3] = w
+            outs[1][i][0] = people
+            outs[1][i][1] = k
+
     f32 = "float32"
     return TargetOp(
-        name=name, outputs=(Port("heatmap", f32, 3), Port("target_weight", f32, 1)),
-        inputs=(Port("keypoints", f32, 2), Port("person_box", f32, 1)),
-        cpu_run=cpu_run, setup=fixed_shapes((channels, h, w), (k,)), gpu_run=gpu_run,
+        name=name, outputs=(Port("heatmap", f32, 4), Port("target_weight", f32, 2)),
+        inputs=(Port("keypoints", f32, 3), Port("person_box", f32, 2)),
+        cpu_run=cpu_run, setup=setup, gpu_run=gpu_run,
         blocks=(-(-w // tpb[0]), -(-h // tpb[1]), k), threads_per_block=tpb,
         channels=channels, hm_size=(w, h), num_joints=k, stride=stride)
 
@@ -339,7 +354,8 @@ def gaussian_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float
     rad = window_radius(sigma)
 
     def cpu_run(heatmap_out, weight_out, kps, box):
-        gaussian_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma, rad)
+        for p in range(kps.shape[0]):
+            gaussian_target_cpu(heatmap_out[p], weight_out[p], kps[p], sx, sy, sigma, rad)
 
     return _target_op("gaussian targets", int(num_joints), w, h, int(num_joints), (sx, sy),
                       cpu_run, _make_gaussian_gpu(sx, sy, sigma, rad))
@@ -354,7 +370,8 @@ def combined_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float
     radius = float(radius)
 
     def cpu_run(heatmap_out, weight_out, kps, box):
-        combined_target_cpu(heatmap_out, weight_out, kps, sx, sy, radius)
+        for p in range(kps.shape[0]):
+            combined_target_cpu(heatmap_out[p], weight_out[p], kps[p], sx, sy, radius)
 
     return _target_op("combined targets", 3 * int(num_joints), w, h, int(num_joints),
                       (sx, sy), cpu_run, _make_combined_gpu(sx, sy, radius))
@@ -369,7 +386,8 @@ def msra_target_op(heatmap_size: Tuple[int, int], stride: Tuple[float, float], s
     sigma = float(sigma)
 
     def cpu_run(heatmap_out, weight_out, kps, box):
-        msra_target_cpu(heatmap_out, weight_out, kps, sx, sy, sigma)
+        for p in range(kps.shape[0]):
+            msra_target_cpu(heatmap_out[p], weight_out[p], kps[p], sx, sy, sigma)
 
     return _target_op("msra targets", int(num_joints), w, h, int(num_joints), (sx, sy),
                       cpu_run, _make_msra_gpu(sx, sy, sigma))

@@ -1,7 +1,11 @@
 """The DALI graph: one definition, two backends, built from named stages.
 
-    read (file bytes, box, keypoints, draws) --> geometry (numba crop operator)
+    read (file bytes, boxes, keypoints, draws) --> geometry (numba crop operator)
         --> decode --> warp + normalise --> occlusion (numba) --> targets (numba)
+
+A DALI sample is one image to decode and the P >= 1 people to crop from it: all its people
+of the epoch when images are decoded once (``loader.decode_per_image``), else one person
+(P = 1). Every per-person output has that leading P axis; the loader flattens them.
 
 Each stage is a function from named DataNodes to named DataNodes; :func:`build_graph`
 composes them, and the benchmark composes prefixes of the same functions to time stages.
@@ -10,12 +14,14 @@ once): the numba operators (:class:`~dali_pose.kernels.op.NumbaOp`, each describ
 its kernel) and the backend. Decode + warp + normalise has two implementations of the same
 maths:
 
-* ``fused`` (CPU only): ``decoders.image_slice`` decodes only the source window the crop
-  touches, and one numba kernel warps + normalises into CHW float32 (information dropping
-  fused in when NODA does not have to paste first);
-* otherwise: ``decoders.image`` (``mixed`` = nvJPEG on the GPU) + ``warp_affine`` (matrix in
-  DALI's half-pixel convention, from the crop operator) + ``crop_mirror_normalize``. The
-  GPU backend always uses it; on the CPU it is the slow reference path.
+* a numba warp (``spec.warp``): ``decoders.image_slice`` decodes only the source window the
+  sample's crops touch (on the GPU: nvJPEG, ``mixed``), and one numba kernel warps +
+  normalises every crop (CPU: information dropping fused in when NODA does not have to
+  paste first; GPU: its CUDA variant). The CPU fast path, and every per-image graph;
+* ``decoders.image`` (``mixed`` = nvJPEG on the GPU) + ``warp_affine`` (matrix in DALI's
+  half-pixel convention, from the crop operator) + ``crop_mirror_normalize``, one person
+  per sample: the GPU's per-person graph; on the CPU the slow reference path
+  (``loader.fast_cpu: false``).
 
 Numba operators get the CUDA variant of their kernel on the GPU. Each ``NumbaOp`` is
 compiled into a DALI operator once per device (:func:`dali_operator`), and shared by every
@@ -50,9 +56,11 @@ DALI_TYPES = {"float32": types.FLOAT, "int32": types.INT32, "int64": types.INT64
 class GraphSpec:
     """Everything the graph does: backend, operators, sizes (``input_size`` is [w, h]).
 
-    ``warp`` is the fused CPU warp (None: DALI's decode + ``warp_affine``); ``dropping``
-    the information-dropping operator when it runs on its own (not fused into ``warp``);
+    ``warp`` is the numba warp (None: DALI's decode + ``warp_affine``); ``dropping`` the
+    information-dropping operator when it runs on its own (not fused into ``warp``);
     ``noda`` the NODA paste; all None where not configured (validation has none).
+    ``per_image``: a sample is an image and all its people (else one person);
+    ``image_dtype``: float32, float16 (normalised) or uint8 (intensities).
     """
 
     train: bool
@@ -64,7 +72,8 @@ class GraphSpec:
     warp: Optional[NumbaOp] = None
     dropping: Optional[NumbaOp] = None
     noda: Optional[NumbaOp] = None
-    fp16: bool = False
+    per_image: bool = False
+    image_dtype: str = "float32"
 
     @property
     def n_occlusion(self) -> int:
@@ -81,24 +90,28 @@ def graph_spec(cfg, info, *, train: bool, gpu: bool) -> GraphSpec:
     operators and compiles nothing.
     """
     w, h = (int(v) for v in cfg.model.input_size)
-    fused = not gpu and cfg.loader.fast_cpu
+    noda_on = train and cfg.noda.prob > 0
+    per_image = cfg.loader.decode_per_image and not noda_on  # NODA: one pool person each
+    numba_warp = per_image or (not gpu and cfg.loader.fast_cpu)
+    dtype = cfg.loader.image_dtype
+    warp_dtype = "uint8" if dtype == "uint8" else "float32"  # float16: a cast after
     codec = build_codec(cfg.model)
     crop = crop_op((w, h), float(cfg.data.padding), tuple(int(v) for v in info.flip_index),
                    tuple(j in info.upper_body for j in range(info.num_joints)),
-                   AugParams.of(cfg.aug) if train else None, fused, codec.unbiased)
+                   AugParams.of(cfg.aug) if train else None, numba_warp, codec.unbiased)
     dropping = noda = None
     if train and cfg.occlusion.method != "none":
-        dropping = dropping_op_from(cfg.occlusion, (w, h))
-    if train and cfg.noda.prob > 0:
+        dropping = dropping_op_from(cfg.occlusion, (w, h), warp_dtype)
+    if noda_on:
         noda = noda_op_from(cfg.noda, (w, h), info)
     warp = None
-    if fused:  # information dropping fuses into the CPU warp unless NODA must paste first
-        fuse = dropping is not None and noda is None
-        warp = warp_op((w, h), dropping if fuse else None)
+    if numba_warp:  # information dropping fuses into the CPU warp unless NODA pastes first
+        fuse = not gpu and dropping is not None and noda is None
+        warp = warp_op((w, h), dropping if fuse else None, warp_dtype)
         dropping = None if fuse else dropping
     return GraphSpec(train=train, gpu=gpu, input_size=(w, h), num_joints=info.num_joints,
                      crop=crop, targets=codec.target_op(info.num_joints), warp=warp,
-                     dropping=dropping, noda=noda, fp16=cfg.loader.fp16)
+                     dropping=dropping, noda=noda, per_image=per_image, image_dtype=dtype)
 
 
 # --------------------------------------------------------------- numba operators -------
@@ -198,9 +211,10 @@ class Geometry(NamedTuple):
 
 class Outputs(NamedTuple):
     """What the graph returns, per sample (the loader turns them into the batch dict):
-    image (3, H, W) float32/float16; heatmap (C, h, w); target_weight (K,); keypoints (K, 3)
-    crop px; matrix (2, 3) source px -> crop px; crop_box (4,) [cx, cy, w, h] source px;
-    flipped (1,) int32; row (1,) int64 index row; occluded (K,) float32."""
+    image (P, 3, H, W) float32 / float16 / uint8; heatmap (P, C, h, w); target_weight
+    (P, K); keypoints (P, K, 3) crop px; matrix (P, 2, 3) source px -> crop px; crop_box
+    (P, 4) [cx, cy, w, h] source px; flipped (P,) int32; row (P,) int64 index rows;
+    occluded (P, K) float32."""
 
     image: object
     heatmap: object
@@ -237,29 +251,39 @@ def geometry_stage(spec: GraphSpec, read: Read) -> Geometry:
 
 
 def decode_stage(spec: GraphSpec, read: Read, geometry: Geometry):
-    """RGB uint8 (h, w, 3): the crop's source window (fused path) or the whole image."""
+    """RGB uint8 (h, w, 3): the source window of the sample's crops (numba warp), or the
+    whole image; on the GPU by nvJPEG (``mixed``)."""
+    device = "mixed" if spec.gpu else "cpu"
     if spec.warp is not None:
         return fn.decoders.image_slice(read.jpeg, geometry.window[0:2], geometry.window[2:4],
                                        axis_names="WH", normalized_anchor=False,
                                        normalized_shape=False, output_type=types.RGB,
-                                       adjust_orientation=False, device="cpu")
-    return fn.decoders.image(read.jpeg, device="mixed" if spec.gpu else "cpu",
-                             output_type=types.RGB, adjust_orientation=False)
+                                       adjust_orientation=False, device=device)
+    return fn.decoders.image(read.jpeg, device=device, output_type=types.RGB,
+                             adjust_orientation=False)
 
 
 def warp_stage(spec: GraphSpec, read: Read, geometry: Geometry, decoded):
-    """The normalised crop (3, H, W) float32 (information dropped too when fused)."""
+    """The crops (P, 3, H, W): float32 normalised or uint8 (information dropped too when
+    fused into the CPU warp)."""
     if spec.warp is not None:
-        inputs = [decoded, geometry.matrix, geometry.window]
+        inputs = [geometry.matrix, decoded, geometry.window]
         if spec.warp.num_draws:
             inputs += [geometry.keypoints, read.occlusion_draws]
+        if spec.gpu:  # the CUDA warp reads the window on the device, the crop op is CPU's
+            return apply(spec.warp, *inputs, gpu=True)[0]
         return apply(spec.warp, *inputs)[0]
-    w, h = spec.input_size
-    warped = fn.warp_affine(decoded, matrix=geometry.window, size=[h, w], fill_value=0,
-                            inverse_map=False, interp_type=types.INTERP_LINEAR)
-    return fn.crop_mirror_normalize(warped, mean=[255.0 * v for v in IMAGENET_MEAN],
-                                    std=[255.0 * v for v in IMAGENET_STD],
-                                    output_layout="CHW", dtype=types.FLOAT)
+    w, h = spec.input_size  # one person per sample: DALI's warp_affine
+    warped = fn.warp_affine(decoded, matrix=fn.reshape(geometry.window, shape=[2, 3]),
+                            size=[h, w], fill_value=0, inverse_map=False,
+                            interp_type=types.INTERP_LINEAR)
+    if spec.image_dtype == "uint8":
+        image = fn.crop_mirror_normalize(warped, output_layout="CHW", dtype=types.UINT8)
+    else:
+        image = fn.crop_mirror_normalize(warped, mean=[255.0 * v for v in IMAGENET_MEAN],
+                                         std=[255.0 * v for v in IMAGENET_STD],
+                                         output_layout="CHW", dtype=types.FLOAT)
+    return fn.reshape(image, shape=[1, 3, h, w], layout="FCHW")
 
 
 def occlusion_stage(spec: GraphSpec, read: Read, geometry: Geometry, image):
@@ -271,10 +295,10 @@ def occlusion_stage(spec: GraphSpec, read: Read, geometry: Geometry, image):
     if spec.dropping is not None:
         (image,) = apply(spec.dropping, image, geometry.keypoints, read.occlusion_draws,
                          gpu=spec.gpu)
-    if occluded is None:
-        k = spec.num_joints
-        occluded = fn.constant(fdata=np.zeros(k, np.float32).tolist(), shape=[k],
-                               dtype=types.FLOAT, device="gpu" if spec.gpu else "cpu")
+    if occluded is None:  # (P, K) zeros: no NODA
+        occluded = fn.cast(geometry.keypoints[:, :, 2] * 0.0, dtype=types.FLOAT)
+        if spec.gpu:
+            occluded = occluded.gpu()
     return image, occluded
 
 
@@ -293,7 +317,7 @@ def build_graph(spec: GraphSpec, source, pool_source=None) -> Outputs:
     image = warp_stage(spec, read, geometry, decode_stage(spec, read, geometry))
     image, occluded = occlusion_stage(spec, read, geometry, image)
     heatmap, weight = targets_stage(spec, geometry)
-    if spec.fp16:
+    if spec.image_dtype == "float16":
         image = fn.cast(image, dtype=types.FLOAT16)
     return Outputs(image, heatmap, weight, geometry.keypoints, geometry.matrix,
                    geometry.crop_box, geometry.flipped, read.row, occluded)

@@ -3,7 +3,9 @@
 The caller never imports DALI. Each batch is a dict of torch tensors (N = batch size,
 K joints, crop H x W, heatmaps h x w):
 
-    image          (N, 3, H, W) float32 (float16 with loader.fp16), ImageNet-normalised
+    image          (N, 3, H, W) float32 ImageNet-normalised (float16 with
+                   loader.image_dtype: float16; uint8 0..255 intensities with uint8:
+                   normalise on your device with dali_pose.normalize.normalize_images)
     image_flipped  (N, 3, H, W) validation with loader.flip_test: the horizontal mirror
     heatmap        (N, C, h, w) float32 (the codec's channels: K, or 3K for combined)
     target_weight  (N, K) float32: 0 for unlabelled joints and joints off the map
@@ -13,15 +15,21 @@ K joints, crop H x W, heatmaps h x w):
     image_id, instance_id (N,) int64; row (N,) int64: the sample's row in the dataset index
     flipped (N,) bool; occluded (N, K) float32
 
-Epochs and shards: :func:`.schedule.epoch_schedule`. Augmentation: every random draw of a
-training sample is a pure function of (loader.seed, epoch, sample) (:mod:`dali_pose.draws`),
-so an epoch's batches do not depend on what ran before it. Occlusion and NODA switch on at
-``occlusion.start_epoch`` / ``noda.start_epoch`` with their configured probabilities, or as
-:meth:`PoseLoader.set_prob` says; the probability reaches the kernels as data, so changing
-it rebuilds nothing.
+Epochs and shards: :mod:`.schedule`. With ``loader.decode_per_image`` (the default; not
+with NODA) each image is decoded once per epoch for all its people and their crops are
+mixed by a seeded shuffle buffer (:func:`.schedule.image_epoch`); otherwise each person
+decodes their own image (:func:`.schedule.epoch_schedule`). Either way every person comes
+once per epoch, ranks hold disjoint people and the same number of batches, and ``len()``
+is exact. Augmentation: every random draw of a training sample is a pure function of
+(loader.seed, epoch, sample) (:mod:`dali_pose.draws`), so an epoch's batches do not depend
+on what ran before it, nor on whether images are decoded per image or per person (the crops
+are the same bit for bit). Occlusion and NODA switch on at ``occlusion.start_epoch`` /
+``noda.start_epoch`` with their configured probabilities, or as :meth:`PoseLoader.set_prob`
+says; the probability reaches the kernels as data, so changing it rebuilds nothing.
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Optional
 
 import numpy as np
@@ -29,18 +37,93 @@ import torch
 
 from ..datasets import DatasetError, PoseIndex, load_index
 from .graph import Outputs, graph_spec, make_pipeline
-from .schedule import epoch_schedule, occlusion_probs
+from .schedule import (ImageEpoch, epoch_schedule, image_epoch, image_groups,
+                       occlusion_probs, person_epoch, runs, runs_needed, slots_needed)
 from .sources import BatchSource, PoolSource, upload_pool
+
+
+# the Outputs fields that become batch tensors, one row per crop
+_CROP_FIELDS = ("image", "heatmap", "target_weight", "keypoints", "matrix", "crop_box",
+                "flipped", "row", "occluded")
+
+
+class _Slots:
+    """The crops decoded and not yet batched (per-image decoding): one preallocated tensor
+    per output, ``capacity`` crops long, on the loader's device. A run's crops are copied in
+    once (:meth:`put`); a batch is gathered out of them (:meth:`take`), freeing its slots.
+    The capacity is the plan's own peak (:func:`.schedule.slots_needed`), so nothing is
+    allocated while an epoch runs."""
+
+    def __init__(self, plan: ImageEpoch, capacity: int, device: torch.device):
+        self.device = device
+        self.capacity = capacity
+        sizes = np.array([len(d) for d in plan.decodes], np.int64)
+        self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first item id
+        self.slot = np.full(int(self.offset[-1]), -1, np.int64)  # item id -> slot
+        self.free = list(range(capacity - 1, -1, -1))
+        self.store = None  # field -> (capacity, ...) tensor, from the first run's shapes
+
+    def _alloc(self, outs) -> None:
+        from nvidia.dali.plugin.pytorch import to_torch_type
+
+        self.store = {}
+        for name in _CROP_FIELDS:
+            t = getattr(outs, name)[0]
+            shape = (self.capacity,) + tuple(t.shape()[1:])
+            self.store[name] = torch.empty(shape, dtype=to_torch_type[t.dtype],
+                                           device=self.device)
+
+    def put(self, outs, first_decode: int) -> None:
+        """Copy the crops of a run (decodes ``first_decode``, ...) into free slots."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        if self.store is None:
+            self._alloc(outs)
+        gpu = self.device.type == "cuda"
+        stream = torch.cuda.current_stream(self.device) if gpu else None
+        for i in range(len(outs.row)):
+            d = first_decode + i
+            n = int(self.offset[d + 1] - self.offset[d])
+            if n > len(self.free):  # the plan's peak says this cannot happen
+                raise RuntimeError("loader: crop buffer overflow (a bug in slots_needed)")
+            slots = self.free[-n:]
+            del self.free[-n:]
+            self.slot[self.offset[d]:self.offset[d] + n] = slots
+            idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
+            for name in _CROP_FIELDS:
+                src = getattr(outs, name)[i]
+                dst = self.store[name]
+                if gpu:  # the sample's crops on DALI's stream -> a temporary -> the slots
+                    tmp = torch.empty((n,) + tuple(dst.shape[1:]), dtype=dst.dtype,
+                                      device=self.device)
+                    feed_ndarray(src, tmp, cuda_stream=stream)
+                    dst.index_copy_(0, idx, tmp)
+                else:  # a view of DALI's buffer (valid until the pipeline runs again)
+                    dst.numpy()[slots] = np.asarray(src)
+
+    def take(self, items: np.ndarray) -> dict:
+        """field -> (len(items), ...) tensor of the crops ``items`` ((n, 2) ``(d, j)``
+        pairs, each once), and frees their slots."""
+        ids = self.offset[items[:, 0]] + items[:, 1]
+        slots = self.slot[ids]
+        if (slots < 0).any():
+            raise RuntimeError("loader: a batch asks for a crop not yet decoded")
+        idx = torch.from_numpy(slots).to(self.device)
+        out = {name: t.index_select(0, idx) for name, t in self.store.items()}
+        self.free.extend(int(v) for v in slots)
+        self.slot[ids] = -1
+        return out
 
 
 class PoseLoader:
     """Iterable of batch dicts (see the module docstring). ``len()`` = batches per epoch.
 
-    Several DALI pipelines ("lanes") take batches in turn: DALI runs a CPU numba operator's
-    samples one after another on one thread, so one lane cannot fill the cores. A bad image
-    ends the epoch with a ``DatasetError`` naming it (or is skipped, ``data.on_bad_image``);
-    the next ``iter()`` starts a clean epoch on fresh pipelines. A new ``iter()`` while an
-    earlier one is unfinished ends the earlier one (its next ``next()`` stops).
+    Several DALI pipelines ("lanes") take runs of decodes in turn: DALI runs a CPU numba
+    operator's samples one after another on one thread, so one lane cannot fill the cores.
+    A bad image ends the epoch with a ``DatasetError`` naming it (or is skipped,
+    ``data.on_bad_image``); the next ``iter()`` starts a clean epoch on fresh pipelines. A
+    new ``iter()`` while an earlier one is unfinished ends the earlier one (its next
+    ``next()`` stops).
     """
 
     def __init__(self, cfg, split: str, index: PoseIndex, device: str, shard_id: int,
@@ -56,7 +139,7 @@ class PoseLoader:
         self._generation = 0  # which iter() owns the pipelines
         self._dirty = False  # the pipelines hold what an unfinished epoch prefetched
         self._failed = False  # ... and an epoch failed: they are rebuilt
-        self._check_sizes()
+        self._plan_of = (None, None)  # (epoch, its plan)
         gpu = device == "gpu"
         if gpu:
             self._torch_device = torch.device(
@@ -64,6 +147,10 @@ class PoseLoader:
         else:
             self._torch_device = torch.device("cpu")
         self.spec = graph_spec(cfg, self.info, train=self.train, gpu=gpu)
+        # the rows of each image, in index order (val: det boxes of one image share it)
+        self._groups = image_groups(np.asarray(index.image_paths)) if self.spec.per_image \
+            else None
+        self._check_sizes()
         pool = pool_data = None
         if self.spec.noda is not None:
             from .pool import load_pool
@@ -95,20 +182,33 @@ class PoseLoader:
         if self.num_shards > n:
             raise DatasetError(f"{what}: {n} people for {self.num_shards} ranks: every rank "
                                f"needs at least one")
+        if self._groups is not None and self.num_shards > len(self._groups):
+            raise DatasetError(f"{what}: {len(self._groups)} images for {self.num_shards} "
+                               f"ranks: every rank needs at least one (or decode per "
+                               f"person: loader.decode_per_image: false)")
         per_rank = n // self.num_shards
-        if self.train and self.cfg.loader.drop_last and per_rank < self.batch_size:
+        if self.train and self.cfg.loader.drop_last and (
+                per_rank < self.batch_size or not self._plan().batches):
             raise DatasetError(f"{what}: {n} people give {per_rank} per rank, fewer than one "
                                f"batch of loader.batch_size={self.batch_size} "
                                f"(loader.drop_last drops it): no training step")
 
-    def _schedule(self):
-        return epoch_schedule(len(self.index), self.batch_size, train=self.train,
-                              seed=self.cfg.loader.seed, epoch=self.epoch,
-                              shard_id=self.shard_id, num_shards=self.num_shards,
-                              drop_last=self.cfg.loader.drop_last)
+    def _plan(self) -> ImageEpoch:
+        """This epoch's plan for this rank (cached: ``len()`` and ``iter()`` share it)."""
+        if self._plan_of[0] == self.epoch:
+            return self._plan_of[1]
+        c = self.cfg.loader
+        kw = dict(train=self.train, seed=c.seed, epoch=self.epoch, shard_id=self.shard_id,
+                  num_shards=self.num_shards, drop_last=c.drop_last)
+        if self._groups is not None:
+            plan = image_epoch(self._groups, self.batch_size, buffer=c.shuffle_buffer, **kw)
+        else:
+            plan = person_epoch(*epoch_schedule(len(self.index), self.batch_size, **kw))
+        self._plan_of = (self.epoch, plan)
+        return plan
 
     def __len__(self) -> int:
-        return len(self._schedule()[0])
+        return len(self._plan().batches)
 
     @property
     def skipped_images(self) -> dict:
@@ -139,36 +239,54 @@ class PoseLoader:
         generation = self._generation
         if self._dirty:  # an earlier iteration was abandoned part-way, or failed
             self._drain()
-        batches, valid = self._schedule()
+        plan = self._plan()
         occlusion, noda = self.prob()
         n_lanes = len(self._lanes)
+        all_runs = runs(plan, self.batch_size)
         for lane, (source, pool_source, _) in enumerate(self._lanes):
-            source.start(batches[lane::n_lanes], self.epoch, occlusion, noda)
+            source.start(all_runs[lane::n_lanes], self.epoch, occlusion, noda)
             if pool_source is not None:
                 pool_source.start()
         self._dirty = True
-        for b, n_valid in enumerate(valid):
+        # One decode per person: run b is batch b, copied as it is. Per image: the runs'
+        # crops go into a buffer, each batch is gathered from it once its runs are done.
+        slots = None if self._groups is None else _Slots(
+            plan, slots_needed(plan, self.batch_size), self._torch_device)
+        need = runs_needed(plan, self.batch_size)
+        done = 0
+        for b, n_valid in enumerate(plan.valid):
             if generation != self._generation:  # a newer iter() took the pipelines over
                 return
-            source, _, pipe = self._lanes[b % n_lanes]
-            try:
-                outs = pipe.run()
-            except DatasetError:
-                self._failed = True
-                raise
-            except Exception as e:  # DALI's own failure: name the files of the batch
-                self._failed = True
-                rows = source.batches[b // n_lanes]
-                files = sorted({str(self.index.image_paths[r]) for r in rows})
-                more = " ..." if len(files) > 8 else ""
-                raise DatasetError(f"DALI failed on a batch of {self.split} images "
-                                   f"({'; '.join(files[:8])}{more}): "
-                                   f"{str(e).strip().splitlines()[0]}") from e
-            yield self._to_torch(Outputs(*outs), n_valid)
+            if slots is None:
+                yield self._to_torch(self._direct(self._run(b), n_valid))
+                continue
+            while done < need[b]:
+                slots.put(self._run(done), done * self.batch_size)
+                done += 1
+            yield self._to_torch(slots.take(plan.batches[b][:n_valid]))
         if generation == self._generation:
             self._drain()
             if self.train:  # without set_epoch, the next epoch still gets a new shuffle
                 self.epoch += 1
+
+    def _run(self, k: int) -> Outputs:
+        """The outputs of run ``k`` of the epoch (its lane's next); a failure ends the
+        epoch with a ``DatasetError`` naming the run's files."""
+        n_lanes = len(self._lanes)
+        source, _, pipe = self._lanes[k % n_lanes]
+        try:
+            return Outputs(*pipe.run())
+        except DatasetError:
+            self._failed = True
+            raise
+        except Exception as e:  # DALI's own failure: name the files of the run
+            self._failed = True
+            rows = [d[0] for d in source.runs[k // n_lanes]]
+            files = sorted({str(self.index.image_paths[r]) for r in rows})
+            more = " ..." if len(files) > 8 else ""
+            raise DatasetError(f"DALI failed on a batch of {self.split} images "
+                               f"({'; '.join(files[:8])}{more}): "
+                               f"{str(e).strip().splitlines()[0]}") from e
 
     def _drain(self) -> None:
         """End the epoch in every pipeline: run it into its source's StopIteration (what it
@@ -189,40 +307,48 @@ class PoseLoader:
                 lane[2] = self._pipeline(source, pool_source)
         self._failed = self._dirty = False
 
-    def _tensor(self, tl, n: int, keep) -> torch.Tensor:
+    def _direct(self, outs: Outputs, n_valid: int) -> dict:
+        """field -> (n_valid, ...) tensor of a run of one-person decodes: one copy from
+        DALI's buffers."""
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
         from nvidia.dali.tensors import TensorListGPU
 
-        t = tl.as_tensor()
-        if isinstance(tl, TensorListGPU):
-            out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype],
-                              device=self._torch_device)
-            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self._torch_device))
-            out = out[:n]
-            return out if keep is None else out[torch.from_numpy(keep).to(out.device)]
-        arr = np.array(t)[:n] if keep is None else np.array(t)[:n][keep]  # a copy
-        return torch.from_numpy(arr).to(self._torch_device, non_blocking=True)
+        out = {}
+        for name in _CROP_FIELDS:
+            tl = getattr(outs, name)
+            shape = tuple(tl[0].shape())  # (1, ...) each: one crop per decode
+            t = torch.empty((len(tl),) + shape, dtype=to_torch_type[tl[0].dtype],
+                            device=self._torch_device)
+            if isinstance(tl, TensorListGPU):  # as DALI's own torch iterator does
+                feed_ndarray(tl.as_tensor(), t,
+                             cuda_stream=torch.cuda.current_stream(self._torch_device))
+            else:  # sample by sample into t: as_tensor() would first copy a sparse list
+                tl.copy_to_external(ctypes.c_void_p(t.data_ptr()))
+            out[name] = t.reshape((len(tl),) + shape[1:])[:n_valid]
+        return out
 
-    def _to_torch(self, outs: Outputs, n_valid: int) -> dict:
-        rows = np.array(outs.row.as_cpu().as_tensor() if hasattr(outs.row, "as_cpu")
-                        else outs.row.as_tensor())[:n_valid, 0]
-        keep = None if (rows >= 0).all() else rows >= 0  # -1: a skipped image's sample
-        t = Outputs(*(self._tensor(o, n_valid, keep) for o in outs))
-        rows = rows if keep is None else rows[keep]
+    def _to_torch(self, t: dict) -> dict:
+        """The batch dict of the crops ``t`` (field -> tensor, one row per crop); the crops
+        of skipped images (row -1) left out."""
+        rows = t["row"].cpu().numpy()
+        if (rows < 0).any():  # -1: a skipped image's crop
+            keep = torch.from_numpy(np.flatnonzero(rows >= 0)).to(self._torch_device)
+            t = {k: v.index_select(0, keep) for k, v in t.items()}
+            rows = rows[rows >= 0]
         ids = self.index
         batch = {
-            "image": t.image,
-            "heatmap": t.heatmap,
-            "target_weight": t.target_weight,
-            "keypoints": t.keypoints,
-            "matrix": t.matrix,
-            "center": t.crop_box[:, 0:2].contiguous(),
-            "scale": t.crop_box[:, 2:4].contiguous(),
-            "row": torch.from_numpy(rows.copy()).to(self._torch_device),
+            "image": t["image"],
+            "heatmap": t["heatmap"],
+            "target_weight": t["target_weight"],
+            "keypoints": t["keypoints"],
+            "matrix": t["matrix"],
+            "center": t["crop_box"][:, 0:2].contiguous(),
+            "scale": t["crop_box"][:, 2:4].contiguous(),
+            "row": t["row"],
             "image_id": torch.from_numpy(ids.image_id[rows]).to(self._torch_device),
             "instance_id": torch.from_numpy(ids.instance_id[rows]).to(self._torch_device),
-            "flipped": t.flipped[:, 0].bool(),
-            "occluded": t.occluded,
+            "flipped": t["flipped"].bool(),
+            "occluded": t["occluded"],
         }
         if not self.train and self.cfg.loader.flip_test:
             # The UDP flip is the exact mirror x -> (W-1) - x of the crop's pixel grid.

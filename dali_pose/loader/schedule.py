@@ -1,12 +1,22 @@
 """Epochs and shards: which index rows each batch of an epoch holds, per rank.
 
-Training shuffles with a generator seeded by (seed, epoch), gives rank r every
-num_shards-th sample of that permutation, and drops or fills (by wrapping around) the last
-partial batch; validation keeps the dataset order, gives each rank a disjoint stride, and
-yields every instance exactly once (the padded tail of the last batch is cut off).
+Two plans, both :class:`ImageEpoch` (the *decodes* a rank's pipelines run, and which of
+their crops make each batch):
+
+* one decode per person (:func:`epoch_schedule`, :func:`person_epoch`): training shuffles
+  with a generator seeded by (seed, epoch), gives rank r every num_shards-th sample of that
+  permutation, and drops or fills (by wrapping around) the last partial batch; validation
+  keeps the dataset order, gives each rank a disjoint stride, and yields every instance
+  exactly once (the padded tail of the last batch is cut off);
+* one decode per image for all its people (:func:`image_epoch`): images are dealt to the
+  ranks, their crops mixed by a seeded shuffle buffer.
+
+Either way a plan is a pure function of (seed, epoch, shard); the loader runs its decodes
+in *runs* of ``batch_size`` decodes (one DALI batch each, :func:`runs`).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -91,11 +101,14 @@ def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed:
     Training: the images are shuffled with a generator seeded by (seed, epoch) and dealt to
     the ranks in that order, each to the rank with the fewest people so far (disjoint
     shards of nearly equal size); every rank makes the same number of batches (the smallest
-    rank's whole batches with ``drop_last``; otherwise the largest rank's, the others
-    decoding their first images again). A rank's crops enter a shuffle buffer in decode
-    order; whenever it holds ``buffer`` crops a batch is drawn from it uniformly without
-    replacement (generator seeded by (seed, epoch, shard, 1)), until the epoch has its
-    batches: a pure function of (seed, epoch, shard). Validation: each rank takes every
+    rank's whole batches with ``drop_last``; otherwise the largest rank's: a rank short of
+    them puts its last people into one batch filled up from its first images, decoded
+    again, and goes on from there). A rank's crops enter a shuffle buffer in decode order;
+    whenever it holds ``buffer`` crops a batch is drawn from it uniformly without
+    replacement (generator seeded by (seed, epoch, shard, 1)); once every image is in, the
+    buffer is drawn down by whole batches: a pure function of (seed, epoch, shard). So every
+    person comes once (drop_last: but for fewer than a batch and an image per rank; else
+    all, some twice to fill). Validation: each rank takes every
     num_shards-th image; crops go out in decode order, the last batch padded.
     """
     if not 0 <= shard_id < num_shards:
@@ -124,18 +137,32 @@ def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed:
         n_batches = -(-int(loads.max()) // batch_size)
     rng = np.random.default_rng([seed, epoch, shard_id, 1])
     decodes, pool, batches = [], [], []
-    while len(batches) < n_batches:
-        if not mine:
+    big = max(buffer, batch_size)
+
+    def decode(g):
+        decodes.append(g)
+        pool.extend((len(decodes) - 1, j) for j in range(len(g)))
+
+    for g in mine:  # the rank's own people, each once
+        if len(batches) == n_batches:
             break
-        for g in mine:  # again from the first image when filling (drop_last: false)
-            decodes.append(g)
-            pool.extend((len(decodes) - 1, j) for j in range(len(g)))
-            while len(pool) >= max(buffer, batch_size) and len(batches) < n_batches:
-                batches.append(_draw(pool, batch_size, rng))
-            if len(batches) == n_batches:
-                break
-        else:
-            while len(pool) >= batch_size and len(batches) < n_batches:
+        decode(g)
+        while len(pool) >= big and len(batches) < n_batches:
+            batches.append(_draw(pool, batch_size, rng))
+    while len(pool) >= batch_size and len(batches) < n_batches:
+        batches.append(_draw(pool, batch_size, rng))
+    if len(batches) < n_batches and mine:  # drop_last: false, and this rank is short
+        # its last people all go into the next batch, filled with its first images again
+        rest, pool[:] = list(pool), []
+        cycle = itertools.cycle(mine)
+        while len(rest) + len(pool) < batch_size:
+            decode(next(cycle))
+        fill = _draw(pool, batch_size - len(rest), rng)
+        batch = np.concatenate([np.array(rest, np.int64).reshape(-1, 2), fill])
+        batches.append(batch[rng.permutation(len(batch))])
+        while len(batches) < n_batches:
+            decode(next(cycle))
+            while len(pool) >= big and len(batches) < n_batches:
                 batches.append(_draw(pool, batch_size, rng))
     return ImageEpoch(decodes, batches, [batch_size] * len(batches))
 
@@ -147,3 +174,45 @@ def _draw(pool: list, batch_size: int, rng) -> np.ndarray:
     pool[:] = [p for i, p in enumerate(pool) if i not in take]
     rng.shuffle(batch)
     return np.array(batch, np.int64)
+
+
+def person_epoch(batches: List[np.ndarray], valid: List[int]) -> ImageEpoch:
+    """:func:`epoch_schedule`'s batches as a plan of one decode per person: decode ``d`` is
+    person ``d`` of the epoch, so run ``b`` is batch ``b`` (the loader copies it as it is)."""
+    decodes = [np.array([r], np.int64) for b in batches for r in b]
+    plan, start = [], 0
+    for b in batches:
+        d = np.arange(start, start + len(b), dtype=np.int64)
+        plan.append(np.stack([d, np.zeros_like(d)], 1))
+        start += len(b)
+    return ImageEpoch(decodes, plan, list(valid))
+
+
+def runs(plan: ImageEpoch, run_size: int) -> List[List[np.ndarray]]:
+    """The plan's decodes in runs of ``run_size`` (one DALI batch each; the last may be
+    shorter)."""
+    return [plan.decodes[s:s + run_size] for s in range(0, len(plan.decodes), run_size)]
+
+
+def runs_needed(plan: ImageEpoch, run_size: int) -> np.ndarray:
+    """(n_batches,) int64: how many runs must have been decoded before batch ``b`` can be
+    assembled (its valid crops' decodes all done); non-decreasing."""
+    need = [int(bt[:v, 0].max()) // run_size + 1 if v else 0
+            for bt, v in zip(plan.batches, plan.valid)]
+    return np.maximum.accumulate(np.array(need, np.int64)) if need else np.zeros(0, np.int64)
+
+
+def slots_needed(plan: ImageEpoch, run_size: int) -> int:
+    """The most crops decoded and not yet batched at any point when the batches are
+    assembled in order, each as soon as its runs are decoded: the loader's buffer size."""
+    sizes = np.array([len(d) for d in plan.decodes], np.int64)
+    per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size)) if len(sizes) \
+        else np.zeros(0, np.int64)
+    held = peak = done = 0
+    for b, need in enumerate(runs_needed(plan, run_size)):
+        while done < need:
+            held += int(per_run[done])
+            done += 1
+        peak = max(peak, held)
+        held -= len({(int(d), int(j)) for d, j in plan.batches[b][:plan.valid[b]]})
+    return max(peak, 1)

@@ -1,15 +1,19 @@
-"""The DALI graph's external sources: file bytes, boxes, keypoints and random draws per batch.
+"""The DALI graph's external sources: file bytes, boxes, keypoints and random draws per run.
 
-A :class:`BatchSource` serves one pipeline the batches of the current epoch (rows of the
-dataset index, from :mod:`.schedule`), then raises ``StopIteration``. Each call returns, per
-sample, the fields named in :attr:`BatchSource.fields` (name and dtype, in the external
-source's output order); the graph reads them by name. Training samples carry their random
-draws (:mod:`dali_pose.draws`: a pure function of seed, epoch and row); validation samples
-carry zeros, which the crop operator ignores.
+A DALI sample is one image to decode and the P >= 1 people cropped from it (a *decode*:
+index rows of one image, from :mod:`.schedule`). A :class:`BatchSource` serves one pipeline
+the *runs* (lists of decodes, one DALI batch each) of the current epoch, then raises
+``StopIteration``. Each call returns, per decode, the fields named in
+:attr:`BatchSource.fields` (name and dtype, in the external source's output order; every
+field but ``jpeg`` has the leading P axis); the graph reads them by name. Training people
+carry their random draws (:mod:`dali_pose.draws`: a pure function of seed, epoch and row,
+whichever decode they are in); validation people carry zeros, which the crop operator
+ignores.
 
-A :class:`PoolSource` serves NODA's pool people for the same batches: a second external
-source because on the GPU its data lives on the device (the pool is uploaded once and each
-sample is a CUDA view of it, no host round trip).
+A :class:`PoolSource` serves NODA's pool people for the same runs (one per decode: NODA
+decodes one person per image): a second external source because on the GPU its data lives
+on the device (the pool is uploaded once and each sample is a CUDA view of it, no host
+round trip).
 """
 from __future__ import annotations
 
@@ -47,11 +51,10 @@ class BatchSource:
         self._checked: set = set()  # paths whose bytes were found whole and of the right size
         self._placeholder = None
         self.n_occlusion, self.n_noda = n_occlusion, n_noda
-        self.batches: List[np.ndarray] = []
+        self.runs: List[List[np.ndarray]] = []
         self.cursor = 0
         self.epoch = 0
         self.occlusion_prob = self.noda_prob = 0.0
-        self._zeros = (np.zeros(NUM_UNIFORM, np.float32), np.zeros(NUM_NORMAL, np.float32))
 
     @property
     def fields(self) -> Tuple[Tuple[str, str], ...]:
@@ -65,15 +68,16 @@ class BatchSource:
             out += (("noda_draws", "float32"),)
         return out
 
-    def start(self, batches: List[np.ndarray], epoch: int, occlusion_prob: float = 0.0,
+    def start(self, runs: List[List[np.ndarray]], epoch: int, occlusion_prob: float = 0.0,
               noda_prob: float = 0.0) -> None:
-        """Serve ``batches`` (row arrays) of ``epoch``, with these gate probabilities."""
-        self.batches, self.cursor, self.epoch = batches, 0, epoch
+        """Serve ``runs`` (each a list of decodes: row arrays of one image) of ``epoch``,
+        with these gate probabilities."""
+        self.runs, self.cursor, self.epoch = runs, 0, epoch
         self.occlusion_prob, self.noda_prob = float(occlusion_prob), float(noda_prob)
 
     def finish(self) -> None:
         """Serve nothing more this epoch."""
-        self.cursor = len(self.batches)
+        self.cursor = len(self.runs)
 
     def read(self, i: int):
         """(file bytes, True) of row ``i``'s image; a bad file (unreadable, empty, not an
@@ -119,33 +123,40 @@ class BatchSource:
         return self._placeholder, False
 
     def __call__(self):
-        if self.cursor >= len(self.batches):
+        if self.cursor >= len(self.runs):
             raise StopIteration
-        rows = self.batches[self.cursor]
+        run = self.runs[self.cursor]
         self.cursor += 1
         ix = self.index
-        files = [self.read(i) for i in rows]
-        # a skipped image's sample goes through the graph with row -1: the loader drops it
-        served = np.where([ok for _, ok in files], rows, -1).astype(np.int64)
-        out = [[data for data, _ in files], list(ix.center[rows].astype(np.float32)),
-               list(ix.scale[rows].astype(np.float32)), list(ix.keypoints[rows]),
-               list(served.reshape(-1, 1))]
-        if self.train:
-            draws = [sample_draws(self.seed, self.epoch, int(r), self.n_occlusion,
-                                  self.n_noda, self.occlusion_prob, self.noda_prob)
-                     for r in rows]
-            out += [[d.uniform for d in draws], [d.normal for d in draws]]
-            if self.n_occlusion:
-                out.append([d.occlusion for d in draws])
-            if self.n_noda:
-                out.append([d.noda for d in draws])
-        else:
-            out += [[self._zeros[0]] * len(rows), [self._zeros[1]] * len(rows)]
-        return tuple(out)
+        cols = [[] for _ in self.fields]
+        for rows in run:
+            data, ok = self.read(rows[0])  # the rows of a decode share their image
+            p = len(rows)
+            # a skipped image's people go through the graph with row -1: the loader drops them
+            served = rows.astype(np.int64) if ok else np.full(p, -1, np.int64)
+            vals = [data, ix.center[rows].astype(np.float32),
+                    ix.scale[rows].astype(np.float32), ix.keypoints[rows], served]
+            if self.train:
+                draws = [sample_draws(self.seed, self.epoch, int(r), self.n_occlusion,
+                                      self.n_noda, self.occlusion_prob, self.noda_prob)
+                         for r in rows]
+                vals += [np.stack([d.uniform for d in draws]),
+                         np.stack([d.normal for d in draws])]
+                if self.n_occlusion:
+                    vals.append(np.stack([d.occlusion for d in draws]))
+                if self.n_noda:
+                    vals.append(np.stack([d.noda for d in draws]))
+            else:
+                vals += [np.zeros((p, NUM_UNIFORM), np.float32),
+                         np.zeros((p, NUM_NORMAL), np.float32)]
+            for col, v in zip(cols, vals):
+                col.append(v)
+        return tuple(cols)
 
 
 class PoolSource:
-    """NODA: one pool person (RGBA crop, box) per sample of the batches ``main`` serves.
+    """NODA: one pool person (RGBA crop, box) per decode of the runs ``main`` serves (each
+    decode one person: NODA does not decode per image).
 
     The pick is :func:`dali_pose.draws.pool_pick` of the sample's (seed, epoch, row), moved on
     by one when it would paste the person into its own crop. It keeps its own cursor, so it
@@ -165,11 +176,15 @@ class PoolSource:
         self.cursor = 0
 
     def finish(self) -> None:
-        self.cursor = len(self.main.batches)
+        self.cursor = len(self.main.runs)
 
     def picks(self, cursor: int) -> np.ndarray:
-        """Pool rows for batch number ``cursor`` of the current epoch."""
-        rows = self.main.batches[cursor]
+        """Pool rows for run number ``cursor`` of the current epoch."""
+        run = self.main.runs[cursor]
+        if any(len(rows) != 1 for rows in run):
+            raise ValueError("NODA pastes one pool person per decode: decode each person "
+                             "on their own (loader.decode_per_image: false)")
+        rows = np.array([r[0] for r in run], np.int64)
         ix, n = self.main.index, len(self.pool)
         pick = np.array([pool_pick(self.main.seed, self.main.epoch, int(r), n) for r in rows])
         same = ((self.pool.image_id[pick] == ix.image_id[rows])
@@ -177,7 +192,7 @@ class PoolSource:
         return np.where(same & (n > 1), (pick + 1) % n, pick)
 
     def __call__(self):
-        if self.cursor >= len(self.main.batches):
+        if self.cursor >= len(self.main.runs):
             raise StopIteration
         pick = self.picks(self.cursor)
         self.cursor += 1

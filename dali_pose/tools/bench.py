@@ -6,10 +6,19 @@
 
 Backends (all on the training split, full training augmentation of the config):
   dali-gpu   ``build_loader(device='gpu')`` (skipped, with a message, without CUDA)
-  dali-cpu   ``build_loader(device='cpu')`` (``loader.fast_cpu`` picks the fused ROI-decode
-             path or the DALI decode + warp_affine path)
+  dali-cpu   ``build_loader(device='cpu')`` as configured (by default each image decoded
+             once per epoch for all its people, ``loader.decode_per_image``;
+             ``loader.fast_cpu`` picks the fused ROI-decode path or the DALI decode +
+             warp_affine path where images are decoded per person)
+  dali-cpu-person, dali-gpu-person  the same with ``loader.decode_per_image: false``: one
+             decode per person
   reference  :mod:`dali_pose.tools.reference`: a torch DataLoader with ``loader.num_threads``
              worker processes (OpenCV decode + warpAffine, NumPy heatmaps)
+
+Every backend's timed batch is a normalised one where the consumer gets it: with
+``loader.image_dtype: uint8`` the loader hands over intensities and
+:func:`dali_pose.normalize.normalize_images` normalises them inside the timed loop (on the
+CPU here: its cost is counted).
 
 All backends are built first, then run interleaved in one process: for each round, for each
 backend, ``--warmup`` batches (which also drain what the backend prefetched while the others
@@ -25,7 +34,9 @@ targets per sample (``timing=True``); the remainder of the CPU time is framework
 (IPC, collation). For the DALI backends, growing prefixes of the graph are built as their own
 pipelines and timed one after another (source, + geometry, + decode, + warp/normalise,
 + occlusion/targets = the whole graph, + the torch iterator = the loader); a stage's cost is
-the difference between consecutive prefixes (CPU ms per sample, and wall ms per sample).
+the difference between consecutive prefixes (CPU ms per sample, and wall ms per sample). A
+sample is a crop (a person): with per-image decoding a DALI sample is an image and its
+people, and the breakdown states the people per decoded image.
 
 ``--scaling``: samples/s over batch size (16, 32, 64, 128), threads/workers (1 .. cores) and
 input size (256x192, 384x288, heatmaps at 1/4), one dimension at a time from the config.
@@ -58,7 +69,7 @@ import numpy as np
 
 from ..config import DataConfig, add_config_args, load_config, to_dict
 
-BACKENDS = ("dali-gpu", "dali-cpu", "reference")
+BACKENDS = ("dali-gpu", "dali-gpu-person", "dali-cpu", "dali-cpu-person", "reference")
 SCALING_BATCH = (16, 32, 64, 128)
 SCALING_INPUT = ((192, 256), (288, 384))  # [w, h]
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -160,8 +171,12 @@ class Backend:
     what a training run pays)."""
 
     def __init__(self, name: str, cfg, index):
+        if name.endswith("-person"):
+            cfg = dataclasses.replace(cfg, loader=dataclasses.replace(
+                cfg.loader, decode_per_image=False))
         self.name, self.cfg, self.index = name, cfg, index
-        self.gpu_base_mb = _gpu_used_mb() if name == "dali-gpu" else None
+        self.gpu = name.startswith("dali-gpu")
+        self.gpu_base_mb = _gpu_used_mb() if self.gpu else None
         t0 = time.perf_counter()
         if name == "reference":
             from .reference import build_reference_loader
@@ -174,8 +189,8 @@ class Backend:
 
             forget_compiled()  # build_s is a cold build, whatever ran before in this process
             t0 = time.perf_counter()
-            self.loader = build_loader(cfg, "train", device="gpu" if name == "dali-gpu"
-                                       else "cpu", index=index)
+            self.loader = build_loader(cfg, "train", device="gpu" if self.gpu else "cpu",
+                                       index=index)
         self.build_s = time.perf_counter() - t0
         self._stream = None
 
@@ -210,7 +225,7 @@ class Backend:
             out["workers_rss_mb"] = sum(_pid_status_mb(p, "VmRSS") for p in pids)
             out["workers_pss_mb"] = sum(_pid_pss_mb(p) for p in pids)
             out["workers_peak_rss_mb"] = sum(_pid_status_mb(p, "VmHWM") for p in pids)
-        if self.name == "dali-gpu":
+        if self.gpu:
             used = _gpu_used_mb()
             if used is not None and self.gpu_base_mb is not None:
                 out["gpu_mem_mb"] = used - self.gpu_base_mb
@@ -228,6 +243,8 @@ class Backend:
 
 
 def timed_round(backend: Backend, n_batches: int, warmup: int) -> dict:
+    from ..normalize import normalize_images
+
     stream = backend.batches()
     for _ in range(warmup):
         next(stream)
@@ -238,6 +255,7 @@ def timed_round(backend: Backend, n_batches: int, warmup: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(n_batches):
         batch = next(stream)
+        normalize_images(batch["image"])  # uint8 crops: the consumer's cost, counted
         samples += int(batch["image"].shape[0])
         st = batch.get("stage_s")
         if st is not None:
@@ -343,19 +361,24 @@ def _prefix_graph(upto: str):
     return prefix
 
 
-def _long_schedule(n_rows: int, batch_size: int, seed: int, n_batches: int):
-    from ..loader.schedule import epoch_schedule
+def _long_runs(cfg, index, per_image: bool, n_runs: int):
+    """The loader's runs (one DALI batch of decodes each) over as many training epochs as
+    ``n_runs`` takes, decoding per image or per person as the loader would."""
+    from ..loader.schedule import epoch_schedule, image_epoch, image_groups, person_epoch, runs
 
+    bs, seed = cfg.loader.batch_size, cfg.loader.seed
+    groups = image_groups(np.asarray(index.image_paths)) if per_image else None
     out, epoch = [], 0
-    while len(out) < n_batches:
-        b, _ = epoch_schedule(n_rows, batch_size, train=True, seed=seed, epoch=epoch,
-                              drop_last=True)
-        if not b:  # fewer rows than a batch: wrap around
-            b, _ = epoch_schedule(n_rows, batch_size, train=True, seed=seed, epoch=epoch,
-                                  drop_last=False)
-        out += b
+    while len(out) < n_runs:
+        if per_image:
+            plan = image_epoch(groups, bs, train=True, seed=seed, epoch=epoch,
+                               drop_last=False, buffer=cfg.loader.shuffle_buffer)
+        else:
+            plan = person_epoch(*epoch_schedule(len(index), bs, train=True, seed=seed,
+                                                epoch=epoch, drop_last=False))
+        out += runs(plan, bs)
         epoch += 1
-    return out
+    return out[:n_runs]
 
 
 def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
@@ -382,12 +405,15 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
     prefixes = [s for s in DALI_STAGES if s != "iterator (to torch)"]
     extra = ["full decode"] if spec.warp is not None else []
     rows = {}
+    all_runs = _long_runs(cfg, index, spec.per_image, n_batches + warmup + 8)
+    timed = all_runs[warmup:warmup + n_batches]
+    n = sum(len(d) for r in timed for d in r)  # crops (people) of the timed runs
+    per_decode = n / sum(len(r) for r in timed)
     for upto in prefixes + extra:
         source = BatchSource(index, train=True, seed=cfg.loader.seed,
                              n_occlusion=spec.n_occlusion,
                              n_noda=spec.noda.num_draws if pool else 0)
-        source.start(_long_schedule(len(index), bs, cfg.loader.seed, n_batches + warmup + 8),
-                     0, *occlusion_probs(cfg, 0))
+        source.start(all_runs, 0, *occlusion_probs(cfg, 0))
         pool_source = None if pool is None else PoolSource(source, pool, pool_data=pool_data)
         with warnings.catch_warnings():  # "output ... of the external source not used"
             warnings.simplefilter("ignore")
@@ -402,7 +428,6 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
             pipe.run()
         _sync_cuda()
         wall, cpu = time.perf_counter() - t0, _self_cpu_s() - c0
-        n = n_batches * bs
         rows[upto] = {"samples_per_s": n / wall, "wall_ms_per_sample": 1e3 * wall / n,
                       "cpu_ms_per_sample": 1e3 * cpu / n}
         log(f"  prefix up to {upto:<20} {n / wall:9.1f} samples/s  "
@@ -422,7 +447,9 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
         stages[s] = {k: cur[k] - (prev[k] if prev else 0.0)
                      for k in ("wall_ms_per_sample", "cpu_ms_per_sample")}
         prev = cur
-    return {"warp": "fused" if spec.warp is not None else "dali", "unit": "ms per sample; a stage = prefix minus previous prefix",
+    return {"warp": "fused" if spec.warp is not None else "dali",
+            "unit": "ms per sample (crop); a stage = prefix minus previous prefix",
+            "per_image": spec.per_image, "people_per_decode": per_decode,
             "prefixes": rows, "stages": stages}
 
 
@@ -570,6 +597,8 @@ def format_report(report: dict) -> str:
     out = [f"dali_pose.tools.bench: {meta['dataset']} ({meta['rows']} instances), batch "
            f"{meta['batch_size']}, {meta['threads']} threads/workers, input "
            f"{meta['input_size'][1]}x{meta['input_size'][0]}, fast_cpu={meta['fast_cpu']}, "
+           f"decode_per_image={meta.get('decode_per_image')}, "
+           f"image_dtype={meta.get('image_dtype')}, "
            f"{meta['rounds']} rounds x {meta['batches']} batches (warm-up {meta['warmup']}); "
            f"{meta['cores']} cores, load average {meta['load_before']} -> "
            f"{meta['load_after']}", ""]
@@ -612,7 +641,9 @@ def format_report(report: dict) -> str:
                              f"{p['cpu_ms_per_sample'] - src['cpu_ms_per_sample']:.3f}",
                              f"{p['wall_ms_per_sample'] - src['wall_ms_per_sample']:.3f}",
                              _fmt(p["samples_per_s"])])
-            out += ["", f"{name} stages (warp={st['warp']}; {st['unit']}):",
+            out += ["", f"{name} stages (warp={st['warp']}, "
+                        f"{st.get('people_per_decode', 1.0):.2f} people per decoded image; "
+                        f"{st['unit']}):",
                     _table(["stage", "CPU ms", "wall ms", "prefix samples/s"], rows)]
     if report.get("train_step"):
         t = report["train_step"]
@@ -764,6 +795,8 @@ def main(argv=None) -> int:
         "threads": cfg.loader.num_threads, "input_size": list(cfg.model.input_size),
         "heatmap_size": list(cfg.model.heatmap_size), "target": cfg.model.target,
         "occlusion": cfg.occlusion.method, "fast_cpu": cfg.loader.fast_cpu,
+        "decode_per_image": cfg.loader.decode_per_image,
+        "image_dtype": cfg.loader.image_dtype,
         "rounds": args.rounds, "batches": args.batches, "warmup": args.warmup,
         "smoke": args.smoke, "cores": _cores(), "load_before": _load(), "cuda": cuda,
         "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -780,7 +813,7 @@ def main(argv=None) -> int:
 
     backends: List[Backend] = []
     for name in args.names:
-        if name == "dali-gpu" and not cuda:
+        if name.startswith("dali-gpu") and not cuda:
             msg = "CUDA is not available: dali-gpu skipped"
             log(msg)
             report["backends"][name] = {"status": "skipped", "reason": msg}
@@ -816,8 +849,9 @@ def main(argv=None) -> int:
             if name.startswith("dali"):
                 log(f"stages of {name}")
                 try:
+                    bcfg = next(b.cfg for b in backends if b.name == name)
                     report["backends"][name]["stages"] = dali_stages(
-                        cfg, index, "gpu" if name == "dali-gpu" else "cpu",
+                        bcfg, index, "gpu" if name.startswith("dali-gpu") else "cpu",
                         args.stage_batches, args.warmup, report["backends"][name], log=log)
                 except Exception as e:
                     log(f"{name}: stage breakdown failed: {type(e).__name__}: {e}")

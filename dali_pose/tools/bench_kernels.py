@@ -104,10 +104,10 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
     tw, th = t.hm_size
     hm = np.empty((batch, t.channels, th, tw), np.float32)
     wt = np.empty((batch, num_joints), np.float32)
-    dummy = np.zeros(1, np.float32)
-    def targets_cpu():
-        for i in range(batch):
-            t.cpu_kernel(hm[i], wt[i], kps[i], dummy)
+    boxes = np.zeros((batch, 4), np.float32)  # unused by the target kernels
+
+    def targets_cpu():  # one call for all: the kernel loops over its P people
+        t.cpu_kernel(hm, wt, kps, boxes)
 
     def targets_classic():
         for i in range(batch):
@@ -123,9 +123,8 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
     draws = rng.random((batch, occ.num_draws)).astype(np.float32)
     draws[:, 0] = 1.0  # the gate open for every sample: the kernels' worst case
 
-    def occ_cpu():
-        for i in range(batch):
-            occ.cpu_kernel(crops[i], crops[i], kps[i], draws[i])
+    def occ_cpu():  # in place, as the fused warp runs it
+        occ.cpu_kernel(crops, crops, kps, draws)
 
     def occ_classic():
         for i in range(batch):
@@ -139,19 +138,19 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
         from numba import cuda
 
         d_hm, d_wt = cuda.to_device(hm), cuda.to_device(wt)
-        d_kps, d_dummy = cuda.to_device(kps), cuda.to_device(dummy)
+        d_kps, d_boxes = cuda.to_device(kps), cuda.to_device(boxes)
         d_crops, d_draws = cuda.to_device(crops), cuda.to_device(draws)
         sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
         t_gpu = cuda.jit(t.gpu_run)[t.launch(sms)]
         o_gpu = cuda.jit(occ.gpu_run)[occ.launch(sms)]
 
-        def targets_gpu():
+        def targets_gpu():  # one launch per sample of one person, as DALI launches them
             for i in range(batch):
-                t_gpu(d_hm[i], d_wt[i], d_kps[i], d_dummy)
+                t_gpu(d_hm[i:i + 1], d_wt[i:i + 1], d_kps[i:i + 1], d_boxes[i:i + 1])
 
         def occ_gpu():
             for i in range(batch):
-                o_gpu(d_crops[i], d_crops[i], d_kps[i], d_draws[i])
+                o_gpu(d_crops[i:i + 1], d_crops[i:i + 1], d_kps[i:i + 1], d_draws[i:i + 1])
 
         report["targets"]["cuda_ms"] = _median_ms(targets_gpu, rounds, cuda.synchronize)
         report["occlusion"]["cuda_ms"] = _median_ms(occ_gpu, rounds, cuda.synchronize)

@@ -17,7 +17,7 @@ import numpy as np
 from ..codecs import build_codec
 from ..config import add_config_args, load_config
 from ..evaluation.draw import draw_pose
-from ..normalize import IMAGENET_MEAN, IMAGENET_STD
+from ..normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 _VISIBLE, _OCCLUDED, _COVERED, _LIMB = (60, 220, 60), (255, 160, 0), (255, 40, 40), (80, 160, 255)
 
@@ -46,7 +46,8 @@ def render_sample(image, heatmap, keypoints, occluded, skeleton, codec, heat_alp
 def render_grid(batch, skeleton, codec, num: int, cols: int = 8) -> np.ndarray:
     """Tile the first ``num`` samples of a loader batch into one RGB uint8 image."""
     n = min(num, batch["image"].shape[0])
-    tiles = [render_sample(batch["image"][i].float().cpu().numpy(),
+    images = normalize_images(batch["image"][:n]).float()
+    tiles = [render_sample(images[i].cpu().numpy(),
                            batch["heatmap"][i].float().cpu().numpy(),
                            batch["keypoints"][i].cpu().numpy(),
                            batch["occluded"][i].cpu().numpy(), skeleton, codec)

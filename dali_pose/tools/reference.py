@@ -182,11 +182,12 @@ class ReferenceDataset(Dataset):
         self.upper = np.zeros(self.k, np.bool_)
         self.upper[list(info.upper_body)] = True
         self.out_w, self.out_h = (int(v) for v in cfg.model.input_size)
-        self.dtype = np.float16 if cfg.loader.fp16 else np.float32
+        self.dtype = np.dtype(cfg.loader.image_dtype)
         self.codec = build_codec(cfg.model)
         self._occ = None
-        if self.train and cfg.occlusion.method != "none":
-            self._occ = dropping_op_from(cfg.occlusion, cfg.model.input_size)
+        if self.train and cfg.occlusion.method != "none":  # uint8 crops: black is 0
+            self._occ = dropping_op_from(cfg.occlusion, cfg.model.input_size,
+                                         "uint8" if self.dtype == np.uint8 else "float32")
         if len(index):  # compile (or load) the numba geometry once, before workers fork
             self._geometry(0, 0)
 
@@ -237,10 +238,13 @@ class ReferenceDataset(Dataset):
         crop = cv2.warpAffine(img, m, (self.out_w, self.out_h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         t3 = time.thread_time()
-        image = normalize_chw(crop)
+        if self.dtype == np.uint8:  # intensities as they are, CHW
+            image = np.ascontiguousarray(crop.transpose(2, 0, 1))
+        else:
+            image = normalize_chw(crop)
         if self._occ is not None:
             occlude_numpy(image, self._occ, kps_crop, draws.occlusion)
-        if self.dtype != np.float32:
+        if self.dtype == np.float16:
             image = image.astype(self.dtype)
         t4 = time.thread_time()
         heatmap, weight = targets_numpy(kps_crop, self.codec)
