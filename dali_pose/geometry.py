@@ -66,8 +66,9 @@ def msra_matrix(cx, cy, sw, sh, rot_deg, out_w, out_h, flip):
 
 @numba.njit(cache=True)
 def invert_affine(m):
-    """Inverse of a 2x3 affine (float64 (2, 3))."""
-    a, b, c, d = m[0, 0], m[0, 1], m[1, 0], m[1, 1]
+    """Inverse of a 2x3 affine ``m`` (2, 3), any float dtype; float64 (2, 3), computed in
+    float64 (the CPU and CUDA warps invert float32 matrices with the same formula)."""
+    a, b, c, d = float(m[0, 0]), float(m[0, 1]), float(m[1, 0]), float(m[1, 1])
     det = a * d - b * c
     inv = np.empty((2, 3), np.float64)
     inv[0, 0] = d / det

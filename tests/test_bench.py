@@ -108,9 +108,18 @@ def test_smoke_gpu_and_train_step(tiny, tmp_path):
 
 # ----------------------------------------------------- reference == DALI (CPU) ------
 
+def assert_crops_close(diffs):
+    """|reference - DALI| crop values in intensity levels. OpenCV rounds its crop to uint8
+    (<= 0.5 levels); the kernel rounds positions to 1/32 px (OpenCV 5 does not): <= 1/64 px
+    per axis, i.e. <= 255/32 levels at a black/white edge, rarely more than one level."""
+    assert diffs.max() <= 0.5 + 255 / 32 + 1e-3, diffs.max()
+    assert (diffs > 1.0).mean() < 0.01, (diffs > 1.0).mean()  # measured 0.005
+    assert diffs.mean() < 0.3, diffs.mean()  # measured 0.245
+
+
 def test_reference_matches_dali_cpu_on_validation(tiny):
     """Validation applies no randomness: same matrices, keypoints, targets; crops equal
-    within the reference's uint8 rounding (OpenCV rounds the warped crop to uint8)."""
+    within the reference's uint8 rounding and the 1/32-px position rounding."""
     cfg = load_config(None, tiny + ["loader.batch_size=4", "loader.fast_cpu=true"])
     index = load_index(cfg, "val")
     ref = list(build_reference_loader(cfg, "val", num_workers=0, index=index))
@@ -133,8 +142,7 @@ def test_reference_matches_dali_cpu_on_validation(tiny):
             b = (d[key].numpy() * std + mean) * 255.0
             diffs.append(np.abs(a - b).ravel())
     diffs = np.concatenate(diffs)
-    assert diffs.max() < 1.0, diffs.max()  # rounding to uint8: <= 0.5, plus float error
-    assert diffs.mean() < 0.3, diffs.mean()
+    assert_crops_close(diffs)
 
 
 @pytest.mark.parametrize("target", ["gaussian", "combined"])
@@ -196,9 +204,7 @@ def test_reference_matches_dali_cpu_on_training(tiny):
                                        atol=1e-5)
             std = np.array(IMAGENET_STD)[:, None, None]
             diffs.append(np.abs(r["image"].numpy() - d["image"].numpy()) * std * 255.0)
-    diffs = np.concatenate([x.ravel() for x in diffs])
-    assert diffs.max() < 1.0, diffs.max()  # measured: 0.51 levels; AID discs identical
-    assert diffs.mean() < 0.3, diffs.mean()
+    assert_crops_close(np.concatenate([x.ravel() for x in diffs]))  # AID discs identical
 
 
 def test_reference_training_batches_do_not_depend_on_workers(tiny):

@@ -2,7 +2,7 @@
 
 The plan (pure): every person once per epoch, disjoint equal shards, exact ``len()``,
 batches mixed by the shuffle buffer. The loader: dots land where the loader says on the
-per-image path (both loops of the CPU warp: separable and rotated; float32 and uint8), the
+per-image path (unrotated and rotated crops; float32 and uint8), the
 crops are bit for bit those of per-person decoding, validation yields every instance once.
 """
 import itertools
@@ -14,8 +14,7 @@ import torch
 
 from dali_pose import build_loader, load_config
 from dali_pose.datasets import COCO, PoseIndex
-from dali_pose.loader.schedule import (image_epoch, image_groups, runs_needed,
-                                       slots_needed)
+from dali_pose.loader.schedule import image_epoch, runs_needed
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 pytest.importorskip("nvidia.dali")
@@ -180,14 +179,30 @@ def test_shuffle_buffer_mixes_batches():
     assert clumped > 5 * mixed
 
 
-def test_slots_cover_the_plan():
+def crops_held(plan, run_size):
+    """The most crops decoded and not yet handed out in a batch, when each batch is handed
+    out as soon as the runs of ``run_size`` decodes holding its crops are done."""
+    sizes = np.array([len(d) for d in plan.decodes], np.int64)
+    per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size))
+    held = peak = done = 0
+    for b, need in enumerate(runs_needed(plan, run_size)):
+        while done < need:
+            held += int(per_run[done])
+            done += 1
+        peak = max(peak, held)
+        held -= plan.valid[b]
+    return peak
+
+
+def test_runs_cover_the_plan_and_bound_memory():
     groups = coco_like_groups(np.random.default_rng(5), 120)
     plan = image_epoch(groups, 8, train=True, seed=0, epoch=0, buffer=40)
     need = runs_needed(plan, 8)
     assert (np.diff(need) >= 0).all()
     for b in range(len(plan.batches)):  # a batch's decodes are in its runs
         assert plan.batches[b][:, 0].max() < need[b] * 8
-    assert 40 <= slots_needed(plan, 8) <= 40 + 8 * 13 + 8
+    # the buffer, plus the crops of the run that tops it up (<= 8 images of <= 13 people)
+    assert 40 <= crops_held(plan, 8) <= 40 + 8 * 13 + 8
 
 
 # ---------------------------------------------------------------------- the loader ----
@@ -195,8 +210,8 @@ def test_slots_cover_the_plan():
 @pytest.mark.parametrize("rot_prob,dtype", [(0, "float32"), (1, "float32"), (1, "uint8")])
 def test_dot_lands_where_the_loader_says_per_image(tmp_path, rot_prob, dtype):
     """Per-image decoding: a keypoint drawn as a dot appears in the crop within 0.05 px of
-    the reported keypoint (rot_prob 0: the separable loop, 1: the rotated one), crops cut
-    from one decode of the union of their windows."""
+    the reported keypoint (unrotated and rotated crops), crops cut from one decode of the
+    union of their windows."""
     index = crowd_dataset(tmp_path)
     cfg = load_config(None, ["loader.batch_size=4", f"aug.rot_prob={rot_prob}",
                              "aug.half_body_prob=0", f"loader.image_dtype={dtype}",
@@ -263,6 +278,21 @@ def test_loader_val_every_instance_once_and_train_every_person(tmp_path, shards)
         rows += [r for b in batches for r in b["row"].tolist()]
     assert len(set(steps)) == 1 and len(rows) == len(set(rows))  # disjoint, in step
     assert len(rows) >= 11 - shards * (2 + 3)
+
+
+def test_each_crop_goes_straight_to_its_batch(tmp_path):
+    """Per image, a run's crops are copied to the batches the plan puts them in: every
+    batch complete when handed out, and no more crops held than the plan needs."""
+    index = crowd_dataset(tmp_path, people=(3, 2, 1, 3, 2, 4, 1, 2))
+    cfg = load_config(None, ["loader.batch_size=3", "loader.shuffle_buffer=4",
+                             "loader.drop_last=false"])
+    loader = build_loader(cfg, "train", index=index)
+    plan = loader._plan()  # epoch 0's (iterating moves the loader on to epoch 1)
+    batches = list(loader)
+    for b, batch in enumerate(batches):
+        np.testing.assert_array_equal(batch["row"].numpy(), plan.batch_rows(b)[:plan.valid[b]])
+    assert loader._filling.held == 0 and not loader._filling.filling
+    assert loader._filling.peak == crops_held(plan, 3) > 3
 
 
 def test_skipped_image_drops_all_its_people(tmp_path):

@@ -38,81 +38,116 @@ import torch
 from ..datasets import DatasetError, PoseIndex, load_index
 from .graph import Outputs, graph_spec, make_pipeline
 from .schedule import (ImageEpoch, epoch_schedule, image_epoch, image_groups,
-                       occlusion_probs, person_epoch, runs, runs_needed, slots_needed)
+                       occlusion_probs, person_epoch, runs, runs_needed)
 from .sources import BatchSource, PoolSource, upload_pool
 
 
 # the Outputs fields that become batch tensors, one row per crop
 _CROP_FIELDS = ("image", "heatmap", "target_weight", "keypoints", "matrix", "crop_box",
                 "flipped", "row", "occluded")
+_BIG_FIELDS = ("image", "heatmap")
 
 
-class _Slots:
-    """The crops decoded and not yet batched (per-image decoding): one preallocated tensor
-    per output, ``capacity`` crops long, on the loader's device. A run's crops are copied in
-    once (:meth:`put`); a batch is gathered out of them (:meth:`take`), freeing its slots.
-    The capacity is the plan's own peak (:func:`.schedule.slots_needed`), so nothing is
-    allocated while an epoch runs."""
+class _Batches:
+    """The batches being filled (per-image decoding). The crops of a run's decodes go to
+    many batches (the shuffle buffer mixes photos): each crop is copied once, from DALI's
+    output straight to its row of its batch, whose tensors are allocated when its first
+    crop arrives; :meth:`take` hands a batch out once its runs are done. ``held`` /
+    ``peak``: crops waiting for their batch now / at most this epoch (the plan bounds it:
+    about the shuffle buffer plus two runs' crops)."""
 
-    def __init__(self, plan: ImageEpoch, capacity: int, device: torch.device):
+    def __init__(self, plan: ImageEpoch, device: torch.device):
         self.device = device
-        self.capacity = capacity
+        self.valid = plan.valid
         sizes = np.array([len(d) for d in plan.decodes], np.int64)
-        self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first item id
-        self.slot = np.full(int(self.offset[-1]), -1, np.int64)  # item id -> slot
-        self.free = list(range(capacity - 1, -1, -1))
-        self.store = None  # field -> (capacity, ...) tensor, from the first run's shapes
+        self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first crop id
+        ids = [self.offset[items[:v, 0]] + items[:v, 1]
+               for items, v in zip(plan.batches, plan.valid)]
+        dest = [np.stack([np.full(v, b), np.arange(v)], 1)
+                for b, v in enumerate(plan.valid)]
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]  # every (crop id, batch b, row k) the plan asks for, by id
+        self.dest = (np.concatenate(dest) if dest else np.zeros((0, 2), np.int64))[order]
+        self.filling = {}  # b -> field -> tensor
+        self.count = np.zeros(len(plan.batches), np.int64)
+        self.layout = None  # field -> (per-crop shape, torch dtype), from the first run
+        self.held = self.peak = 0
 
-    def _alloc(self, outs) -> None:
-        from nvidia.dali.plugin.pytorch import to_torch_type
-
-        self.store = {}
-        for name in _CROP_FIELDS:
-            t = getattr(outs, name)[0]
-            shape = (self.capacity,) + tuple(t.shape()[1:])
-            self.store[name] = torch.empty(shape, dtype=to_torch_type[t.dtype],
-                                           device=self.device)
+    def _batch(self, b: int) -> dict:
+        t = self.filling.get(b)
+        if t is None:
+            t = self.filling[b] = {
+                name: torch.empty((int(self.valid[b]),) + shape, dtype=dtype,
+                                  device=self.device)
+                for name, (shape, dtype) in self.layout.items()}
+        return t
 
     def put(self, outs, first_decode: int) -> None:
-        """Copy the crops of a run (decodes ``first_decode``, ...) into free slots."""
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+        """Copy the crops of a run (decodes ``first_decode``, ...) to their batches."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        if self.store is None:
-            self._alloc(outs)
-        gpu = self.device.type == "cuda"
-        stream = torch.cuda.current_stream(self.device) if gpu else None
-        for i in range(len(outs.row)):
-            d = first_decode + i
-            n = int(self.offset[d + 1] - self.offset[d])
-            if n > len(self.free):  # the plan's peak says this cannot happen
-                raise RuntimeError("loader: crop buffer overflow (a bug in slots_needed)")
-            slots = self.free[-n:]
-            del self.free[-n:]
-            self.slot[self.offset[d]:self.offset[d] + n] = slots
-            idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
-            for name in _CROP_FIELDS:
-                src = getattr(outs, name)[i]
-                dst = self.store[name]
-                if gpu:  # the sample's crops on DALI's stream -> a temporary -> the slots
-                    tmp = torch.empty((n,) + tuple(dst.shape[1:]), dtype=dst.dtype,
-                                      device=self.device)
-                    feed_ndarray(src, tmp, cuda_stream=stream)
-                    dst.index_copy_(0, idx, tmp)
-                else:  # a view of DALI's buffer (valid until the pipeline runs again)
-                    dst.numpy()[slots] = np.asarray(src)
+        if self.layout is None:
+            self.layout = {name: (tuple(getattr(outs, name)[0].shape()[1:]),
+                                  to_torch_type[getattr(outs, name)[0].dtype])
+                           for name in _CROP_FIELDS}
+        d0, d1 = first_decode, first_decode + len(outs.row)
+        lo, hi = np.searchsorted(self.ids, [self.offset[d0], self.offset[d1]])
+        ids, dest = self.ids[lo:hi], self.dest[lo:hi]
+        sample = np.searchsorted(self.offset, ids, side="right") - 1  # the crop's decode
+        crop = ids - self.offset[sample]
+        sample -= d0
+        at = ids - self.offset[d0]  # the crop's place among the run's crops
+        groups = [(b, np.flatnonzero(dest[:, 0] == b)) for b in np.unique(dest[:, 0]).tolist()]
+        np.add.at(self.count, dest[:, 0], 1)
+        self.held += len(ids)
+        self.peak = max(self.peak, self.held)
+        if self.device.type == "cuda":
+            self._put_gpu(outs, at, dest, groups, feed_ndarray)
+            return
+        # CPU: views of DALI's buffers (valid until the pipeline runs again). The crop
+        # images and heatmaps (~0.8 MB a crop in float32) are copied once each, straight to
+        # their rows; the small fields go through one array per run and field, scattered
+        # to each batch in one assignment (Python per batch, not per crop and field).
+        batches = {b: {name: t.numpy() for name, t in self._batch(b).items()}
+                   for b, _ in groups}
+        for name in _BIG_FIELDS:
+            src = [np.asarray(t) for t in getattr(outs, name)]
+            for (b, k), i, j in zip(dest.tolist(), sample.tolist(), crop.tolist()):
+                batches[b][name][k] = src[i][j]
+        for name in _CROP_FIELDS:
+            if name not in _BIG_FIELDS:
+                run = np.concatenate([np.asarray(t) for t in getattr(outs, name)])[at]
+                for b, sel in groups:
+                    batches[b][name][dest[sel, 1]] = run[sel]
 
-    def take(self, items: np.ndarray) -> dict:
-        """field -> (len(items), ...) tensor of the crops ``items`` ((n, 2) ``(d, j)``
-        pairs, each once), and frees their slots."""
-        ids = self.offset[items[:, 0]] + items[:, 1]
-        slots = self.slot[ids]
-        if (slots < 0).any():
-            raise RuntimeError("loader: a batch asks for a crop not yet decoded")
-        idx = torch.from_numpy(slots).to(self.device)
-        out = {name: t.index_select(0, idx) for name, t in self.store.items()}
-        self.free.extend(int(v) for v in slots)
-        self.slot[ids] = -1
-        return out
+    def _put_gpu(self, outs, at, dest, groups, feed_ndarray) -> None:
+        """The run's crops, field by field, into one temporary on DALI's stream, then
+        gathered into each batch they go to (a few launches per batch, not per crop)."""
+        stream = torch.cuda.current_stream(self.device)
+        counts = [int(t.shape()[0]) for t in outs.row]
+        start = np.concatenate([[0], np.cumsum(counts)])
+        at = torch.from_numpy(at).to(self.device)
+        rows = torch.from_numpy(dest[:, 1]).to(self.device)
+        groups = [(b, torch.from_numpy(sel).to(self.device)) for b, sel in groups]
+        for name, (shape, dtype) in self.layout.items():
+            tmp = torch.empty((int(start[-1]),) + shape, dtype=dtype, device=self.device)
+            for i, t in enumerate(getattr(outs, name)):
+                feed_ndarray(t, tmp[start[i]:start[i + 1]], cuda_stream=stream)
+            picked = tmp.index_select(0, at)
+            for b, sel in groups:
+                self._batch(b)[name].index_copy_(0, rows.index_select(0, sel),
+                                                 picked.index_select(0, sel))
+
+    def take(self, b: int) -> dict:
+        """field -> (valid, ...) tensor: batch ``b``, every one of its crops copied in."""
+        if self.count[b] != self.valid[b]:
+            raise RuntimeError(f"loader: batch {b} has {self.count[b]} of its "
+                               f"{self.valid[b]} crops (a bug in runs_needed)")
+        self.held -= int(self.valid[b])
+        t = self._batch(b)
+        del self.filling[b]
+        return t
 
 
 class PoseLoader:
@@ -140,6 +175,7 @@ class PoseLoader:
         self._dirty = False  # the pipelines hold what an unfinished epoch prefetched
         self._failed = False  # ... and an epoch failed: they are rebuilt
         self._plan_of = (None, None)  # (epoch, its plan)
+        self._filling = None  # the last iteration's batches being filled (per image)
         gpu = device == "gpu"
         if gpu:
             self._torch_device = torch.device(
@@ -248,22 +284,22 @@ class PoseLoader:
             if pool_source is not None:
                 pool_source.start()
         self._dirty = True
-        # One decode per person: run b is batch b, copied as it is. Per image: the runs'
-        # crops go into a buffer, each batch is gathered from it once its runs are done.
-        slots = None if self._groups is None else _Slots(
-            plan, slots_needed(plan, self.batch_size), self._torch_device)
+        # One decode per person: run b is batch b, copied as it is. Per image: each crop of
+        # a run goes to its batch; a batch is handed out once its runs are done.
+        filling = None if self._groups is None else _Batches(plan, self._torch_device)
+        self._filling = filling
         need = runs_needed(plan, self.batch_size)
         done = 0
         for b, n_valid in enumerate(plan.valid):
             if generation != self._generation:  # a newer iter() took the pipelines over
                 return
-            if slots is None:
+            if filling is None:
                 yield self._to_torch(self._direct(self._run(b), n_valid))
                 continue
             while done < need[b]:
-                slots.put(self._run(done), done * self.batch_size)
+                filling.put(self._run(done), done * self.batch_size)
                 done += 1
-            yield self._to_torch(slots.take(plan.batches[b][:n_valid]))
+            yield self._to_torch(filling.take(b))
         if generation == self._generation:
             self._drain()
             if self.train:  # without set_epoch, the next epoch still gets a new shuffle

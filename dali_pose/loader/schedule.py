@@ -200,19 +200,3 @@ def runs_needed(plan: ImageEpoch, run_size: int) -> np.ndarray:
     need = [int(bt[:v, 0].max()) // run_size + 1 if v else 0
             for bt, v in zip(plan.batches, plan.valid)]
     return np.maximum.accumulate(np.array(need, np.int64)) if need else np.zeros(0, np.int64)
-
-
-def slots_needed(plan: ImageEpoch, run_size: int) -> int:
-    """The most crops decoded and not yet batched at any point when the batches are
-    assembled in order, each as soon as its runs are decoded: the loader's buffer size."""
-    sizes = np.array([len(d) for d in plan.decodes], np.int64)
-    per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size)) if len(sizes) \
-        else np.zeros(0, np.int64)
-    held = peak = done = 0
-    for b, need in enumerate(runs_needed(plan, run_size)):
-        while done < need:
-            held += int(per_run[done])
-            done += 1
-        peak = max(peak, held)
-        held -= len({(int(d), int(j)) for d, j in plan.batches[b][:plan.valid[b]]})
-    return max(peak, 1)

@@ -22,7 +22,10 @@ CPU here: its cost is counted).
 
 All backends are built first, then run interleaved in one process: for each round, for each
 backend, ``--warmup`` batches (which also drain what the backend prefetched while the others
-ran) and then ``--batches`` timed batches. Reported per backend: the median samples/s over the
+ran) and then ``--batches`` timed batches. Before each warm-up the bench waits until the
+machine is idle: a loader keeps working after its round (the classic loader's workers finish
+the batches in flight, ~1 s of both cores), and that work would land in the next backend's
+round. Reported per backend: the median samples/s over the
 rounds and its ratio to the reference's; CPU use (CPU seconds of this process, all threads,
 plus the backend's worker processes, over wall seconds: "cores"; and CPU ms per sample);
 resident memory (this process, and the reference's workers: RSS and PSS, which counts pages
@@ -80,6 +83,39 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def _self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _machine_ticks() -> Optional[List[int]]:
+    """The machine's CPU time counters (/proc/stat, all cores), None where unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _steal_share(t0: Optional[List[int]], t1: Optional[List[int]]) -> Optional[float]:
+    """The share of the machine's CPU time the hypervisor gave to others between two
+    :func:`_machine_ticks` (a shared VM's noise: rounds with much steal are slower)."""
+    if t0 is None or t1 is None or len(t0) < 8:
+        return None
+    d = [b - a for a, b in zip(t0, t1)]
+    return d[7] / max(1, sum(d[:8]))
+
+
+def _wait_idle(limit_s: float, window_s: float = 0.2, idle: float = 0.9) -> None:
+    """Return once the machine's cores were >= ``idle`` idle over ``window_s`` (at most
+    ``limit_s``; 0: at once): what the previous backend still had in flight has finished."""
+    end = time.perf_counter() + limit_s
+    while time.perf_counter() < end:
+        t0 = _machine_ticks()
+        time.sleep(window_s)
+        t1 = _machine_ticks()
+        if t0 is None or t1 is None:
+            return
+        d = [b - a for a, b in zip(t0, t1)]
+        if (d[3] + d[4]) >= idle * max(1, sum(d[:8])):
+            return
 
 
 def _pid_cpu_s(pid: int) -> float:
@@ -242,16 +278,18 @@ class Backend:
         gc.collect()
 
 
-def timed_round(backend: Backend, n_batches: int, warmup: int) -> dict:
+def timed_round(backend: Backend, n_batches: int, warmup: int, settle_s: float = 10.0) -> dict:
     from ..normalize import normalize_images
 
     stream = backend.batches()
+    _wait_idle(settle_s)
     for _ in range(warmup):
         next(stream)
     _sync_cuda()
     stage_s = None
     samples = 0
     cpu0 = _self_cpu_s() + backend.worker_cpu_s()
+    ticks0 = _machine_ticks()
     t0 = time.perf_counter()
     for _ in range(n_batches):
         batch = next(stream)
@@ -265,24 +303,26 @@ def timed_round(backend: Backend, n_batches: int, warmup: int) -> dict:
     wall = time.perf_counter() - t0
     cpu = _self_cpu_s() + backend.worker_cpu_s() - cpu0
     out = {"samples": samples, "seconds": wall, "samples_per_s": samples / wall,
-           "cpu_s": cpu, "cpu_cores": cpu / wall, "cpu_ms_per_sample": 1e3 * cpu / samples}
+           "cpu_s": cpu, "cpu_cores": cpu / wall, "cpu_ms_per_sample": 1e3 * cpu / samples,
+           "steal": _steal_share(ticks0, _machine_ticks())}
     if stage_s is not None:
         out["stage_s"] = stage_s.tolist()
     return out
 
 
 def run_interleaved(backends: List[Backend], rounds: int, n_batches: int, warmup: int,
-                    log=print) -> Dict[str, dict]:
+                    settle_s: float = 10.0, log=print) -> Dict[str, dict]:
     per = {b.name: [] for b in backends}
     mem_first = {}
     for r in range(rounds):
         for b in backends:
-            res = timed_round(b, n_batches, warmup)
+            res = timed_round(b, n_batches, warmup, settle_s)
             per[b.name].append(res)
             if r == 0:
                 mem_first[b.name] = b.memory()
+            steal = "" if res["steal"] is None else f"  steal {100 * res['steal']:.0f}%"
             log(f"  round {r + 1}/{rounds} {b.name:<10} {res['samples_per_s']:9.1f} samples/s"
-                f"  {res['cpu_cores']:.2f} cores")
+                f"  {res['cpu_cores']:.2f} cores{steal}")
     out = {}
     for b in backends:
         rs = per[b.name]
@@ -296,6 +336,7 @@ def run_interleaved(backends: List[Backend], rounds: int, n_batches: int, warmup
             "max_samples_per_s": max(sps),
             "cpu_cores": statistics.median(x["cpu_cores"] for x in rs),
             "cpu_ms_per_sample": statistics.median(x["cpu_ms_per_sample"] for x in rs),
+            "steal_max": max((x["steal"] for x in rs if x["steal"] is not None), default=None),
             "memory": mem,
             "main_rss_growth_mb": mem["main_rss_mb"] - mem_first[b.name]["main_rss_mb"],
             "rounds": rs,
@@ -382,7 +423,8 @@ def _long_runs(cfg, index, per_image: bool, n_runs: int):
 
 
 def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
-                iterator_result: Optional[dict] = None, log=print) -> dict:
+                iterator_result: Optional[dict] = None, settle_s: float = 10.0,
+                log=print) -> dict:
     """Time growing prefixes of the graph as separate pipelines (see the module docstring)."""
     from ..loader.graph import graph_spec, make_pipeline
     from ..loader.schedule import occlusion_probs
@@ -420,6 +462,7 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
             pipe = make_pipeline(spec, source, pool_source, batch_size=bs,
                                  num_threads=cfg.loader.num_threads, device_id=device_id,
                                  prefetch=cfg.loader.prefetch, graph=_prefix_graph(upto))
+        _wait_idle(settle_s)  # the previous prefix's pipeline may still be prefetching
         for _ in range(warmup):
             pipe.run()
         _sync_cuda()
@@ -517,7 +560,7 @@ def _variant(cfg, **changes):
 
 
 def scaling(cfg, index, names: List[str], rounds: int, n_batches: int, warmup: int,
-            log=print) -> List[dict]:
+            settle_s: float = 10.0, log=print) -> List[dict]:
     rows = []
     sweeps = ([("batch_size", b) for b in SCALING_BATCH]
               + [("num_threads", t) for t in range(1, _cores() + 1)]
@@ -528,7 +571,7 @@ def scaling(cfg, index, names: List[str], rounds: int, n_batches: int, warmup: i
         log(f"scaling: {label}")
         backends = [Backend(n, vcfg, index) for n in names]
         try:
-            res = run_interleaved(backends, rounds, n_batches, warmup, log=log)
+            res = run_interleaved(backends, rounds, n_batches, warmup, settle_s, log=log)
         finally:
             for b in backends:
                 b.close()
@@ -761,6 +804,7 @@ def parse_args(argv=None):
     args.batches = args.batches or (3 if smoke else 40)
     args.rounds = args.rounds or (2 if smoke else 5)
     args.warmup = args.warmup if args.warmup is not None else (2 if smoke else 8)
+    args.settle_s = 0.0 if smoke else 10.0  # wait for an idle machine before each round
     args.stage_batches = args.stage_batches or (3 if smoke else 30)
     args.scaling_batches = args.scaling_batches or (3 if smoke else 15)
     args.kernel_batch = args.kernel_batch or (8 if smoke else 256)
@@ -830,7 +874,7 @@ def main(argv=None) -> int:
         if backends:
             log(f"timing {', '.join(names_ok)}: {args.rounds} rounds x {args.batches} batches")
             report["backends"].update(run_interleaved(backends, args.rounds, args.batches,
-                                                      args.warmup, log=log))
+                                                      args.warmup, args.settle_s, log=log))
         ref = report["backends"].get("reference", {}).get("median_samples_per_s")
         ref_cpu = report["backends"].get("reference", {}).get("cpu_ms_per_sample")
         for name in names_ok:
@@ -852,7 +896,8 @@ def main(argv=None) -> int:
                     bcfg = next(b.cfg for b in backends if b.name == name)
                     report["backends"][name]["stages"] = dali_stages(
                         bcfg, index, "gpu" if name.startswith("dali-gpu") else "cpu",
-                        args.stage_batches, args.warmup, report["backends"][name], log=log)
+                        args.stage_batches, args.warmup, report["backends"][name],
+                        args.settle_s, log=log)
                 except Exception as e:
                     log(f"{name}: stage breakdown failed: {type(e).__name__}: {e}")
                     report["backends"][name]["stages_error"] = f"{type(e).__name__}: {e}"
@@ -877,7 +922,7 @@ def main(argv=None) -> int:
         names = [n for n in names_ok]
         if names:
             report["scaling"] = scaling(cfg, index, names, args.scaling_rounds,
-                                        args.scaling_batches, args.warmup, log=log)
+                                        args.scaling_batches, args.warmup, args.settle_s, log=log)
     if args.kernels:
         from .bench_kernels import kernel_times
 

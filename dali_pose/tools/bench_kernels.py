@@ -4,8 +4,10 @@ the classic loader's way of doing the same job, on the same inputs, in one run.
 For a batch of ``batch`` samples (default 256; keypoints, matrices and draws from a seeded
 ``np.random.default_rng``, 60% of the crops rotated as in training):
 
-* ``warp``: the fused CPU warp + normalise (``kernels.warp``) vs ``cv2.warpAffine`` followed
-  by the reference loader's ``normalize_chw``; unrotated and rotated crops apart.
+* ``warp``: the fused CPU warp + normalise (``kernels.warp``) as the per-person operator runs
+  it, from the crop's own decoded window (spread, then warped), vs ``cv2.warpAffine`` of the
+  whole image followed by the reference loader's ``normalize_chw``; unrotated and rotated
+  crops apart. (Per image, one spread serves all the image's crops.)
 * ``targets``: the CPU target kernel vs the reference's NumPy targets; on a GPU also the
   CUDA kernel launched once per sample with its own launch shape, as DALI launches it.
 * ``occlusion``: the CPU occlusion kernel (in place, as fused into the warp) vs the
@@ -23,7 +25,7 @@ import time
 import numpy as np
 
 from ..codecs import build_codec
-from ..geometry import udp_matrix
+from ..geometry import invert_affine, source_roi, udp_matrix
 from ..kernels.dropping import dropping_op_from
 from ..kernels.warp import warp_normalize
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
@@ -84,9 +86,16 @@ def kernel_times(cfg, num_joints: int, batch: int = 256, rounds: int = 5, gpu: b
         if len(rows) == 0:
             continue
 
+        windows = {}  # the decoder's output for each crop: its source window
+        for i in rows:
+            x0, y0, x1, y1 = source_roi(invert_affine(mats[i]), float(w), float(h),
+                                        image.shape[1], image.shape[0], 1)
+            windows[i] = (np.ascontiguousarray(image[y0:y1, x0:x1]), x0, y0)
+
         def ours():
             for i in rows:
-                warp_normalize(crops[i], image, mats[i], 0.0, 0.0, mean, std)
+                roi, x0, y0 = windows[i]
+                warp_normalize(crops[i], roi, mats[i], x0, y0, mean, std)
 
         def classic():
             for i in rows:
