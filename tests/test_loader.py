@@ -7,7 +7,7 @@ import torch
 from dali_pose import build_loader, load_config
 from dali_pose.datasets import COCO, PoseIndex
 from dali_pose.loader import epoch_schedule, image_epoch, image_groups
-from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD
+from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 pytest.importorskip("nvidia.dali")
 
@@ -99,7 +99,8 @@ def dot_errors(loader, epochs):
     errs, flips = [], []
     for _ in range(epochs):
         for batch in loader:
-            imgs = (batch["image"].cpu().numpy() * std + mean)[:, 0]  # red channel, 0..1
+            image = normalize_images(batch["image"]).cpu().numpy()  # any loader.image_dtype
+            imgs = (image * std + mean)[:, 0]  # red channel, 0..1
             for i in range(imgs.shape[0]):
                 flips.append(bool(batch["flipped"][i]))
                 k = batch["keypoints"][i].cpu().numpy()
