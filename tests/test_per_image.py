@@ -265,6 +265,11 @@ def test_each_crop_goes_straight_to_its_batch(tmp_path):
         np.testing.assert_array_equal(batch["row"].numpy(), plan.batch_rows(b)[:plan.valid[b]])
     assert loader._filling.held == 0 and not loader._filling.filling
     assert loader._filling.peak == crops_held(plan, 3) > 3
+    it = iter(loader)  # an epoch abandoned after one batch frees what it was filling
+    next(it)
+    assert loader._filling.filling
+    it.close()
+    assert not loader._filling.filling
 
 
 def test_skipped_image_drops_all_its_people(tmp_path):

@@ -290,16 +290,20 @@ class PoseLoader:
         self._filling = filling
         need = runs_needed(plan, self.batch_size)
         done = 0
-        for b, n_valid in enumerate(plan.valid):
-            if generation != self._generation:  # a newer iter() took the pipelines over
-                return
-            if filling is None:
-                yield self._to_torch(self._direct(self._run(b), n_valid))
-                continue
-            while done < need[b]:
-                filling.put(self._run(done), done * self.batch_size)
-                done += 1
-            yield self._to_torch(filling.take(b))
+        try:
+            for b, n_valid in enumerate(plan.valid):
+                if generation != self._generation:  # a newer iter() took the pipelines over
+                    return
+                if filling is None:
+                    yield self._to_torch(self._direct(self._run(b), n_valid))
+                    continue
+                while done < need[b]:
+                    filling.put(self._run(done), done * self.batch_size)
+                    done += 1
+                yield self._to_torch(filling.take(b))
+        finally:  # an abandoned or failed epoch: free the batches it was filling
+            if filling is not None:
+                filling.filling.clear()
         if generation == self._generation:
             self._drain()
             if self.train:  # without set_epoch, the next epoch still gets a new shuffle
