@@ -46,10 +46,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dali_pose.config import ConfigError, add_config_args
-from dali_pose.datasets import DATASETS, MPII, DatasetError, DatasetInfo
+from dali_pose.config import add_config_args
+from dali_pose.datasets import DATASETS, MPII, DatasetInfo
+from dali_pose.errors import DaliPoseError, NoGpuError
 from dali_pose.evaluation.draw import draw_pose
-from dali_pose.models.weights import WeightsError
 from dali_pose.evaluation.metrics import (EvaluationError, evaluate_coco, evaluate_mpii,
                                           format_table, load_gt, load_mpii_gt, load_results,
                                           write_metrics)
@@ -266,8 +266,7 @@ def _model_mode(args) -> None:
     out = args.out or _default_out(fmt)
     gpu = cfg.loader.device == "gpu"
     if gpu and not torch.cuda.is_available():
-        raise EvaluationError("loader.device is 'gpu' but CUDA is not available; add "
-                              "--set loader.device=cpu")
+        raise NoGpuError()
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
     print(f"{what}: {describe_model(cfg)}, codec {cfg.model.codec}; val {cfg.data.val_ann}"
           f"{' with detections ' + cfg.data.det_file if cfg.data.det_file else ''} on {device}")
@@ -321,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _model_mode(args)
         else:
             _file_mode(args)
-    except (EvaluationError, DatasetError, ConfigError, WeightsError, OSError) as e:
+    except (DaliPoseError, OSError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -24,16 +24,14 @@ import time
 import torch
 
 from dali_pose import build_loader, build_model, load_config, save_config
-from dali_pose.config import (ConfigError, add_config_args, changed_keys, config_from_dict,
-                              to_dict)
-from dali_pose.datasets import DatasetError
+from dali_pose.config import add_config_args, changed_keys, config_from_dict, to_dict
+from dali_pose.errors import DaliPoseError
 from dali_pose.engine import distributed
 from dali_pose.engine.checkpoint import read_training_checkpoint, resume_path, save_atomic
 from dali_pose.engine.preflight import check_run
 from dali_pose.engine.progress import Progress
 from dali_pose.engine.schedule import build_scheduler
 from dali_pose.evaluation.inference import merge, predict, score
-from dali_pose.evaluation.metrics import EvaluationError
 from dali_pose.models import describe_model
 from dali_pose.models.losses import pose_loss
 from dali_pose.models.weights import WeightsError, load_state, read_weights_file, save_model
@@ -58,7 +56,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (ConfigError, DatasetError, WeightsError, EvaluationError, OSError) as e:
+    except (DaliPoseError, OSError) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -20,8 +20,7 @@ from typing import Optional, Tuple
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key."""
+from .errors import ConfigError  # noqa: F401  (re-exported: dali_pose.config.ConfigError)
 
 
 _CHOICES = {

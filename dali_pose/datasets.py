@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .errors import DatasetError  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -98,8 +100,6 @@ NAMES_SHOWN = 5  # ids named per reason when rows are left out or changed
 UNLABELLED = "keypoints far outside their image (set unlabelled)"
 
 
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file and, where there is one, the annotation."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..errors import NoGpuError
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ def setup(gpu: bool, cpu_threads: int = 0) -> Dist:
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     if gpu:
         if not torch.cuda.is_available():
-            raise ConfigError("config key 'loader.device': 'gpu', but CUDA is not available "
-                              "here; use --set loader.device=cpu")
+            raise NoGpuError()
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
                               f"GPUs: --nproc_per_node must not exceed the GPUs per node")

@@ -119,6 +119,7 @@ import numpy as np
 from pycocotools.coco import COCO as _COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..errors import EvaluationError  # noqa: F401  (re-exported)
 from ..datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo, read_json
 
 __all__ = [
@@ -128,8 +129,6 @@ __all__ = [
 ]
 
 
-class EvaluationError(ValueError):
-    """Bad input to a scorer; the message names the file or argument and what is wrong."""
 
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")

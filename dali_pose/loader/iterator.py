@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..datasets import DatasetError, PoseIndex, load_index
+from ..errors import NoGpuError
 from .graph import Outputs, graph_spec, make_pipeline
 from .schedule import (ImageEpoch, epoch_schedule, image_epoch, image_groups,
                        occlusion_probs, person_epoch, runs, runs_needed)
@@ -410,8 +411,7 @@ def build_loader(cfg, split: str, *, device: Optional[str] = None, shard_id: int
     if device not in ("gpu", "cpu"):
         raise ValueError(f"device must be 'gpu' or 'cpu', got {device!r}")
     if device == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("loader.device is 'gpu' but CUDA is not available; "
-                           "use --set loader.device=cpu")
+        raise NoGpuError()
     if index is None:
         index = load_index(cfg, split, log)
     return PoseLoader(cfg, split, index, device, shard_id, num_shards, device_id, log)

@@ -14,9 +14,9 @@ from typing import Mapping
 
 import torch
 
+from ..errors import WeightsError  # noqa: F401  (re-exported)
 
-class WeightsError(ValueError):
-    """A weight or checkpoint file is unreadable or does not fit; the message names it."""
+
 
 
 def read_weights_file(path: str, what: str = "weights file"):
