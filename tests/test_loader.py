@@ -208,8 +208,10 @@ def test_unreadable_image_names_file_and_instance(tmp_path):
 def test_gpu_request_without_cuda_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("has CUDA")
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    from dali_pose.errors import DaliPoseError, NoGpuError
+    with pytest.raises(NoGpuError, match="'loader.device': 'gpu', but CUDA is not available") as e:
         build_loader(load_config(), "train", device="gpu", index=_dot_dataset(tmp_path, 1))
+    assert isinstance(e.value, DaliPoseError)
 
 
 def test_fp16_images_and_combined_targets(tmp_path):
