@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import yaml
 
 
 from .errors import ConfigError  # noqa: F401  (re-exported: dali_pose.config.ConfigError)
+from .errors import show
 
 
 _CHOICES = {
@@ -39,9 +42,17 @@ _CHOICES = {
 # Every section checks its own values when it is made (loading, overrides, dataclasses.replace,
 # direct construction): nothing downstream validates config again.
 
+def _fail(key: str, what: str) -> ConfigError:
+    """The ConfigError of ``key``; ``.key`` lets the loader say whether the value came from
+    the file or from ``--set``."""
+    e = ConfigError(f"config key '{key}': {what}")
+    e.key = key
+    return e
+
+
 def _require(ok: bool, key: str, what: str) -> None:
     if not ok:
-        raise ConfigError(f"config key '{key}': {what}")
+        raise _fail(key, what)
 
 
 def _check_prob(section: str, obj, *names: str) -> None:
@@ -79,13 +90,23 @@ class DataConfig:
     padding: float = 1.25  # box enlargement, HRNet/UDP convention
     # a truncated, empty or undecodable image: error (name it, stop) | skip (count, report)
     on_bad_image: str = "error"
+    # an image larger than this (w * h, as its annotations or header say) is an error before
+    # anything decodes it: a small file can declare 30000 x 30000 (2.7 GB of pixels)
+    max_image_pixels: int = 50_000_000
+    # image names that are absolute or climb out of the image folder ('../') are refused
+    # unless this is true (an annotation file must not make the loader read /etc/passwd)
+    allow_outside_paths: bool = False
 
     def __post_init__(self):
         _require(self.format in _CHOICES["data.format"], "data.format",
-                 f"{self.format!r} is not one of {_CHOICES['data.format']}")
-        _require(self.padding > 0, "data.padding", f"must be > 0, got {self.padding}")
+                 f"{show(self.format)} is not one of {_CHOICES['data.format']}")
+        _require(0 < self.padding < float("inf"), "data.padding",
+                 f"must be a finite number > 0, got {self.padding}")
+        _require(math.isfinite(self.det_score_min), "data.det_score_min",
+                 f"must be a finite number, got {self.det_score_min}")
         _require(self.on_bad_image in ("error", "skip"), "data.on_bad_image",
-                 f"{self.on_bad_image!r} is not one of ('error', 'skip')")
+                 f"{show(self.on_bad_image)} is not one of ('error', 'skip')")
+        _check_min("data", self, 1, "max_image_pixels")
 
 
 @dataclass(frozen=True)
@@ -115,10 +136,10 @@ class ModelConfig:
             _require(w >= 2 and h >= 2, f"model.{name}", f"sizes must be >= 2, got {[w, h]}")
         _require(self.sigma > 0, "model.sigma", f"must be > 0, got {self.sigma}")
         _require(self.target in _CHOICES["model.target"], "model.target",
-                 f"{self.target!r} is not one of {_CHOICES['model.target']}")
+                 f"{show(self.target)} is not one of {_CHOICES['model.target']}")
         for key in ("codec", "arch", "init"):
             _require(getattr(self, key) in _CHOICES[f"model.{key}"], f"model.{key}",
-                     f"{getattr(self, key)!r} is not one of {_CHOICES[f'model.{key}']}")
+                     f"{show(getattr(self, key))} is not one of {_CHOICES[f'model.{key}']}")
         _require(self.depth in (50, 101, 152), "model.depth",
                  f"{self.depth} is not one of (50, 101, 152)")
         _require(self.codec == "udp" or self.target == "gaussian", "model.codec",
@@ -194,6 +215,9 @@ class NodaConfig:
         _check_min("noda", self, 0, "start_epoch")
 
 
+MAX_SEED = 2 ** 31 - 1
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     device: str = "cpu"  # gpu | cpu
@@ -215,12 +239,14 @@ class LoaderConfig:
 
     def __post_init__(self):
         _require(self.device in _CHOICES["loader.device"], "loader.device",
-                 f"{self.device!r} is not one of {_CHOICES['loader.device']}")
+                 f"{show(self.device)} is not one of {_CHOICES['loader.device']}")
         _check_min("loader", self, 1, "batch_size", "num_threads", "prefetch", "pipelines",
                    "shuffle_buffer")
         _require(self.image_dtype in _CHOICES["loader.image_dtype"], "loader.image_dtype",
-                 f"{self.image_dtype!r} is not one of {_CHOICES['loader.image_dtype']}")
+                 f"{show(self.image_dtype)} is not one of {_CHOICES['loader.image_dtype']}")
         _check_min("loader", self, 0, "seed")
+        _require(self.seed <= MAX_SEED, "loader.seed",
+                 f"must be <= {MAX_SEED} (DALI's seeds are 32-bit), got {show(self.seed)}")
 
 
 @dataclass(frozen=True)
@@ -287,6 +313,11 @@ class Config:
 
 
 
+# Every float spelling a user writes: YAML 1.1 reads 1e-3 or 1E5 (no dot) as strings.
+_FLOAT = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
+_INT64 = 2 ** 63
+
+
 def _coerce(value, tp, key: str):
     """Check/convert one YAML value against a dataclass field type; errors name ``key``."""
     origin = typing.get_origin(tp)
@@ -299,41 +330,53 @@ def _coerce(value, tp, key: str):
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise _fail(key, f"expected a list, got {show(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"config key '{key}': expected {len(args)} values, got {value!r}")
+            raise _fail(key, f"expected {len(args)} values, got {show(value)}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+            raise _fail(key, f"expected true/false, got {show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+            raise _fail(key, f"expected an integer, got {show(value)}")
+        if not -_INT64 <= value < _INT64:
+            raise _fail(key, f"{show(value)} is out of range")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
+            raise _fail(key, f"expected a number, got {show(value)}")
+        try:
+            value = float(value)
+        except OverflowError:
+            value = float("inf")
+        if not math.isfinite(value):
+            raise _fail(key, f"must be a finite number, got {show(value)}")
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+            raise _fail(key, f"expected a string, got {show(value)}")
         return value
-    raise ConfigError(f"config key '{key}': unsupported type {tp}")  # pragma: no cover
+    raise _fail(key, f"unsupported type {tp}")  # pragma: no cover
 
 
 def _build(cls, tree: dict, prefix: str):
     if not isinstance(tree, dict):
-        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping")
+        raise _fail(prefix.rstrip('.') or '<root>', f"expected a mapping, got {show(tree)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(tree) - names)
+    unknown = sorted(set(tree) - names, key=str)
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})"
-        )
+        name = unknown[0] if isinstance(unknown[0], str) else show(unknown[0])
+        e = ConfigError(f"unknown config key '{prefix}{show(name, 60).strip(chr(39))}' (known: "
+                        f"{', '.join(sorted(names))})")
+        e.key = f"{prefix}{unknown[0]}"
+        raise e
     kwargs = {}
     for name, value in tree.items():
         tp = hints[name]
@@ -344,17 +387,40 @@ def _build(cls, tree: dict, prefix: str):
     return cls(**kwargs)
 
 
-def _apply_override(tree: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
+def _apply_override(tree: dict, item: str) -> str:
+    """Set one ``key.sub=value`` in ``tree``; returns the dotted key."""
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"--set {show(item)} must look like key.sub=value")
     key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
+    key = key.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {show(item)}: {show(key)} is not a config key (key.sub=value)")
+    try:
+        value = yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError) as e:
+        # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,): never a traceback
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({show(why, 80)}); "
+                          f"quote a string value, e.g. --set '{key}=\"...\"'") from None
     node = tree
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: '{p}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+            raise ConfigError(f"--set {show(item)}: '{p}' is not a section")
+    node[parts[-1]] = value
+    return key
+
+
+def _check_network(cfg: "Config") -> None:
+    """The input sizes the model can take: both archs halve the crop 2 + (branches - 1) or
+    5 times and upsample back to a quarter of it (HRNet's branches: 1 + len(stage_modules))."""
+    m = cfg.model
+    halvings = 2 + len(m.stage_modules) if m.arch == "hrnet" else 5
+    step = 2 ** halvings
+    _require(all(v % step == 0 for v in m.input_size), "model.input_size",
+             f"{list(m.input_size)} cannot go through the {m.arch} network: each size must be "
+             f"a multiple of {step}, e.g. {[max(step, v // step * step) for v in m.input_size]}")
 
 
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
@@ -368,23 +434,39 @@ def load_config(path: Optional[str] = None, overrides=()) -> Config:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping")
     return config_from_dict(tree, overrides, source=path or "<defaults>")
 
 
+def _blame(key: Optional[str], overrides: dict, source: str) -> str:
+    """Who wrote ``key``: the ``--set`` item that set it (or its section), else ``source``."""
+    if key:
+        key = re.sub(r"\[\d+\]", "", key)
+        for k in reversed(list(overrides)):
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"--set {show(overrides[k])}"
+    return source
+
+
 def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config:
     """The Config of a nested mapping (a YAML tree, or ``to_dict`` of a saved config, e.g.
-    the one in a checkpoint), with ``overrides`` applied; errors name ``source``."""
+    the one in a checkpoint), with ``overrides`` applied; errors name ``source``, or the
+    ``--set`` item where the value came from one."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: a config is a mapping, got {type(tree).__name__}")
     tree = copy.deepcopy(tree)  # overrides must not edit the caller's mapping
+    given = {}
     for item in overrides:
-        _apply_override(tree, item)
+        given[_apply_override(tree, item)] = item
     try:
-        return _build(Config, tree, "")
+        cfg = _build(Config, tree, "")
+        _check_network(cfg)
+        return cfg
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{_blame(getattr(e, 'key', None), given, source)}: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -32,3 +32,16 @@ class NoGpuError(ConfigError):
     def __init__(self, key: str = "loader.device"):
         super().__init__(f"config key '{key}': 'gpu', but CUDA is not available here; "
                          f"use --set {key}=cpu")
+
+
+def show(value, limit: int = 120) -> str:
+    """``repr(value)`` cut short for an error message: a few items per list or mapping, a few
+    levels deep, at most ``limit`` characters; never expands a large or deeply shared value
+    (a YAML anchor bomb is billions of items through its shared references)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
