@@ -94,9 +94,122 @@ def _webp(data: bytes) -> ImageInfo:
     return ImageInfo("webp", size, problem)
 
 
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4)}  # SHORT, LONG: the types of sizes and offsets
+
+
+def _tiff(data: bytes) -> ImageInfo:
+    """Baseline TIFF: the first image file directory's width (256), length (257) and the
+    strips or tiles (offsets 273/324, byte counts 279/325), which must lie in the file."""
+    e = "<" if data[:2] == b"II" else ">"
+    n = len(data)
+    if n < 8:
+        return ImageInfo("tiff", None, "truncated: no TIFF header")
+    (ifd,) = struct.unpack(e + "I", data[4:8])
+    if ifd + 2 > n:
+        return ImageInfo("tiff", None, "truncated: the TIFF ends before its first directory")
+    (count,) = struct.unpack(e + "H", data[ifd:ifd + 2])
+    if ifd + 2 + 12 * count > n:
+        return ImageInfo("tiff", None, "truncated: the TIFF ends inside its first directory")
+    tags = {}
+    for j in range(count):
+        o = ifd + 2 + 12 * j
+        tag, typ, cnt = struct.unpack(e + "HHI", data[o:o + 8])
+        if typ not in _TIFF_TYPES or cnt == 0:
+            continue
+        fmt, size = _TIFF_TYPES[typ]
+        at = o + 8 if cnt * size <= 4 else struct.unpack(e + "I", data[o + 8:o + 12])[0]
+        if at + cnt * size > n:
+            return ImageInfo("tiff", None, "truncated: the TIFF ends inside a tag's values")
+        tags[tag] = struct.unpack(f"{e}{cnt}{fmt}", data[at:at + cnt * size])
+    if 256 not in tags or 257 not in tags:
+        return ImageInfo("tiff", None, "corrupt: no image size in the TIFF directory")
+    size = (tags[256][0], tags[257][0])
+    for offsets, counts in ((273, 279), (324, 325)):
+        if offsets in tags and counts in tags:
+            if max(o + c for o, c in zip(tags[offsets], tags[counts])) > n:
+                return ImageInfo("tiff", size, "truncated: shorter than its TIFF directory "
+                                               "says")
+            return ImageInfo("tiff", size, None)
+    return ImageInfo("tiff", size, "corrupt: no image data in the TIFF directory")
+
+
+def _pnm(data: bytes) -> ImageInfo:
+    """Netpbm P1..P6: whitespace-separated width, height (and maxval but for P1/P4) after the
+    magic, '#' comments allowed, one whitespace byte, then the raster (binary for P4..P6)."""
+    kind = data[1:2]
+    fields, i, n = [], 2, len(data)
+    want = 2 if kind in b"14" else 3
+    while len(fields) < want:
+        while i < n and data[i:i + 1] in b" \t\r\n":
+            i += 1
+        if i < n and data[i:i + 1] == b"#":
+            j = data.find(b"\n", i)
+            i = n if j < 0 else j + 1
+            continue
+        j = i
+        while j < n and data[j:j + 1].isdigit():
+            j += 1
+        if j == i:
+            return ImageInfo("pnm", None, "corrupt: no size in its PNM header"
+                             if j < n else "truncated: the PNM ends inside its header")
+        fields.append(int(data[i:j]))
+        i = j
+    w, h = fields[0], fields[1]
+    if kind in b"456":
+        depth = 2 if want == 3 and fields[2] > 255 else 1
+        per_row = (w + 7) // 8 if kind == b"4" else w * depth * (3 if kind == b"6" else 1)
+        if n < i + 1 + per_row * h:
+            return ImageInfo("pnm", (w, h), "truncated: shorter than its PNM header says")
+    return ImageInfo("pnm", (w, h), None)
+
+
+def _j2k_codestream(data: bytes, at: int) -> ImageInfo:
+    """A JPEG 2000 codestream at ``at``: the SIZ segment follows SOC; it ends with EOC."""
+    if len(data) < at + 24 or data[at + 2:at + 4] != b"\xff\x51":
+        return ImageInfo("jpeg2000", None, "truncated: no JPEG 2000 size segment")
+    xs, ys, x0, y0 = struct.unpack(">IIII", data[at + 8:at + 24])
+    size = (xs - x0, ys - y0)
+    if data.rfind(b"\xff\xd9", at + 24) < 0:
+        return ImageInfo("jpeg2000", size, "truncated: no JPEG 2000 end marker")
+    return ImageInfo("jpeg2000", size, None)
+
+
+def _jp2(data: bytes) -> ImageInfo:
+    """A JP2 file: boxes (length, type); the codestream is in 'jp2c', the size in the
+    codestream's SIZ (the 'ihdr' box says the same)."""
+    i, n = 0, len(data)
+    while i + 8 <= n:
+        (length,) = struct.unpack(">I", data[i:i + 4])
+        kind, head = data[i + 4:i + 8], 8
+        if length == 1:
+            if i + 16 > n:
+                break
+            (length,) = struct.unpack(">Q", data[i + 8:i + 16])
+            head = 16
+        elif length == 0:
+            length = n - i
+        if length < head:
+            return ImageInfo("jpeg2000", None, "corrupt: a JP2 box of impossible length")
+        if kind == b"jp2c":
+            info = _j2k_codestream(data, i + head)
+            if i + length > n and info.problem is None:
+                return info._replace(problem="truncated: shorter than its JP2 boxes say")
+            return info
+        i += length
+    return ImageInfo("jpeg2000", None, "truncated: no JPEG 2000 codestream")
+
+
 def inspect(data) -> ImageInfo:
-    """The :class:`ImageInfo` of a file's bytes (``bytes`` or a uint8 array)."""
-    data = bytes(data)
+    """The :class:`ImageInfo` of a file's bytes (``bytes`` or a uint8 array). Every format
+    DALI decodes has its size read from its header; a header without one is a problem."""
+    info = _inspect(bytes(data))
+    if info.kind is not None and info.problem is None and (
+            info.size is None or min(info.size) <= 0):
+        return info._replace(problem=f"corrupt: no image size in its {info.kind} header")
+    return info
+
+
+def _inspect(data: bytes) -> ImageInfo:
     if not data:
         return ImageInfo(None, None, "empty: the file has no bytes")
     if data[:2] == b"\xff\xd8":
@@ -108,9 +221,26 @@ def inspect(data) -> ImageInfo:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return _webp(data)
     if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return ImageInfo("tiff", None, None)
-    if data[:4] == b"\xff\x4f\xff\x51" or data[4:8] == b"jP  ":
-        return ImageInfo("jpeg2000", None, None)
+        return _tiff(data)
+    if data[:4] == b"\xff\x4f\xff\x51":
+        return _j2k_codestream(data, 0)
+    if data[4:8] == b"jP  ":
+        return _jp2(data)
     if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:
-        return ImageInfo("pnm", None, None)
+        return _pnm(data)
     return ImageInfo(None, None, None)
+
+
+HEADER_BYTES = 1 << 16
+
+
+def read_size(path: str) -> Optional[tuple]:
+    """(w, h) of an image file from its header (the first 64 KiB, the whole file where the
+    header is longer), None where it says none: cheap enough to run on every image of an
+    index at load."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+        info = _inspect(head)
+        if info.size is None and len(head) == HEADER_BYTES:
+            info = _inspect(head + f.read())
+    return info.size if info.size is not None and min(info.size) > 0 else None
