@@ -9,6 +9,7 @@ exactly ``scale`` pixels. (HRNet stores scale/200; we keep pixels, as mmpose 1.x
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -16,6 +17,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import DatasetError  # noqa: F401  (re-exported)
+from .errors import show
+from .imagefiles import read_size
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ MPII_CENTER_SHIFT = 15.0
 KEYPOINT_MARGIN = 0.05
 NAMES_SHOWN = 5  # ids named per reason when rows are left out or changed
 UNLABELLED = "keypoints far outside their image (set unlabelled)"
+# A person box whose centre lies further than KEYPOINT_MARGIN outside its image, or whose
+# side is more than this many times the image's longer side, is an annotation error (a box
+# at (-1e6, -1e6) would be clipped into a box at the corner): the person is left out,
+# counted and reported.
+BOX_MAX_SIDE = 2.0
+FAR_BOX = "boxes far outside their image"
 
 
 
@@ -163,12 +172,114 @@ def read_json(path: str, what: str = "annotation file", error=None):
                     f"{e.start}): expected a json") from e
     except json.JSONDecodeError as e:
         raise error(f"{what} {path} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise error(f"{what} {path} is nested too deeply to be an annotation file") from None
 
 
-def _require(obj: dict, key: str, path: str, what: str):
+def _require(obj: dict, key: str, path: str, what: str, error=DatasetError):
     if not isinstance(obj, dict) or key not in obj:
-        raise DatasetError(f"{path}: {what} has no '{key}' field")
+        raise error(f"{path}: {what} has no '{key}' field")
     return obj[key]
+
+
+def is_number(v) -> bool:
+    """A JSON number (not a bool, not a string that looks like one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_integer(v) -> bool:
+    """A JSON integer (1, not 1.5, 1.0, "1" or true)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def numbers(values, what: str, error=DatasetError) -> np.ndarray:
+    """``values`` (a flat JSON list of numbers) as float64; anything else (strings, nested
+    or ragged lists, null) is ``error`` naming ``what``."""
+    if not isinstance(values, (list, tuple)) or not all(is_number(v) for v in values):
+        bad = values if not isinstance(values, (list, tuple)) else next(
+            v for v in values if not is_number(v))
+        raise error(f"{what} must be a list of numbers, has {show(bad, 60)}")
+    return np.asarray(values, dtype=np.float64)
+
+
+def which_dataset(k: int) -> str:
+    """' (a coco/... file?)' naming the datasets with ``k`` joints, or ''."""
+    names = [n for n, i in DATASETS.items() if i.num_joints == k]
+    return f" (a {'/'.join(names)} file?)" if names else ""
+
+
+def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError) -> Dict[int, dict]:
+    """The one check of COCO-style ground truth, shared by the loader and the scorer (so
+    neither accepts what the other refuses). Returns {image id: image entry}.
+
+    ``images`` and ``annotations`` are lists; image and annotation ids are unique integers;
+    each annotation refers to a known image; a person annotation (``category_id`` 1, the
+    default) has 3K finite numeric keypoints, a bbox of 4 finite numbers (w, h > 0 unless
+    it is a crowd region) and, where it has one, a finite ``area`` >= 0; the person
+    category, where given, has K joints. Every error is ``error`` naming ``src`` and the
+    annotation (by id, else by position).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise error(f"{src}: not a COCO-format keypoint file (needs 'images' and "
+                    f"'annotations' lists)")
+    k = info.num_joints
+    cats = data.get("categories", [])
+    for cat in cats if isinstance(cats, list) else []:
+        if isinstance(cat, dict) and cat.get("id") == 1 and isinstance(
+                cat.get("keypoints"), list) and len(cat["keypoints"]) != k:
+            n = len(cat["keypoints"])
+            raise error(f"{src}: category 'person' has {n} joints, but format '{info.name}' "
+                        f"has {k}{which_dataset(n)}")
+    images: Dict[int, dict] = {}
+    for j, img in enumerate(data["images"]):
+        iid = _require(img, "id", src, f"image entry {j}", error)
+        if not is_integer(iid):
+            raise error(f"{src}: image entry {j} has image id {show(iid, 60)}: image ids must "
+                        f"be integers")
+        if iid in images:
+            raise error(f"{src}: image id {iid} appears twice")
+        images[iid] = img
+    seen = set()
+    for j, ann in enumerate(data["annotations"]):
+        where = f"annotation at position {j}"
+        aid = _require(ann, "id", src, where, error)
+        if not is_integer(aid):
+            raise error(f"{src}: {where} has id {show(aid, 60)}: annotation ids must be "
+                        f"integers")
+        what = f"annotation {aid}"
+        if aid in seen:
+            raise error(f"{src}: annotation id {aid} appears twice (ids must be unique: "
+                        f"predictions are matched to people by them)")
+        seen.add(aid)
+        iid = _require(ann, "image_id", src, what, error)
+        if not is_integer(iid) or iid not in images:
+            raise error(f"{src}: {what} refers to unknown image_id {show(iid, 60)}")
+        if ann.get("category_id", 1) != 1:
+            continue
+        kp = _require(ann, "keypoints", src, what, error)
+        if not isinstance(kp, list) or len(kp) != 3 * k:
+            n = len(kp) if isinstance(kp, list) else type(kp).__name__
+            hint = which_dataset(n // 3) if isinstance(n, int) and n % 3 == 0 else ""
+            raise error(f"{src}: {what} has {n} keypoint values, expected {3 * k} ({k} "
+                        f"joints x 3 for format '{info.name}'){hint}")
+        if not np.isfinite(numbers(kp, f"{src}: {what}'s keypoints", error)).all():
+            raise error(f"{src}: {what} has NaN or infinite keypoints")
+        box = _require(ann, "bbox", src, what, error)
+        if not isinstance(box, list) or len(box) != 4:
+            raise error(f"{src}: {what} has a malformed bbox {show(box, 60)} (need "
+                        f"[x, y, w, h])")
+        b = numbers(box, f"{src}: {what}'s bbox", error)
+        if not np.isfinite(b).all():
+            raise error(f"{src}: {what} has a NaN or infinite bbox {show(box, 60)}")
+        if not ann.get("iscrowd", 0) and (b[2] <= 0 or b[3] <= 0):
+            raise error(f"{src}: {what} has a non-positive bbox size {show(box, 60)}")
+        if "area" in ann:
+            area = ann["area"]
+            if not is_number(area) or not math.isfinite(area) or area < 0:
+                raise error(f"{src}: {what} has area {show(area, 60)}: a finite number >= 0 "
+                            f"(OKS divides by it)")
+    return images
 
 
 def _check_image(img_path: str, path: str, what: str) -> None:
@@ -176,10 +287,44 @@ def _check_image(img_path: str, path: str, what: str) -> None:
         raise DatasetError(f"{path}: image {img_path} of {what} does not exist")
 
 
-def _image_id(iid, path: str, what: str) -> int:
-    if isinstance(iid, bool) or not isinstance(iid, int):
-        raise DatasetError(f"{path}: {what} has image id {iid!r}: image ids must be integers")
-    return iid
+def image_path(images_dir: str, name, path: str, what: str, allow_outside: bool) -> str:
+    """``images_dir``/``name``; a name that is absolute or climbs out of ``images_dir``
+    ('../') is an error unless ``allow_outside`` (``data.allow_outside_paths``)."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{path}: {what} has file name {show(name, 60)}: expected a path "
+                           f"relative to the image folder")
+    joined = os.path.normpath(os.path.join(images_dir, name))
+    base = os.path.normpath(images_dir)
+    if base == os.curdir:
+        inside = joined != os.pardir and not joined.startswith(os.pardir + os.sep)
+    else:
+        inside = joined.startswith(base.rstrip(os.sep) + os.sep)
+    if (os.path.isabs(name) or not inside) and not allow_outside:
+        raise DatasetError(f"{path}: {what} has file name {show(name, 60)}, which is outside "
+                           f"the image folder {images_dir} (set data.allow_outside_paths: "
+                           f"true to read it)")
+    return os.path.join(images_dir, name)
+
+
+def _check_pixels(size, max_pixels: int, path: str, what: str) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise DatasetError(f"{path}: {what} is {w}x{h} = {w * h} pixels, above "
+                           f"data.max_image_pixels ({max_pixels}); raise it to read such "
+                           f"images")
+
+
+def box_far_outside(center, wh, size) -> bool:
+    """Whether a box (centre (x, y), (w, h) px) is far outside a (w, h) image: its centre
+    beyond ``KEYPOINT_MARGIN`` of the longer side, or a side over ``BOX_MAX_SIDE`` times it."""
+    w, h = size
+    if not (w > 0 and h > 0):
+        return False
+    longer = max(w, h)
+    m = KEYPOINT_MARGIN * longer
+    cx, cy = center
+    return bool(cx < -m or cx > w - 1 + m or cy < -m or cy > h - 1 + m
+                or max(wh) > BOX_MAX_SIDE * longer)
 
 
 class _Rows:
@@ -251,26 +396,20 @@ class _Rows:
         return index
 
 
-def _parse_keypoints(ann: dict, k: int, path: str, what: str) -> np.ndarray:
-    kp = _require(ann, "keypoints", path, what)
-    if not isinstance(kp, list) or len(kp) != 3 * k:
-        n = len(kp) if isinstance(kp, list) else type(kp).__name__
-        raise DatasetError(f"{path}: {what} has {n} keypoint values, expected {3 * k} "
-                           f"({k} joints x 3)")
-    arr = np.asarray(kp, dtype=np.float64).reshape(k, 3)
-    if not np.isfinite(arr).all():
-        raise DatasetError(f"{path}: {what} has NaN or infinite keypoints")
-    return arr
+def _parse_keypoints(ann: dict, k: int) -> np.ndarray:
+    """The (K, 3) keypoints of an annotation :func:`check_coco_gt` passed."""
+    return np.asarray(ann["keypoints"], dtype=np.float64).reshape(k, 3)
 
 
 def _parse_box(box, path: str, what: str):
     if not isinstance(box, (list, tuple)) or len(box) != 4:
-        raise DatasetError(f"{path}: {what} has a malformed bbox {box!r} (need [x, y, w, h])")
-    x, y, w, h = (float(v) for v in box)
+        raise DatasetError(f"{path}: {what} has a malformed bbox {show(box, 60)} (need "
+                           f"[x, y, w, h])")
+    x, y, w, h = (float(v) for v in numbers(box, f"{path}: {what}'s bbox"))
     if not np.isfinite([x, y, w, h]).all():
-        raise DatasetError(f"{path}: {what} has a NaN or infinite bbox {box!r}")
+        raise DatasetError(f"{path}: {what} has a NaN or infinite bbox {show(box, 60)}")
     if w <= 0 or h <= 0:
-        raise DatasetError(f"{path}: {what} has a non-positive bbox size {box!r}")
+        raise DatasetError(f"{path}: {what} has a non-positive bbox size {show(box, 60)}")
     return x, y, w, h
 
 
@@ -284,75 +423,90 @@ def _clip_box(x, y, w, h, width, height):
     return x1, y1, x2 - x1, y2 - y1
 
 
+def _image_size(img: dict, path: str, max_pixels: int) -> Tuple[int, int]:
+    """(w, h) of an image entry: positive integers (the loader checks each file's stored
+    size against them, so they cannot be left out), at most ``max_pixels`` together."""
+    what = f"image {img['id']}"
+    size = []
+    for key in ("width", "height"):
+        v = img.get(key)
+        if not is_integer(v) or v <= 0:
+            raise DatasetError(
+                f"{path}: {what} has {key} {show(v, 60)}: expected a positive integer (the "
+                f"stored image's size in pixels; each file is checked against it)")
+        size.append(v)
+    _check_pixels(size, max_pixels, path, f"{what} ({show(img.get('file_name'), 60)})")
+    return size[0], size[1]
+
+
 def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ratio: float,
                     padding: float = 1.25, det_file: Optional[str] = None,
-                    det_score_min: float = 0.0, log: Optional[Callable] = print) -> PoseIndex:
+                    det_score_min: float = 0.0, log: Optional[Callable] = print, *,
+                    max_image_pixels: int = 50_000_000,
+                    allow_outside_paths: bool = False) -> PoseIndex:
     """COCO or CrowdPose keypoint json -> PoseIndex.
 
-    Ground-truth boxes (``det_file=None``): crowd and zero-keypoint people are skipped (as
-    HRNet does), boxes are clipped to the image and empty ones skipped, labelled keypoints
-    far outside the image set unlabelled, all counted and reported through ``log``.
-    Detection boxes: one row per detection of category 1 with score >= ``det_score_min``,
-    the box used as given (as HRNet and mmpose do); keypoints are zeros. Image and annotation
-    ids must be unique integers.
+    The json passes :func:`check_coco_gt` (the scorer's check too); each image entry needs
+    a positive integer ``width`` and ``height`` (at most ``max_image_pixels`` together) and
+    a ``file_name`` inside ``images_dir`` (unless ``allow_outside_paths``) that no other
+    image id names. Ground-truth boxes (``det_file=None``): crowd and zero-keypoint people
+    are skipped (as HRNet does), boxes far outside their image (:func:`box_far_outside`)
+    skipped, the others clipped to the image and empty ones skipped, labelled keypoints far
+    outside the image set unlabelled, all counted and reported through ``log``. Detection
+    boxes: one row per detection of category 1 with score >= ``det_score_min``, the box
+    used as given (as HRNet and mmpose do) unless it is far outside its image (skipped,
+    counted); keypoints are zeros.
     """
     data = read_json(ann_path)
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise DatasetError(f"{ann_path}: not a COCO-format keypoint file (needs 'images' "
-                           f"and 'annotations')")
+    images = check_coco_gt(data, info, ann_path)
     k = info.num_joints
-    cats = [c for c in data.get("categories", []) if c.get("id") == 1]
-    if cats and "keypoints" in cats[0] and len(cats[0]["keypoints"]) != k:
-        raise DatasetError(f"{ann_path}: category 'person' has {len(cats[0]['keypoints'])} "
-                           f"joints, but format '{info.name}' has {k}")
-    images = {}
-    for img in data["images"]:
-        iid = _image_id(_require(img, "id", ann_path, "an image entry"), ann_path,
-                        "an image entry")
-        if iid in images:
-            raise DatasetError(f"{ann_path}: image id {iid} appears twice")
-        images[iid] = img
+    sizes, paths, owner = {}, {}, {}
+    for iid, img in images.items():
+        sizes[iid] = _image_size(img, ann_path, max_image_pixels)
+        name = _require(img, "file_name", ann_path, f"image {iid}")
+        paths[iid] = image_path(images_dir, name, ann_path, f"image {iid}",
+                                allow_outside_paths)
+        key = os.path.normcase(os.path.normpath(paths[iid]))
+        if key in owner:
+            raise DatasetError(f"{ann_path}: image ids {owner[key]} and {iid} share the file "
+                               f"{show(name, 60)} (their people would be cropped from one "
+                               f"photo)")
+        owner[key] = iid
     rows = _Rows(info, ann_path if det_file is None else det_file)
 
-    def add_box(box, img, kps, area, inst_id, score, what):
-        file_name = _require(img, "file_name", ann_path, f"image {img['id']}")
-        img_path = os.path.join(images_dir, file_name)
+    def add_box(box, iid, kps, area, inst_id, score, what):
+        img_path = paths[iid]
         _check_image(img_path, ann_path, what)
         x, y, w, h = box
-        size = (int(img.get("width", 0) or 0), int(img.get("height", 0) or 0))
-        if det_file is None and size[0] > 0 and size[1] > 0:
-            clipped = _clip_box(x, y, w, h, float(size[0]), float(size[1]))
-            if clipped is None:
-                rows.skip("boxes empty after clipping to the image", what)
-                return
+        size = sizes[iid]
+        clipped = _clip_box(x, y, w, h, float(size[0]), float(size[1]))
+        if det_file is None and clipped is None:
+            rows.skip("boxes empty after clipping to the image", what)
+            return
+        # HRNet's clipping would turn a box far outside into one at the image's corner
+        if box_far_outside((x + w / 2, y + h / 2), (w, h), size):
+            rows.skip(FAR_BOX if det_file is None else f"detection {FAR_BOX}", what)
+            return
+        if det_file is None:
             x, y, w, h = clipped
         c, s = box_to_center_scale(x, y, w, h, aspect_ratio, padding)
         rows.add(image_paths=img_path, center=c, scale=s, keypoints=kps, area=area,
-                 image_id=img["id"], instance_id=inst_id, score=score, image_size=size)
+                 image_id=iid, instance_id=inst_id, score=score, image_size=size)
 
     if det_file is None:
-        seen = set()
         for ann in data["annotations"]:
-            aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
+            aid = ann["id"]
             what = f"annotation {aid}"
-            if aid in seen:
-                raise DatasetError(f"{ann_path}: annotation id {aid} appears twice (ids must "
-                                   f"be unique: predictions are matched to people by them)")
-            seen.add(aid)
-            iid = _require(ann, "image_id", ann_path, what)
-            if iid not in images:
-                raise DatasetError(f"{ann_path}: {what} refers to unknown image_id {iid}")
+            iid = ann["image_id"]
             if ann.get("category_id", 1) != 1:
                 rows.skip("non-person annotations", what)
                 continue
             if ann.get("iscrowd", 0):
                 rows.skip("crowd annotations", what)
                 continue
-            kps = _parse_keypoints(ann, k, ann_path, what)
-            box = _parse_box(_require(ann, "bbox", ann_path, what), ann_path, what)
-            img = images[iid]
-            kps = rows.keypoints_in_image(kps, (img.get("width", 0) or 0,
-                                                img.get("height", 0) or 0), what)
+            kps = _parse_keypoints(ann, k)
+            box = _parse_box(ann["bbox"], ann_path, what)
+            kps = rows.keypoints_in_image(kps, sizes[iid], what)
             if not (kps[:, 2] > 0).any():
                 rows.skip("people with no labelled keypoints", what)
                 continue
@@ -362,7 +516,7 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                 area = box[2] * box[3] * CROWDPOSE_AREA_FACTOR
             else:
                 area = box[2] * box[3]
-            add_box(box, images[iid], kps, area, aid, 1.0, what)
+            add_box(box, iid, kps, area, aid, 1.0, what)
     else:
         dets = read_json(det_file, "detection file")
         if not isinstance(dets, list):
@@ -371,66 +525,98 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
         for i, det in enumerate(dets):
             what = f"detection {i}"
             iid = _require(det, "image_id", det_file, what)
-            if iid not in images:
-                raise DatasetError(f"{det_file}: {what} refers to image_id {iid}, which is not "
-                                   f"in {ann_path}")
+            if not is_integer(iid) or iid not in images:
+                raise DatasetError(f"{det_file}: {what} refers to image_id {show(iid, 60)}, "
+                                   f"which is not in {ann_path}")
             if det.get("category_id", 1) != 1:
                 rows.skip("non-person detections")
                 continue
-            score = float(_require(det, "score", det_file, what))
-            if not np.isfinite(score):
-                raise DatasetError(f"{det_file}: {what} has a NaN score")
+            score = _require(det, "score", det_file, what)
+            if not is_number(score) or not math.isfinite(score):
+                raise DatasetError(f"{det_file}: {what} has score {show(score, 60)}: "
+                                   f"expected a finite number")
             if score < det_score_min:
                 rows.skip(f"detections below score {det_score_min}")
                 continue
             box = _parse_box(_require(det, "bbox", det_file, what), det_file, what)
-            add_box(box, images[iid], zeros, box[2] * box[3], i, score, what)
+            add_box(box, iid, zeros, box[2] * box[3], i, float(score), what)
     return rows.freeze(log)
 
 
+def _mpii_number(v, what: str, path: str) -> float:
+    if not is_number(v) or not math.isfinite(v):
+        raise DatasetError(f"{path}: {what} must be a finite number, has {show(v, 60)}")
+    return float(v)
+
+
 def load_mpii(ann_path: str, images_dir: str, aspect_ratio: float,
-              padding: float = 1.25, log: Optional[Callable] = print) -> PoseIndex:
+              padding: float = 1.25, log: Optional[Callable] = print, *,
+              max_image_pixels: int = 50_000_000,
+              allow_outside_paths: bool = False) -> PoseIndex:
     """HRNet/mmpose MPII json (1-based MATLAB pixels) -> PoseIndex (0-based pixels).
 
     As HRNet: centre y += 15*scale, box side = scale*200*padding; then converted to our
     pixel (w, h) with the aspect fix to the input. ``image_id`` is the row's position in the
-    json (MPII json has no ids), ``instance_id`` the same.
+    json (MPII json has no ids), ``instance_id`` the same. MPII json has no image sizes:
+    each image's is read from its file's header (a few ms each), so that, as for COCO,
+    labelled joints far outside the image are set unlabelled and people whose box is far
+    outside it (:func:`box_far_outside`) left out, counted and reported, files larger than
+    ``max_image_pixels`` refused, and the loader checks each file against its size.
     """
     data = read_json(ann_path)
     if not isinstance(data, list):
         raise DatasetError(f"{ann_path}: an MPII json is a list of people")
     info = MPII
     rows = _Rows(info, ann_path)
+    sizes: Dict[str, Tuple[int, int]] = {}
     for i, ann in enumerate(data):
         what = f"annotation {i}"
-        img_path = os.path.join(images_dir, _require(ann, "image", ann_path, what))
+        img_path = image_path(images_dir, _require(ann, "image", ann_path, what), ann_path,
+                              what, allow_outside_paths)
         _check_image(img_path, ann_path, what)
-        c = np.asarray(_require(ann, "center", ann_path, what), dtype=np.float64)
-        s = float(_require(ann, "scale", ann_path, what))
-        if c.shape != (2,) or not np.isfinite(c).all() or not np.isfinite(s):
-            raise DatasetError(f"{ann_path}: {what} has a malformed or NaN center/scale")
+        if img_path not in sizes:
+            try:
+                size = read_size(img_path) or (0, 0)  # unreadable: the loader names it
+            except OSError:
+                size = (0, 0)
+            _check_pixels(size, max_image_pixels, ann_path, f"image {img_path}")
+            sizes[img_path] = size
+        size = sizes[img_path]
+        center = _require(ann, "center", ann_path, what)
+        if not isinstance(center, list) or len(center) != 2:
+            raise DatasetError(f"{ann_path}: {what} has a malformed center {show(center, 60)}")
+        c = np.array([_mpii_number(v, f"{what}'s center", ann_path) for v in center])
+        s = _mpii_number(_require(ann, "scale", ann_path, what), f"{what}'s scale", ann_path)
         if s <= 0:
             raise DatasetError(f"{ann_path}: {what} has a non-positive scale {s}")
-        joints = np.asarray(ann.get("joints", np.zeros((16, 2))), dtype=np.float64)
-        vis = np.asarray(ann.get("joints_vis", np.zeros(16)), dtype=np.float64)
-        if joints.shape != (16, 2) or vis.shape != (16,):
-            raise DatasetError(f"{ann_path}: {what} needs 16 joints (x, y) and 16 joints_vis, "
-                               f"got {joints.shape} and {vis.shape}")
+        joints = ann.get("joints", [[0, 0]] * 16)
+        vis = ann.get("joints_vis", [0] * 16)
+        if not (isinstance(joints, list) and len(joints) == 16 and all(
+                isinstance(j, list) and len(j) == 2 for j in joints)
+                and isinstance(vis, list) and len(vis) == 16):
+            raise DatasetError(f"{ann_path}: {what} needs 16 joints (x, y) and 16 joints_vis")
+        joints = numbers([v for j in joints for v in j], f"{ann_path}: {what}'s joints"
+                         ).reshape(16, 2)
+        vis = numbers(vis, f"{ann_path}: {what}'s joints_vis")
         if not np.isfinite(joints).all():
             raise DatasetError(f"{ann_path}: {what} has NaN joints")
         if c[0] != -1:
             c[1] += MPII_CENTER_SHIFT * s
         c -= 1.0  # MATLAB 1-based -> 0-based
         side = s * MPII_PIXEL_STD
+        if box_far_outside(c, (side, side), size):
+            rows.skip(FAR_BOX, what)
+            continue
         (cx, cy), wh = box_to_center_scale(c[0] - side / 2, c[1] - side / 2, side, side,
                                            aspect_ratio, padding)
         kps = np.zeros((16, 3))
         kps[:, :2] = joints - 1.0
         kps[:, 2] = np.where(vis > 0, 2.0, 0.0)
         kps[vis <= 0, :2] = 0.0
+        kps = rows.keypoints_in_image(kps, size, what)
         rows.add(image_paths=img_path, center=(cx, cy), scale=wh, keypoints=kps,
                  area=wh[0] * wh[1] / padding ** 2, image_id=i, instance_id=i, score=1.0,
-                 image_size=(0, 0))
+                 image_size=size)
     return rows.freeze(log)
 
 
@@ -444,8 +630,10 @@ def load_index(cfg, split: str, log: Optional[Callable] = print) -> PoseIndex:
                                                                            d.val_images)
     w, h = cfg.model.input_size
     aspect = w / h
+    limits = dict(max_image_pixels=d.max_image_pixels,
+                  allow_outside_paths=d.allow_outside_paths)
     if d.format == "mpii":
-        return load_mpii(ann, images, aspect, d.padding, log)
+        return load_mpii(ann, images, aspect, d.padding, log, **limits)
     det = d.det_file if split == "val" else None
     return load_coco_style(ann, images, DATASETS[d.format], aspect, d.padding, det,
-                           d.det_score_min, log)
+                           d.det_score_min, log, **limits)
