@@ -183,18 +183,20 @@ def _require(obj: dict, key: str, path: str, what: str, error=DatasetError):
 
 
 def is_number(v) -> bool:
-    """A JSON number (not a bool, not a string that looks like one)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A JSON number, or a NumPy one (not a bool, not a string that looks like one)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def is_integer(v) -> bool:
-    """A JSON integer (1, not 1.5, 1.0, "1" or true)."""
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A JSON integer, or a NumPy one (1, not 1.5, 1.0, "1" or true)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def numbers(values, what: str, error=DatasetError) -> np.ndarray:
     """``values`` (a flat JSON list of numbers) as float64; anything else (strings, nested
     or ragged lists, null) is ``error`` naming ``what``."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        return values.astype(np.float64).reshape(-1)
     if not isinstance(values, (list, tuple)) or not all(is_number(v) for v in values):
         bad = values if not isinstance(values, (list, tuple)) else next(
             v for v in values if not is_number(v))

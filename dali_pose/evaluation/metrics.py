@@ -120,7 +120,10 @@ from pycocotools.coco import COCO as _COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..errors import EvaluationError  # noqa: F401  (re-exported)
-from ..datasets import CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo, read_json
+from ..datasets import (CROWDPOSE, CROWDPOSE_AREA_FACTOR, DATASETS, MPII, DatasetInfo,
+                        check_coco_gt, is_integer, is_number, numbers, read_json,
+                        which_dataset)
+from ..errors import show
 
 __all__ = [
     "EvaluationError", "COCO_KEYS", "CROWDPOSE_KEYS", "MPII_GROUPS", "CrowdPoseEval",
@@ -182,9 +185,7 @@ def _info(dataset: Union[str, DatasetInfo]) -> DatasetInfo:
     return DATASETS[dataset]
 
 
-def _which_dataset(k: int) -> str:
-    names = [n for n, i in DATASETS.items() if i.num_joints == k]
-    return f" (a {'/'.join(names)} file?)" if names else ""
+_which_dataset = which_dataset
 
 
 def _make_coco(dataset: dict, verbose: bool = False):
@@ -225,46 +226,18 @@ def _load_gt(gt: GtLike, dataset, verbose: bool):
     else:
         src = os.fspath(gt)
         data, coco = _read_json(src, "ground-truth file"), None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("annotations"), list):
-        raise EvaluationError(f"{src}: not a COCO-format keypoint file (needs 'images' and "
-                              f"'annotations' lists)")
-    k = info.num_joints
-    for cat in data.get("categories", []):
-        if cat.get("id") == 1 and "keypoints" in cat and len(cat["keypoints"]) != k:
-            n = len(cat["keypoints"])
-            raise EvaluationError(
-                f"{src}: category 'person' has {n} joints{_which_dataset(n)}, but dataset "
-                f"'{info.name}' has {k}")
-    image_ids = set()
-    for img in data["images"]:
-        if not isinstance(img, dict) or "id" not in img:
-            raise EvaluationError(f"{src}: an image entry has no 'id'")
-        image_ids.add(img["id"])
+    check_coco_gt(data, info, src, EvaluationError)  # the loader's check, the same rules
     fill = False
     n_people = 0
     for ann in data["annotations"]:
-        aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
-        what = f"{src}: annotation {aid}"
-        for key in ("id", "image_id", "category_id", "bbox", "keypoints"):
-            if not isinstance(ann, dict) or key not in ann:
-                raise EvaluationError(f"{what} has no '{key}' field")
-        if ann["image_id"] not in image_ids:
-            raise EvaluationError(f"{what} refers to unknown image_id {ann['image_id']!r}")
-        kp = ann["keypoints"]
-        if not isinstance(kp, (list, tuple)) or len(kp) != 3 * k:
-            n = len(kp) if isinstance(kp, (list, tuple)) else 0
-            raise EvaluationError(
-                f"{what} has {n} keypoint values{_which_dataset(n // 3)}, but dataset "
-                f"'{info.name}' needs {3 * k} ({k} joints x 3)")
-        kp = np.asarray(kp, dtype=np.float64)
-        if not np.isfinite(kp).all():
-            raise EvaluationError(f"{what} has NaN or infinite keypoints")
+        what = f"{src}: annotation {ann['id']}"
+        if ann.get("category_id", 1) != 1:
+            continue
         if info is not CROWDPOSE and "area" not in ann:
             raise EvaluationError(f"{what} has no 'area' field (COCO scores OKS by it)")
         if "num_keypoints" not in ann or "iscrowd" not in ann:
             fill = True
-        if not ann.get("iscrowd", 0) and (kp[2::3] > 0).any():
+        if not ann.get("iscrowd", 0) and (np.asarray(ann["keypoints"])[2::3] > 0).any():
             n_people += 1
     if n_people == 0:
         raise EvaluationError(f"{src}: no ground-truth person has labelled keypoints")
@@ -274,13 +247,13 @@ def _load_gt(gt: GtLike, dataset, verbose: bool):
             if isinstance(ci, bool) or not isinstance(ci, (int, float)) \
                     or not math.isfinite(ci):
                 raise EvaluationError(
-                    f"{src}: image {img['id']} has no valid 'crowdIndex' ({ci!r}); CrowdPose "
+                    f"{src}: image {img['id']} has no valid 'crowdIndex' ({show(ci, 60)}); CrowdPose "
                     f"ground truth needs it for AP easy/medium/hard (not a CrowdPose file?)")
     if fill:
         data = dict(data)
         data["annotations"] = [
-            dict({"iscrowd": 0, "num_keypoints":
-                  int(np.count_nonzero(np.asarray(a["keypoints"])[2::3] > 0))}, **a)
+            dict({"iscrowd": 0, "num_keypoints": int(np.count_nonzero(np.asarray(
+                a["keypoints"] if a.get("category_id", 1) == 1 else [])[2::3] > 0))}, **a)
             for a in data["annotations"]]
         coco = None
     if coco is None:
@@ -324,13 +297,16 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
         for key in ("image_id", "keypoints", "score"):
             if key not in r:
                 raise EvaluationError(f"{what} has no '{key}' field")
+        if not is_integer(r["image_id"]):
+            raise EvaluationError(f"{what} has image_id {show(r['image_id'], 60)}: image ids "
+                                  f"are integers")
         if r["image_id"] not in image_ids:
-            raise EvaluationError(f"{what} has image_id {r['image_id']!r}, which is not in "
+            raise EvaluationError(f"{what} has image_id {r['image_id']}, which is not in "
                                   f"{gt_source}")
         if r.get("category_id", 1) != 1:
-            raise EvaluationError(f"{what} has category_id {r['category_id']!r}; only person "
-                                  f"(1) is scored")
-        kp = np.asarray(r["keypoints"], dtype=np.float64)
+            raise EvaluationError(f"{what} has category_id {show(r['category_id'], 60)}; only "
+                                  f"person (1) is scored")
+        kp = numbers(r["keypoints"], f"{what}'s keypoints", EvaluationError)
         if kp.size != 3 * k:
             raise EvaluationError(
                 f"{what} has {kp.size} keypoint values{_which_dataset(kp.size // 3)}, but "
@@ -338,10 +314,10 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
         if not np.isfinite(kp).all():
             raise EvaluationError(f"{what} (image_id {r['image_id']}) has NaN or infinite "
                                   f"keypoints")
-        try:
-            score = float(r["score"])
-        except (TypeError, ValueError):
-            raise EvaluationError(f"{what} has a non-numeric score {r['score']!r}") from None
+        score = r["score"]
+        if not is_number(score):
+            raise EvaluationError(f"{what} has a non-numeric score {show(score, 60)} (a JSON "
+                                  f"number, not a string)")
         if not math.isfinite(score):
             raise EvaluationError(f"{what} (image_id {r['image_id']}) has a NaN or infinite "
                                   f"score")
@@ -387,6 +363,7 @@ def _coco_eval(coco_gt, coco_dt, info: DatasetInfo, img_ids=None):
     else:
         e = COCOeval(coco_gt, coco_dt, "keypoints")
         e.params.kpt_oks_sigmas = np.array(info.sigmas, dtype=np.float64)
+    e.params.catIds = [1]  # person: what the keypoint scorers score (check_results)
     if img_ids is not None:
         e.params.imgIds = list(img_ids)
     return e

@@ -13,10 +13,13 @@ int64 (so the loader never pastes a person into its own crop), ``level``, ``data
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import numpy as np
+
+from ..errors import DatasetError, show
 
 POOL_VERSION = 1
 
@@ -49,15 +52,30 @@ class Pool:
 
 
 def load_pool(path: str) -> Pool:
-    """Read a pool written by ``build_pool``."""
-    with np.load(path, allow_pickle=False) as z:
-        settings = json.loads(str(z["settings"]))
-        if settings.get("version") != POOL_VERSION:
-            raise ValueError(f"{path}: pool version {settings.get('version')}, expected "
-                             f"{POOL_VERSION}; rebuild it with `python -m "
-                             f"dali_pose.tools.build_pool`")
-        return Pool(rgba=z["rgba"], offsets=z["offsets"], shapes=z["shapes"], kps=z["kps"],
-                    boxes=z["boxes"], person_boxes=z["person_boxes"],
-                    image_id=z["image_id"], instance_id=z["instance_id"],
-                    level=str(z["level"]), dataset=str(z["dataset"]), settings=settings,
-                    skipped=json.loads(str(z["skipped"])))
+    """Read a pool written by ``build_pool``; a file that is not one (missing, not an .npz,
+    an array missing or of objects, which would need pickle) is a ``DatasetError``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            settings = json.loads(str(z["settings"]))
+            if not isinstance(settings, dict) or settings.get("version") != POOL_VERSION:
+                version = settings.get("version") if isinstance(settings, dict) else None
+                raise DatasetError(f"NODA pool {path}: pool version {show(version, 40)}, "
+                                   f"expected {POOL_VERSION}; rebuild it with `python -m "
+                                   f"dali_pose.tools.build_pool`")
+            return Pool(rgba=z["rgba"], offsets=z["offsets"], shapes=z["shapes"],
+                        kps=z["kps"], boxes=z["boxes"], person_boxes=z["person_boxes"],
+                        image_id=z["image_id"], instance_id=z["instance_id"],
+                        level=str(z["level"]), dataset=str(z["dataset"]), settings=settings,
+                        skipped=json.loads(str(z["skipped"])))
+    except DatasetError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        # ValueError: object arrays (allow_pickle=False), bad json, not an npz at all
+        if isinstance(e, FileNotFoundError):
+            raise DatasetError(f"NODA pool {path} does not exist (build one with `python -m "
+                               f"dali_pose.tools.build_pool`)") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in why:  # numpy's advice to allow pickle is not for files from others
+            why = "it holds pickled objects, which are never loaded"
+        raise DatasetError(f"NODA pool {path} is not a pool written by `python -m "
+                           f"dali_pose.tools.build_pool` ({show(why, 100)})") from None
