@@ -305,7 +305,9 @@ def image_path(images_dir: str, name, path: str, what: str, allow_outside: bool)
         raise DatasetError(f"{path}: {what} has file name {show(name, 60)}, which is outside "
                            f"the image folder {images_dir} (set data.allow_outside_paths: "
                            f"true to read it)")
-    return os.path.join(images_dir, name)
+    # what is read is what was checked: '..' resolved here, not by the file system
+    return joined if os.pardir in name.replace("\\", "/").split("/") else \
+        os.path.join(images_dir, name)
 
 
 def _check_pixels(size, max_pixels: int, path: str, what: str) -> None:
