@@ -192,11 +192,16 @@ def is_integer(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+_JSON_NUMBERS = {int, float}
+
+
 def numbers(values, what: str, error=DatasetError) -> np.ndarray:
     """``values`` (a flat JSON list of numbers) as float64; anything else (strings, nested
     or ragged lists, null) is ``error`` naming ``what``."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
         return values.astype(np.float64).reshape(-1)
+    if isinstance(values, (list, tuple)) and set(map(type, values)) <= _JSON_NUMBERS:
+        return np.asarray(values, dtype=np.float64)  # the fast path: plain JSON numbers
     if not isinstance(values, (list, tuple)) or not all(is_number(v) for v in values):
         bad = values if not isinstance(values, (list, tuple)) else next(
             v for v in values if not is_number(v))

@@ -231,16 +231,18 @@ def _inspect(data: bytes) -> ImageInfo:
     return ImageInfo(None, None, None)
 
 
-HEADER_BYTES = 1 << 16
+HEADER_BYTES = (1 << 12, 1 << 16)  # most headers fit the first; EXIF thumbnails, the second
 
 
 def read_size(path: str) -> Optional[tuple]:
-    """(w, h) of an image file from its header (the first 64 KiB, the whole file where the
-    header is longer), None where it says none: cheap enough to run on every image of an
-    index at load."""
+    """(w, h) of an image file from its header (the first 4 KiB, else 64 KiB, else the whole
+    file), None where it says none: cheap enough to run on every image of an index at load."""
     with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
-        info = _inspect(head)
-        if info.size is None and len(head) == HEADER_BYTES:
-            info = _inspect(head + f.read())
+        head = b""
+        for n in HEADER_BYTES + (None,):
+            more = f.read() if n is None else f.read(n - len(head))
+            head += more
+            info = _inspect(head)
+            if info.size is not None or (n is not None and len(head) < n) or not more:
+                break
     return info.size if info.size is not None and min(info.size) > 0 else None
