@@ -46,8 +46,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dali_pose.config import add_config_args
-from dali_pose.datasets import DATASETS, MPII, DatasetInfo
+from dali_pose.config import DataConfig, add_config_args
+from dali_pose.datasets import DATASETS, MPII, DatasetInfo, image_path
 from dali_pose.errors import DaliPoseError, NoGpuError
 from dali_pose.evaluation.draw import draw_pose
 from dali_pose.evaluation.metrics import (EvaluationError, evaluate_coco, evaluate_mpii,
@@ -90,6 +90,16 @@ def _read_image(path: str, shape: Tuple[int, int]) -> np.ndarray:
 
     if path is None:
         return np.full((shape[0], shape[1], 3), 96, np.uint8)
+    from dali_pose.imagefiles import read_size
+
+    try:
+        size = read_size(path)
+    except OSError as e:
+        raise EvaluationError(f"--vis: cannot read image {path}: {e}") from None
+    cap = DataConfig.max_image_pixels
+    if size is not None and size[0] * size[1] > cap:  # never decode a pixel bomb
+        raise EvaluationError(f"--vis: image {path} is {size[0]}x{size[1]} pixels, above "
+                              f"data.max_image_pixels' default ({cap})")
     img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise EvaluationError(f"--vis: cannot read image {path}")
@@ -117,7 +127,8 @@ def visualize_coco(ann: str, results: List[dict], info: DatasetInfo, n: int, out
     written = []
     for iid in ids[:n]:
         meta = coco.loadImgs([iid])[0]
-        path = os.path.join(images_dir, meta["file_name"]) if images_dir else None
+        path = image_path(images_dir, meta.get("file_name"), ann, f"image {iid}", False,
+                          hint="") if images_dir else None
         shape = (int(meta.get("height", 480)), int(meta.get("width", 640)))
         base = _read_image(path, shape)
         gt_img, pred_img = base.copy(), base.copy()
@@ -161,7 +172,8 @@ def visualize_mpii(gt_mat: str, preds, n: int, out_dir: str, images_dir: Optiona
         x0, y0 = np.floor(pts.min(0) - margin).astype(int)
         x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
         if names is not None and i < len(names):
-            img = _read_image(os.path.join(images_dir, names[i]), (0, 0))
+            img = _read_image(image_path(images_dir, names[i], mpii_json, f"person {i}",
+                                         False, hint=""), (0, 0))
             h, w = img.shape[:2]
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
             crop = img[y0:y1, x0:x1]

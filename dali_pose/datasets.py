@@ -294,9 +294,11 @@ def _check_image(img_path: str, path: str, what: str) -> None:
         raise DatasetError(f"{path}: image {img_path} of {what} does not exist")
 
 
-def image_path(images_dir: str, name, path: str, what: str, allow_outside: bool) -> str:
+def image_path(images_dir: str, name, path: str, what: str, allow_outside: bool,
+               hint: str = " (set data.allow_outside_paths: true to read it)") -> str:
     """``images_dir``/``name``; a name that is absolute or climbs out of ``images_dir``
-    ('../') is an error unless ``allow_outside`` (``data.allow_outside_paths``)."""
+    ('../') is an error (ending in ``hint``) unless ``allow_outside``
+    (``data.allow_outside_paths``)."""
     if not isinstance(name, str) or not name:
         raise DatasetError(f"{path}: {what} has file name {show(name, 60)}: expected a path "
                            f"relative to the image folder")
@@ -308,8 +310,7 @@ def image_path(images_dir: str, name, path: str, what: str, allow_outside: bool)
         inside = joined.startswith(base.rstrip(os.sep) + os.sep)
     if (os.path.isabs(name) or not inside) and not allow_outside:
         raise DatasetError(f"{path}: {what} has file name {show(name, 60)}, which is outside "
-                           f"the image folder {images_dir} (set data.allow_outside_paths: "
-                           f"true to read it)")
+                           f"the image folder {images_dir}{hint}")
     # what is read is what was checked: '..' resolved here, not by the file system
     return joined if os.pardir in name.replace("\\", "/").split("/") else \
         os.path.join(images_dir, name)

@@ -116,3 +116,35 @@ def test_numpy_results_from_python_are_still_accepted():
                 score=np.float32(r["score"]), image_id=np.int64(r["image_id"]))
            for r in _results(gt)]
     assert M.evaluate_coco(copy.deepcopy(gt), res)["AP"] == pytest.approx(1.0)
+
+
+def _png_declaring(w, h) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("../1.png", r"gt\.json: image 1 has file name '\.\./1\.png', which is outside the image "
+                 r"folder"),
+    ("1.png", r"--vis: image .*1\.png is 30000x30000 pixels, above data\.max_image_pixels"),
+])
+def test_vis_reads_no_outside_path_and_no_pixel_bomb(tmp_path, capsys, name, needle):
+    gt = _gt()
+    gt["images"][0]["file_name"] = name
+    (tmp_path / "img").mkdir()
+    (tmp_path / "1.png").write_bytes(_png_declaring(30000, 30000))
+    (tmp_path / "img" / "1.png").write_bytes(_png_declaring(30000, 30000))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(_results(gt)))
+    rc = evaluate.main(["--dataset", "coco", "--ann", str(tmp_path / "gt.json"), "--preds",
+                        str(tmp_path / "res.json"), "--out", str(tmp_path / "m.json"),
+                        "--vis", "1", "--images", str(tmp_path / "img")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and re.search(needle, err), err
