@@ -400,7 +400,8 @@ def _apply_override(tree: dict, item: str) -> str:
         value = yaml.safe_load(raw)
     except (yaml.YAMLError, RecursionError) as e:
         # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,): never a traceback
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = "nested too deeply" if isinstance(e, RecursionError) else (
+            str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({show(why, 80)}); "
                           f"quote a string value, e.g. --set '{key}=\"...\"'") from None
     node = tree

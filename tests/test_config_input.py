@@ -173,3 +173,15 @@ def test_config_error_is_one_line_on_the_command_line(tmp_path):
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip().startswith("error: ") and needle in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_yaml_nested_too_deeply_is_one_line(tmp_path):
+    deep = "[" * 2_000 + "]" * 2_000  # past the recursion limit
+    p = tmp_path / "deep.yaml"
+    p.write_text(f"out_dir: {deep}\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml is nested too deeply"):
+        load_config(str(p))
+    with pytest.raises(ConfigError, match=r"^--set 'out_dir=\[\[.*not valid YAML \('nested "
+                                          r"too deeply'\)") as e:
+        load_config(None, [f"out_dir={deep}"])
+    assert len(str(e.value)) < 400
