@@ -119,7 +119,8 @@ class PoseIndex:
     and padding); keypoints (N,K,3) f32 (x, y px, visibility 0/1/2); area (N,) f32;
     image_id (N,) i64; instance_id (N,) i64 (annotation id, or detection row for det boxes);
     score (N,) f32 (1 for ground truth, detector score for det boxes); image_size (N, 2) i64
-    (w, h) of the stored image as the annotations give it (0, 0 where they do not, MPII).
+    (w, h) of the stored image as the annotations give it (MPII: as its file's header says;
+    0, 0 where that is unreadable: the loader then names the file).
     ``skipped`` counts rows left out, by reason; ``unlabelled`` the keypoints set unlabelled
     because they lie far outside their image (``KEYPOINT_MARGIN``).
     """
