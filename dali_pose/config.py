@@ -215,6 +215,8 @@ class NodaConfig:
         _check_min("noda", self, 0, "start_epoch")
 
 
+# the seed reaches DALI's pipelines (a C++ integer) and NumPy's generators: a bound every
+# one of them takes
 MAX_SEED = 2 ** 31 - 1
 
 
@@ -246,7 +248,7 @@ class LoaderConfig:
                  f"{show(self.image_dtype)} is not one of {_CHOICES['loader.image_dtype']}")
         _check_min("loader", self, 0, "seed")
         _require(self.seed <= MAX_SEED, "loader.seed",
-                 f"must be <= {MAX_SEED} (DALI's seeds are 32-bit), got {show(self.seed)}")
+                 f"must be <= {MAX_SEED}, got {show(self.seed)}")
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,18 @@ def _build(cls, tree: dict, prefix: str):
     return cls(**kwargs)
 
 
+def _yaml_why(e: Exception) -> str:
+    """A YAML error in one line: what went wrong, and where."""
+    what = getattr(e, "problem", None) or getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if what is None:
+        lines = str(e).splitlines()
+        return lines[0] if lines else type(e).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    what = str(what)
+    return f"{what if len(what) <= 100 else what[:97] + '...'}{where}"
+
+
 def _apply_override(tree: dict, item: str) -> str:
     """Set one ``key.sub=value`` in ``tree``; returns the dotted key."""
     if not isinstance(item, str) or "=" not in item:
@@ -400,9 +414,8 @@ def _apply_override(tree: dict, item: str) -> str:
         value = yaml.safe_load(raw)
     except (yaml.YAMLError, RecursionError) as e:
         # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,): never a traceback
-        why = "nested too deeply" if isinstance(e, RecursionError) else (
-            str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({show(why, 80)}); "
+        why = "nested too deeply" if isinstance(e, RecursionError) else _yaml_why(e)
+        raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({why}); "
                           f"quote a string value, e.g. --set '{key}=\"...\"'") from None
     node = tree
     for p in parts[:-1]:
@@ -434,7 +447,7 @@ def load_config(path: Optional[str] = None, overrides=()) -> Config:
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_why(e)}") from e
         except RecursionError:
             raise ConfigError(f"config file {path} is nested too deeply") from None
         if not isinstance(tree, dict):

@@ -181,7 +181,16 @@ def test_yaml_nested_too_deeply_is_one_line(tmp_path):
     p.write_text(f"out_dir: {deep}\n")
     with pytest.raises(ConfigError, match=r"deep\.yaml is nested too deeply"):
         load_config(str(p))
-    with pytest.raises(ConfigError, match=r"^--set 'out_dir=\[\[.*not valid YAML \('nested "
-                                          r"too deeply'\)") as e:
+    with pytest.raises(ConfigError, match=r"^--set 'out_dir=\[\[.*not valid YAML \(nested "
+                                          r"too deeply\)") as e:
         load_config(None, [f"out_dir={deep}"])
     assert len(str(e.value)) < 400
+
+
+def test_bad_yaml_file_is_one_line_with_its_place(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1\nloader: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML: .* \(line 4, column 1\)"
+                       ) as e:
+        load_config(str(p))
+    assert "\n" not in str(e.value)
