@@ -216,7 +216,8 @@ def which_dataset(k: int) -> str:
     return f" (a {'/'.join(names)} file?)" if names else ""
 
 
-def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError) -> Dict[int, dict]:
+def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError,
+                  scoring: bool = False) -> Dict[int, dict]:
     """The one check of COCO-style ground truth, shared by the loader and the scorer (so
     neither accepts what the other refuses). Returns {image id: image entry}.
 
@@ -224,8 +225,11 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError) -> Dict
     each annotation refers to a known image; a person annotation (``category_id`` 1, the
     default) has 3K finite numeric keypoints, a bbox of 4 finite numbers (w, h > 0 unless
     it is a crowd region) and, where it has one, a finite ``area`` >= 0; the person
-    category, where given, has K joints. Every error is ``error`` naming ``src`` and the
-    annotation (by id, else by position).
+    category, where given, has K joints. ``scoring``: also what the scorer needs (the
+    validation split is checked so, so that a run does not fail at its first validation):
+    ``area`` on every COCO person (CrowdPose scores by box area), ``crowdIndex`` on every
+    CrowdPose image, and at least one person with labelled keypoints. Every error is
+    ``error`` naming ``src`` and the annotation (by id, else by position).
     """
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
@@ -248,7 +252,7 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError) -> Dict
         if iid in images:
             raise error(f"{src}: image id {iid} appears twice")
         images[iid] = img
-    seen = set()
+    seen, people = set(), 0
     for j, ann in enumerate(data["annotations"]):
         where = f"annotation at position {j}"
         aid = _require(ann, "id", src, where, error)
@@ -287,6 +291,19 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError) -> Dict
             if not is_number(area) or not math.isfinite(area) or area < 0:
                 raise error(f"{src}: {what} has area {show(area, 60)}: a finite number >= 0 "
                             f"(OKS divides by it)")
+        elif scoring and info is not CROWDPOSE:
+            raise error(f"{src}: {what} has no 'area' field (COCO scores OKS by it)")
+        if scoring and not ann.get("iscrowd", 0) and (np.asarray(kp[2::3]) > 0).any():
+            people += 1
+    if scoring and people == 0:
+        raise error(f"{src}: no ground-truth person has labelled keypoints")
+    if scoring and info is CROWDPOSE:
+        for iid, img in images.items():
+            ci = img.get("crowdIndex")
+            if not is_number(ci) or not math.isfinite(ci):
+                raise error(f"{src}: image {iid} has no valid 'crowdIndex' ({show(ci, 60)}); "
+                            f"CrowdPose ground truth needs it for AP easy/medium/hard (not a "
+                            f"CrowdPose file?)")
     return images
 
 
@@ -454,10 +471,11 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                     padding: float = 1.25, det_file: Optional[str] = None,
                     det_score_min: float = 0.0, log: Optional[Callable] = print, *,
                     max_image_pixels: int = 50_000_000,
-                    allow_outside_paths: bool = False) -> PoseIndex:
+                    allow_outside_paths: bool = False, scoring: bool = False) -> PoseIndex:
     """COCO or CrowdPose keypoint json -> PoseIndex.
 
-    The json passes :func:`check_coco_gt` (the scorer's check too); each image entry needs
+    The json passes :func:`check_coco_gt` (the scorer's check too; ``scoring``: with what
+    only the scorer needs, for a validation split); each image entry needs
     a positive integer ``width`` and ``height`` (at most ``max_image_pixels`` together) and
     a ``file_name`` inside ``images_dir`` (unless ``allow_outside_paths``) that no other
     image id names. Ground-truth boxes (``det_file=None``): crowd and zero-keypoint people
@@ -469,7 +487,7 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
     counted); keypoints are zeros.
     """
     data = read_json(ann_path)
-    images = check_coco_gt(data, info, ann_path)
+    images = check_coco_gt(data, info, ann_path, scoring=scoring)
     k = info.num_joints
     sizes, paths, owner = {}, {}, {}
     for iid, img in images.items():
@@ -647,4 +665,4 @@ def load_index(cfg, split: str, log: Optional[Callable] = print) -> PoseIndex:
         return load_mpii(ann, images, aspect, d.padding, log, **limits)
     det = d.det_file if split == "val" else None
     return load_coco_style(ann, images, DATASETS[d.format], aspect, d.padding, det,
-                           d.det_score_min, log, **limits)
+                           d.det_score_min, log, scoring=split == "val", **limits)

@@ -347,3 +347,33 @@ def test_object_array_pool_file_is_one_line(tmp_path):
         load_pool(str(tmp_path / "x.npz"))
     with pytest.raises(DatasetError, match=r"missing\.npz does not exist"):
         load_pool(str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.parametrize("fmt,edit,needle", [
+    ("coco", lambda d: d["annotations"][0].pop("area"),
+     r"annotation 1 has no 'area' field \(COCO scores OKS by it\)"),
+    ("crowdpose", lambda d: None, r"image 1 has no valid 'crowdIndex' \(None\)"),
+    ("coco", lambda d: d["annotations"][0].__setitem__("keypoints", [0] * 51),
+     r"no ground-truth person has labelled keypoints"),
+])
+def test_validation_split_is_refused_where_the_scorer_would_refuse_it(tmp_path, fmt, edit,
+                                                                       needle):
+    """A val json the scorer cannot score fails when the index is built, with the scorer's
+    message, not at the end of the first epoch; the train split does not need it."""
+    k = 17 if fmt == "coco" else 14
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": W, "height": H}],
+           "annotations": [_person(1, kps=[30, 30, 2] * k)],
+           "categories": [{"id": 1, "name": "person"}]}
+    _image(tmp_path / "a.jpg")
+    edit(doc)
+    p = tmp_path / "val.json"
+    p.write_text(json.dumps(doc))
+    cfg = load_config(None, [f"data.format={fmt}", f"data.val_ann={p}",
+                             f"data.val_images={tmp_path}", f"data.train_ann={p}",
+                             f"data.train_images={tmp_path}"])
+    with pytest.raises(DatasetError, match=needle):
+        load_index(cfg, "val", log=None)
+    with pytest.raises(M.EvaluationError, match=needle):
+        M.load_gt(str(p), fmt)
+    if "labelled" not in needle:
+        assert len(load_index(cfg, "train", log=None)) == 1

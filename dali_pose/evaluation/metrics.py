@@ -226,29 +226,9 @@ def _load_gt(gt: GtLike, dataset, verbose: bool):
     else:
         src = os.fspath(gt)
         data, coco = _read_json(src, "ground-truth file"), None
-    check_coco_gt(data, info, src, EvaluationError)  # the loader's check, the same rules
-    fill = False
-    n_people = 0
-    for ann in data["annotations"]:
-        what = f"{src}: annotation {ann['id']}"
-        if ann.get("category_id", 1) != 1:
-            continue
-        if info is not CROWDPOSE and "area" not in ann:
-            raise EvaluationError(f"{what} has no 'area' field (COCO scores OKS by it)")
-        if "num_keypoints" not in ann or "iscrowd" not in ann:
-            fill = True
-        if not ann.get("iscrowd", 0) and (np.asarray(ann["keypoints"])[2::3] > 0).any():
-            n_people += 1
-    if n_people == 0:
-        raise EvaluationError(f"{src}: no ground-truth person has labelled keypoints")
-    if info is CROWDPOSE:
-        for img in data["images"]:
-            ci = img.get("crowdIndex")
-            if isinstance(ci, bool) or not isinstance(ci, (int, float)) \
-                    or not math.isfinite(ci):
-                raise EvaluationError(
-                    f"{src}: image {img['id']} has no valid 'crowdIndex' ({show(ci, 60)}); CrowdPose "
-                    f"ground truth needs it for AP easy/medium/hard (not a CrowdPose file?)")
+    # the loader's check (of a validation split): one set of rules for both
+    check_coco_gt(data, info, src, EvaluationError, scoring=True)
+    fill = any("num_keypoints" not in a or "iscrowd" not in a for a in data["annotations"])
     if fill:
         data = dict(data)
         data["annotations"] = [
