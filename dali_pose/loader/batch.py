@@ -2,7 +2,7 @@
 
 N crops, K joints, crop H x W, heatmaps h x w, C heatmap channels (the codec's: K, or 3K
 for the combined target). :data:`BATCH` is the schema (the README's batch table is checked
-against it: ``tests/test_batch_schema.py``); :func:`make_batch` builds a batch from the
+against it: ``tests/test_loader_contract.py``); :func:`make_batch` builds a batch from the
 graph's per-crop outputs (:class:`~dali_pose.loader.graph.Outputs` fields, one row per
 crop) by it.
 """
