@@ -59,3 +59,34 @@ def test_removed_loader_modes_are_an_error_naming_the_change(key):
 
     with pytest.raises(ConfigError, match=f"'loader.{key}' was removed: .*delete the key"):
         load_config(None, [f"loader.{key}=true"])
+
+
+def test_output_shapes_come_from_the_ports():
+    """Every operator's DALI ``setup`` writes the shapes its output ports declare (P read
+    from input 0), for samples of 1 and 3 people."""
+    pytest.importorskip("nvidia.dali")
+    import numpy as np
+
+    from dali_pose import load_config
+    from dali_pose.datasets import COCO
+    from dali_pose.kernels.op import PEOPLE
+    from dali_pose.loader.graph import graph_spec
+
+    cfg = load_config(None, ["occlusion.method=aid", "occlusion.prob=1", "noda.prob=1",
+                             "noda.pool=unused.npz"])
+    spec = graph_spec(cfg, COCO, train=True, gpu=False)
+    ops = [spec.crop, spec.warp, spec.dropping, spec.noda, spec.targets]
+    assert not spec.dropping_fused  # NODA pastes between the warp and the dropping
+    for op in ops:
+        for people in (1, 3):
+            ins = [[np.array([people if d == PEOPLE else (d or 7) for d in p.shape],
+                             np.int64)] for p in op.inputs]
+            outs = [[np.full(p.ndim, -5, np.int64)] for p in op.outputs]
+            op.setup(outs, ins)
+            for p, o in zip(op.outputs, outs):
+                want = tuple(people if d == PEOPLE else d for d in p.shape)
+                assert tuple(o[0]) == want, (op.name, p.name)
+    w, h = cfg.model.input_size
+    assert spec.warp.outputs[0].shape == (PEOPLE, 3, h, w)
+    assert [p.shape for p in spec.noda.outputs] == [(PEOPLE, 3, h, w), (PEOPLE, 17)]
+    assert spec.crop.outputs[-1].name == "window" and spec.crop.outputs[-1].shape == (4,)

@@ -308,13 +308,19 @@ def finish(spec: GraphSpec, read: Read, geometry: Geometry, image, occluded) -> 
                    occluded=occluded)
 
 
-def build_graph(spec: GraphSpec, source, pool_source=None) -> Outputs:
-    """Define the whole graph inside a ``pipeline_def`` body."""
+def read_and_place(spec: GraphSpec, source, pool_source=None) -> Tuple[Read, Geometry]:
+    """The sources and the crop operator: the start of every graph (call it inside a
+    ``pipeline_def`` body)."""
     if Pipeline.current() is None:
-        raise RuntimeError("build_graph defines DALI operators: call it inside a "
+        raise RuntimeError("a dali_pose graph defines DALI operators: call it inside a "
                            "pipeline_def body (see make_pipeline)")
     read = read_stage(spec, source, pool_source)
-    geometry = geometry_stage(spec, read)
+    return read, geometry_stage(spec, read)
+
+
+def build_graph(spec: GraphSpec, source, pool_source=None) -> Outputs:
+    """Define the whole graph inside a ``pipeline_def`` body."""
+    read, geometry = read_and_place(spec, source, pool_source)
     image = warp_stage(spec, read, geometry, decode_stage(spec, read, geometry))
     image, occluded = occlusion_stage(spec, read, geometry, image,
                                       dropping=not spec.dropping_fused)

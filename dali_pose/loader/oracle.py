@@ -20,10 +20,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from nvidia.dali import Pipeline, fn, types
+from nvidia.dali import fn, types
 
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
-from .graph import GraphSpec, Outputs, finish, geometry_stage, occlusion_stage, read_stage
+from .graph import GraphSpec, Outputs, finish, occlusion_stage, read_and_place
 from .plan import image_groups
 
 _ROW_FIELDS = ("image_paths", "center", "scale", "keypoints", "area", "image_id",
@@ -49,11 +49,7 @@ def dali_matrix(matrix):
 
 def oracle_graph(spec: GraphSpec, source, pool_source=None) -> Outputs:
     """The graph of ``spec`` with DALI's decode + ``warp_affine`` (one person per sample)."""
-    if Pipeline.current() is None:
-        raise RuntimeError("oracle_graph defines DALI operators: call it inside a "
-                           "pipeline_def body")
-    read = read_stage(spec, source, pool_source)
-    geometry = geometry_stage(spec, read)
+    read, geometry = read_and_place(spec, source, pool_source)
     device = "mixed" if spec.gpu else "cpu"
     decoded = fn.decoders.image(read.jpeg, device=device, output_type=types.RGB,
                                 adjust_orientation=False)
