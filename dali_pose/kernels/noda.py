@@ -218,9 +218,9 @@ class NodaOp(NumbaOp):
     float32 (P, K, 3), person_box float32 (P, 4) the target's [cx, cy, w, h] in crop px,
     pool_rgba uint8 (P, h, w, 4) person p's pool crop at the top left of a canvas of the
     largest, pool_box float32 (P, 6): [cx, cy, w, h] of the pool person inside its crop
-    (``Pool.get(i)[2]``) and the crop's [rows, cols], draws float32 (P, num_draws). Both boxes must follow one
-    convention (here: the aspect-fixed, unpadded box, ``PoseIndex.scale / padding``): only
-    their centres and diagonals are used. ``one`` is the njit kernel of one person.
+    (``Pool.get(i)[2]``) and the crop's [rows, cols], draws float32 (P, num_draws). Both
+    boxes must follow one convention (here: the aspect-fixed, unpadded box,
+    ``PoseIndex.scale / padding``): only their centres and diagonals are used. ``one`` is the njit kernel of one person.
     """
 
     num_joints: int = 0

@@ -9,8 +9,9 @@ are the same.
 Each (tree, configuration) runs in its own worker process (``PYTHONPATH`` = the tree), which
 builds its loader once (and runs a warm-up epoch) and then, on the parent's command, times
 a round of whole epochs (wall seconds and the process's CPU seconds, all threads: an epoch
-ends with the pipelines drained, so no work of one round runs during another's), or reports per crop of an epoch a hash of its image,
-heatmap, keypoints and matrix (keyed by (epoch, row)), or the dot test's errors. The
+ends with the pipelines drained, so no work of one round runs during another's), or
+reports per crop of an epoch a hash of its image, heatmap, keypoints, matrix and occluded
+joints (keyed by (epoch, row)), or the dot test's errors. The
 parent sends the rounds in turn (tree A config 1, tree B config 1, tree A config 2, ...),
 so both trees see the same machine load, and prints both.
 
