@@ -24,6 +24,7 @@ import yaml
 
 from .errors import ConfigError  # noqa: F401  (re-exported: dali_pose.config.ConfigError)
 from .errors import show
+from .kernels.methods import DROPPING_METHODS
 
 
 _CHOICES = {
@@ -34,7 +35,7 @@ _CHOICES = {
     "model.init": ("normal", "kaiming"),
     "loader.device": ("gpu", "cpu"),
     "loader.image_dtype": ("float32", "float16", "uint8"),
-    "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
+    "occlusion.method": tuple(DROPPING_METHODS),
     "train.amp_dtype": ("auto", "bfloat16", "float16"),
 }
 
@@ -170,7 +171,7 @@ class AugConfig:
 class OcclusionConfig:
     """Information-dropping augmentation on the crop (AID and its comparison family)."""
 
-    method: str = "none"  # none | aid | cutout | erasing | hide_and_seek | gridmask
+    method: str = "none"  # one of dali_pose.kernels.methods.DROPPING_METHODS
     prob: float = 0.5
     num: int = 1  # occluders per crop (aid, cutout)
     radius: Tuple[float, float] = (0.1, 0.2)  # fraction of the input width
@@ -232,11 +233,9 @@ class LoaderConfig:
     flip_test: bool = True  # validation: also yield a flipped copy of each crop
     drop_last: bool = True  # training: drop (True) or fill (False) the last partial batch
     prefetch: int = 2
-    fast_cpu: bool = True  # CPU backend: region-of-interest decode + fused numba warp
     pipelines: int = 1  # DALI pipelines taking batches in turn, num_threads shared among them
-    # decode each image once per epoch for all its people (not with NODA, which pastes one
-    # pool person per sample); their crops mix in a seeded shuffle buffer of this many
-    decode_per_image: bool = True
+    # each image is decoded once per epoch for all its people; their crops mix in a seeded
+    # shuffle buffer of this many
     shuffle_buffer: int = 512
 
     def __post_init__(self):
@@ -367,12 +366,26 @@ def _coerce(value, tp, key: str):
     raise _fail(key, f"unsupported type {tp}")  # pragma: no cover
 
 
+# Keys that no longer exist, and what replaced them (a config setting one is an error).
+_REMOVED = {
+    "loader.fast_cpu": "the CPU loader always decodes the crops' window and cuts them with "
+                       "the numba warp; delete the key",
+    "loader.decode_per_image": "every image is decoded once per epoch for all its people "
+                               "(NODA too); delete the key",
+}
+
+
 def _build(cls, tree: dict, prefix: str):
     if not isinstance(tree, dict):
         raise _fail(prefix.rstrip('.') or '<root>', f"expected a mapping, got {show(tree)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(tree) - names, key=str)
+    for name in unknown:
+        if f"{prefix}{name}" in _REMOVED:
+            e = ConfigError(f"config key '{prefix}{name}' was removed: {_REMOVED[prefix + name]}")
+            e.key = f"{prefix}{name}"
+            raise e
     if unknown:
         name = unknown[0] if isinstance(unknown[0], str) else show(unknown[0])
         e = ConfigError(f"unknown config key '{prefix}{show(name, 60).strip(chr(39))}' (known: "

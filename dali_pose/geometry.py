@@ -93,7 +93,7 @@ def opencv_to_dali_into(m, out):
     written into ``out`` (2, 3).
 
     DALI's ``warp_affine`` puts pixel centres at x + 0.5; conjugating with that half-pixel
-    shift gives ``[A | t + 0.5 (1 - A @ [1, 1])]`` (see shared/notes/dali-facts.md).
+    shift gives ``[A | t + 0.5 (1 - A @ [1, 1])]``.
     """
     for r in range(2):
         out[r, 0] = m[r, 0]

@@ -13,9 +13,11 @@ What it does:
     (compile_cuda with exactly the argument types DALI builds from out_types/in_types and
     outs_ndim/ins_ndim as pipeline.py passes them, then PTX for sm_90 = H200), so a dtype /
     ndim mismatch between a kernel's NumbaOp description and its CUDA kernel fails here;
-  * defines the full GPU graph (train + val, per image and per person, AID, combined
-    target, float16 and uint8 crops, NODA with a tiny fake pool) through dali_pose.loader.graph with device_id=0, and reports how far
-    pipe.build() gets without a device.
+  * defines the full GPU graph (train + val, AID and every other dropping method, combined
+    target, float16 and uint8 crops, NODA with a tiny fake pool) through
+    dali_pose.loader.graph with device_id=0, and the oracle graph (nvJPEG + DALI's
+    warp_affine, dali_pose.loader.oracle), and reports how far pipe.build() gets without
+    a device.
 """
 import os
 import sys
@@ -122,6 +124,7 @@ NumbaFunction._get_run_fn_gpu = _compile_like_dali
 # 3. the graph
 from dali_pose import load_config  # noqa: E402
 from dali_pose.loader.sources import BatchSource, PoolSource  # noqa: E402
+from dali_pose.loader.oracle import oracle_graph  # noqa: E402
 from test_loader import _dot_dataset  # noqa: E402
 
 
@@ -140,7 +143,7 @@ class _P:  # a tiny pool with the attributes PoolSource reads
         return len(self.offsets)
 
 
-def probe(tag, overrides, split="train", noda=False):
+def probe(tag, overrides, split="train", noda=False, oracle=False):
     import tempfile
     from pathlib import Path
 
@@ -159,7 +162,7 @@ def probe(tag, overrides, split="train", noda=False):
         @dali.pipeline_def(batch_size=2, num_threads=1, device_id=0, seed=1,
                            prefetch_queue_depth=2)
         def pipe_fn():
-            return tuple(P.build_graph(spec, src, pool_src))
+            return tuple((oracle_graph if oracle else P.build_graph)(spec, src, pool_src))
 
         pipe = pipe_fn()
         stage = "pipe.build()"
@@ -174,17 +177,16 @@ def probe(tag, overrides, split="train", noda=False):
 
 
 probe("val", [], split="val")
-probe("val per person", ["loader.decode_per_image=false"], split="val")
+probe("val oracle (nvJPEG + warp_affine)", [], split="val", oracle=True)
 probe("train gaussian", [])
-probe("train gaussian per person", ["loader.decode_per_image=false"])
+probe("train gaussian oracle", [], oracle=True)
 probe("train AID + combined + float16", ["occlusion.method=aid", "occlusion.prob=1",
                                          "model.target=combined",
                                          "loader.image_dtype=float16"])
 probe("train AID + uint8", ["occlusion.method=aid", "occlusion.prob=1",
                             "loader.image_dtype=uint8"])
-probe("train AID + uint8 per person", ["occlusion.method=aid", "occlusion.prob=1",
-                                       "loader.image_dtype=uint8",
-                                       "loader.decode_per_image=false"])
+probe("train AID + uint8 oracle", ["occlusion.method=aid", "occlusion.prob=1",
+                                   "loader.image_dtype=uint8"], oracle=True)
 probe("train NODA + AID", ["occlusion.method=aid", "noda.prob=1", "noda.pool=x.npz"],
       noda=True)
 for m in ("cutout", "erasing", "hide_and_seek", "gridmask"):

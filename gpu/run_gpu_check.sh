@@ -14,7 +14,7 @@
 # operator in DALI vs the CPU kernel, `pytest -m gpu`, the dot test (numbers), per-image
 # decoding on the GPU (dot test, float32 / uint8, GPU vs CPU crops), a GPU loader
 # with a NODA pool (untested by tests/), a CUPTI profile of the GPU iterator (host round
-# trips), `python -m dali_pose.tools.bench --backends dali-gpu,dali-gpu-person,reference
+# trips), `python -m dali_pose.tools.bench --backends dali-gpu,dali-gpu-oracle,reference
 # --train-step --kernels`
 # on a small synthetic set (300 people, generated while the tests run).
 set -uo pipefail
@@ -116,7 +116,7 @@ step profile 60 $PY "$HERE/gpu_probe.py" profile
 [ -n "${SYN:-}" ] && wait "$SYN"
 tail -3 "$OUT/logs/synthetic.log" 2>/dev/null | sed 's/^/    synthetic: /' >> "$SUM"
 step bench 240 $PY -m dali_pose.tools.bench --config configs/synthetic.yaml \
-  --backends dali-gpu,dali-gpu-person,reference --train-step --kernels --rounds 3 --batches 20 --warmup 4 \
+  --backends dali-gpu,dali-gpu-oracle,reference --train-step --kernels --rounds 3 --batches 20 --warmup 4 \
   --stage-batches 8 --train-iters 20 --set loader.num_threads=8 --json "$OUT/bench.json"
 grep -c "It is recommended that the grid volume" "$OUT/logs/bench.log" 2>/dev/null \
   | sed 's/^/    DALI grid-volume warnings in bench stderr: /' >> "$SUM"

@@ -62,17 +62,30 @@ def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 # ------------------------------------------------------------------------------ images ---
 
-@pytest.mark.parametrize("fast_cpu", ["true", "false"])  # ROI decode / full decode + warp
-def test_exif_orientation_is_ignored(syn, tmp_path, fast_cpu):
+def _val_loader(cfg, warp):
+    """The loader (window decode + numba warp) or the oracle graph (full decode + DALI's
+    warp_affine, one person per image)."""
+    if warp == "numba":
+        return build_loader(cfg, "val")
+    from dali_pose.datasets import load_index
+    from dali_pose.loader import PoseLoader
+    from dali_pose.loader.oracle import one_person_per_image, oracle_graph
+
+    index = one_person_per_image(load_index(cfg, "val", None))
+    return PoseLoader(cfg, "val", index, "cpu", 0, 1, graph=oracle_graph)
+
+
+@pytest.mark.parametrize("warp", ["numba", "oracle"])  # ROI decode / full decode + warp
+def test_exif_orientation_is_ignored(syn, tmp_path, warp):
     d = _copy(syn, tmp_path)
     path, _ = _first_image(d)
-    plain = list(build_loader(_cfg(d, f"loader.fast_cpu={fast_cpu}"), "val"))
+    plain = list(_val_loader(_cfg(d), warp))
     tagged = _with_exif_orientation(path.read_bytes(), 6)
     path.write_bytes(tagged)
     # the tag is real: a decoder that applies it turns the picture (OpenCV does by default)
     shape = cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR).shape
     assert shape[:2] == (640, 480)
-    again = list(build_loader(_cfg(d, f"loader.fast_cpu={fast_cpu}"), "val"))
+    again = list(_val_loader(_cfg(d), warp))
     for a, b in zip(plain, again):
         for key in ("image", "heatmap", "matrix", "keypoints"):
             assert torch.equal(a[key], b[key]), key

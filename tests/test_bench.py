@@ -31,7 +31,7 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--json", str(out), "--epochs-memory", "2",
-            "--backends", "dali-gpu,dali-cpu,dali-cpu-person,reference", "--kernels",
+            "--backends", "dali-gpu,dali-cpu,dali-cpu-oracle,reference", "--kernels",
             "--set", "loader.image_dtype=uint8"]
     for o in tiny:
         args += ["--set", o]
@@ -43,11 +43,11 @@ def test_smoke_run_writes_report(tiny, tmp_path, capsys):
     assert meta["smoke"] and meta["batch_size"] == 4 and meta["cores"] >= 1
     assert {"load_before", "load_after", "peak_rss_mb", "config_resolved"} <= set(meta)
     be = rep["backends"]
-    assert set(be) == {"dali-gpu", "dali-cpu", "dali-cpu-person", "reference"}
-    assert meta["image_dtype"] == "uint8" and meta["decode_per_image"]
+    assert set(be) == {"dali-gpu", "dali-cpu", "dali-cpu-oracle", "reference"}
+    assert meta["image_dtype"] == "uint8"
     if not torch.cuda.is_available():
         assert be["dali-gpu"]["status"] == "skipped" and "CUDA" in be["dali-gpu"]["reason"]
-    for name in ("dali-cpu", "dali-cpu-person", "reference"):
+    for name in ("dali-cpu", "dali-cpu-oracle", "reference"):
         r = be[name]
         assert r["status"] == "ok"
         assert r["median_samples_per_s"] > 0 and r["ratio_to_reference"] > 0
@@ -75,19 +75,17 @@ def test_smoke_stage_breakdown(tiny, tmp_path):
 
     out = tmp_path / "bench.json"
     args = ["--smoke", "--quiet", "--stages", "--rounds", "1", "--json", str(out),
-            "--backends", "dali-cpu,dali-cpu-person"]
+            "--backends", "dali-cpu"]
     for o in tiny:
         args += ["--set", o]
     assert main(args) == 0
     be = json.loads(out.read_text())["backends"]
-    for name, per_image in (("dali-cpu", True), ("dali-cpu-person", False)):
-        st = be[name]["stages"]
-        assert list(st["stages"]) == list(DALI_STAGES)
-        assert "full decode" in st["prefixes"] and st["warp"] == "fused"
-        assert all(p["samples_per_s"] > 0 for p in st["prefixes"].values())
-        assert st["per_image"] == per_image
-        # the synthetic scenes hold several people: more than one per decoded image
-        assert (st["people_per_decode"] > 1.0) == per_image
+    st = be["dali-cpu"]["stages"]
+    assert list(st["stages"]) == list(DALI_STAGES)
+    assert "full decode" in st["prefixes"] and st["warp"] == "warp"
+    assert all(p["samples_per_s"] > 0 for p in st["prefixes"].values())
+    # the synthetic scenes hold several people: more than one per decoded image
+    assert st["people_per_decode"] > 1.0
 
 
 @pytest.mark.gpu
@@ -120,7 +118,7 @@ def assert_crops_close(diffs):
 def test_reference_matches_dali_cpu_on_validation(tiny):
     """Validation applies no randomness: same matrices, keypoints, targets; crops equal
     within the reference's uint8 rounding and the 1/32-px position rounding."""
-    cfg = load_config(None, tiny + ["loader.batch_size=4", "loader.fast_cpu=true"])
+    cfg = load_config(None, tiny + ["loader.batch_size=4"])
     index = load_index(cfg, "val")
     ref = list(build_reference_loader(cfg, "val", num_workers=0, index=index))
     dali = list(build_loader(cfg, "val", device="cpu", index=index))

@@ -6,13 +6,19 @@ import torch
 
 from dali_pose import build_loader, load_config
 from dali_pose.datasets import COCO, PoseIndex
-from dali_pose.loader import epoch_schedule, image_epoch, image_groups
+from dali_pose.loader import PoseLoader, image_epoch, image_groups
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 pytest.importorskip("nvidia.dali")
 
 
-# ---------------------------------------------------------------- schedule (pure) ----
+# ---------------------------------------------------------------- plan (pure) ----
+def epoch_schedule(n, b, **kw):
+    """The plan of ``n`` one-person images: (batches of rows, valid counts)."""
+    plan = image_epoch([np.array([i]) for i in range(n)], b, **kw)
+    return [plan.batch_rows(k) for k in range(len(plan.batches))], list(plan.valid)
+
+
 @pytest.mark.parametrize("n,b,shards", [(10, 3, 1), (10, 3, 3), (7, 4, 2), (1, 4, 1),
                                         (32, 8, 4)])
 def test_validation_yields_every_instance_once(n, b, shards):
@@ -114,18 +120,19 @@ def dot_errors(loader, epochs):
     return errs, flips
 
 
-@pytest.mark.parametrize("fast_cpu", [True, False])
-def test_dot_lands_where_the_loader_says(tmp_path, fast_cpu):
+@pytest.mark.parametrize("warp", ["numba", "oracle"])
+def test_dot_lands_where_the_loader_says(tmp_path, warp):
     """A keypoint drawn as a dot appears in the crop within 0.05 px of the reported
-    keypoint, for random scale, rotation and flip (both CPU warp implementations: DALI's
-    ``warp_affine`` only decodes per person; per image the numba warp cuts every crop)."""
+    keypoint, for random scale, rotation and flip (both warps: the loader's numba warp, and
+    DALI's ``warp_affine`` as the oracle graph, one person per image)."""
+    from dali_pose.loader.graph import build_graph
+    from dali_pose.loader.oracle import oracle_graph
+
     index = _dot_dataset(tmp_path)
-    flag = str(fast_cpu).lower()
-    cfg = load_config(None, ["loader.batch_size=6", f"loader.fast_cpu={flag}",
-                             f"loader.decode_per_image={flag}", "aug.rot_prob=1",
+    cfg = load_config(None, ["loader.batch_size=6", "aug.rot_prob=1",
                              "aug.half_body_prob=0", "loader.num_threads=1"])
-    loader = build_loader(cfg, "train", index=index)
-    assert (loader.spec.warp is None) == (not fast_cpu)  # the implementation under test
+    loader = PoseLoader(cfg, "train", index, "cpu", 0, 1,
+                        graph=oracle_graph if warp == "oracle" else build_graph)
     errs, flips = dot_errors(loader, epochs=3)
     assert len(errs) > 30 and any(flips) and not all(flips)
     assert max(errs) < 0.05, max(errs)
@@ -236,11 +243,6 @@ def test_several_pipelines_give_the_same_validation_batches(tmp_path):
         torch.testing.assert_close(a["heatmap"], b["heatmap"], rtol=0, atol=0)
     # training: every lane's runs, in turn, make up the epoch's schedule
     base = ["loader.batch_size=2", "loader.pipelines=2", "loader.drop_last=false"]
-    loader = build_loader(load_config(None, base + ["loader.decode_per_image=false"]),
-                          "train", index=index)
-    ids = [b["instance_id"].tolist() for b in loader]
-    expected = epoch_schedule(5, 2, train=True, seed=0, epoch=0, drop_last=False)[0]
-    assert ids == [(index.instance_id[b]).tolist() for b in expected]
     loader = build_loader(load_config(None, base), "train", index=index)
     ids = [b["instance_id"].tolist() for b in loader]
     plan = image_epoch(image_groups(index.image_paths), 2, train=True, seed=0, epoch=0,

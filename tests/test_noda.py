@@ -70,11 +70,19 @@ def kernels(size=SIZE, info=COCO, **kw):
     return Gated(noda_op_from(NodaConfig(**kw), size, info), kw["prob"])
 
 
+def per_person(rgba, pbox):
+    """The operator's per-person pool inputs of one person: rgba (1, h, w, 4), box (1, 6)
+    (the box and the crop's rows, cols)."""
+    h, w = rgba.shape[:2]
+    return rgba[None], np.concatenate([pbox, [h, w]]).astype(np.float32)[None]
+
+
 def run_cpu(kern, image, kps, box, rgba, pbox, draws):
-    """One crop through the operator (a sample of P = 1 crops; the pool person per sample)."""
+    """One crop through the operator (a sample of P = 1 crops, with its pool person)."""
     out = np.full_like(image[None], np.nan)
     occ = np.full((1, kern.num_joints), np.nan, np.float32)
-    kern.cpu_kernel(out, occ, image[None], kps[None], box[None], rgba, pbox, draws[None])
+    kern.cpu_kernel(out, occ, image[None], kps[None], box[None], *per_person(rgba, pbox),
+                    draws[None])
     return out[0], occ[0]
 
 
@@ -122,9 +130,9 @@ def test_config_errors_and_layout():
         kernels(max_tries=0)
     k = kernels(max_tries=7)
     assert k.num_draws == 1 + 3 * 7 and k.num_joints == K
-    # per crop (P, ...): image, occluded, keypoints, box, draws; per sample: the pool person
+    # per crop (P, ...): image, occluded, keypoints, box, the pool person, draws
     assert tuple(p.ndim for p in k.outputs) == (4, 2)
-    assert tuple(p.ndim for p in k.inputs) == (4, 3, 2, 3, 1, 2)
+    assert tuple(p.ndim for p in k.inputs) == (4, 3, 2, 4, 2, 2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,8 +297,10 @@ _SCRIPT = textwrap.dedent("""
     res = {}
     n = z["kps"].shape[0]
     for i in range(n):
-        args = (z["image"][i][None], z["kps"][i][None], z["box"][i][None], z["rgba_%d" % i],
-                z["pbox"][i], z["draws"][i][None])
+        rgba = z["rgba_%d" % i]
+        pbox = np.concatenate([z["pbox"][i], rgba.shape[:2]]).astype(np.float32)
+        args = (z["image"][i][None], z["kps"][i][None], z["box"][i][None], rgba[None],
+                pbox[None], z["draws"][i][None])
         if mode == "cpu":
             launches = [None]
         else:
@@ -385,7 +395,7 @@ def test_gpu_run_compiles_to_ptx(monkeypatch):
     f = types.float32
     sig = types.void(types.Array(f, 4, "C"), types.Array(f, 2, "C"), types.Array(f, 4, "C"),
                      types.Array(f, 3, "C"), types.Array(f, 2, "C"),
-                     types.Array(types.uint8, 3, "C"), types.Array(f, 1, "C"),
+                     types.Array(types.uint8, 4, "C"), types.Array(f, 2, "C"),
                      types.Array(f, 2, "C"))
     try:
         ptx, _ = cuda.compile_ptx(kernels((192, 256)).gpu_run, sig, cc=(8, 0))
@@ -411,7 +421,8 @@ def test_gpu_matches_cpu_on_device():  # pragma: no cover - needs a GPU
         d_occ = cuda.to_device(np.full((1, K), np.nan, np.float32))
         gpu[kern.launch(cuda.get_current_device().MULTIPROCESSOR_COUNT)](
             d_out, d_occ, *(cuda.to_device(a) for a in (image[None], kps[None], box[None],
-                                                        rgba, pbox, draws[None])))
+                                                        *per_person(rgba, pbox),
+                                                        draws[None])))
         out, occ = run_cpu(kern, image, kps, box, rgba, pbox, draws)
         np.testing.assert_array_equal(d_occ.copy_to_host()[0], occ)
         # GPU may contract a*b+c into FMA: equal up to float rounding
@@ -441,8 +452,9 @@ def _dali_case(device):
     draws = [kern.draws(rng) for _ in range(bs)]
     cols = [images, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
             [c[3] for c in cases], draws]
-    per_crop = (0, 1, 2, 5)  # (P, ...) inputs; the pool person (rgba, box) is per sample
-    dali_cols = [[a[None] for a in c] if j in per_crop else c for j, c in enumerate(cols)]
+    pool = [per_person(c[2], c[3]) for c in cases]
+    dali_cols = [[a[None] for a in c] for c in cols]  # samples of P = 1
+    dali_cols[3:5] = [[p[0] for p in pool], [p[1] for p in pool]]
     pipe = Pipeline(batch_size=bs, num_threads=1, device_id=None if device == "cpu" else 0)
     with pipe:
         srcs = [fn.external_source(source=_batch_source(c), batch=True, device=device)

@@ -28,10 +28,13 @@ def _black_pixels(image):
     return (image - black[None, :, None, None]).abs().amax(dim=1) < 1e-5
 
 
-@pytest.mark.parametrize("fast_cpu", ["true", "false"])  # fused into the warp, or its own op
-def test_aid_blacks_out_discs_and_keeps_targets(data, fast_cpu):
+@pytest.mark.parametrize("fused", [True, False])  # fused into the warp, or its own op
+def test_aid_blacks_out_discs_and_keeps_targets(data, fused, monkeypatch):
+    import dali_pose.loader.graph as graph
+
+    monkeypatch.setattr(graph, "fuses_dropping", lambda gpu, noda: fused)
     base = ["aug.rot_prob=0", "aug.flip_prob=0", "aug.scale_factor=0",
-            "aug.half_body_prob=0", f"loader.fast_cpu={fast_cpu}"]
+            "aug.half_body_prob=0"]
     plain = next(iter(build_loader(_cfg(data, base), "train")))
     aid = next(iter(build_loader(_cfg(data, base + ["occlusion.method=aid",
                                                     "occlusion.prob=1"]), "train")))
@@ -72,7 +75,8 @@ def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
 
 def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, tmp_path):
     from dali_pose.datasets import load_index
-    from dali_pose.loader import epoch_schedule
+    from dali_pose.loader import image_epoch, image_groups
+    from dali_pose.loader.plan import runs
     from dali_pose.loader.pool import load_pool
     from dali_pose.loader.sources import BatchSource, PoolSource
 
@@ -82,20 +86,25 @@ def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, t
     pool = load_pool(pool_path)
     index = load_index(cfg, "train")
     main = BatchSource(index, train=True, seed=0)
-    batches, _ = epoch_schedule(len(index), 4, train=True, seed=0, epoch=5)
-    main.start([[np.array([r]) for r in b] for b in batches], 5)  # runs of one-person decodes
+    plan = image_epoch(image_groups(index.image_paths), 4, train=True, seed=0, epoch=5)
+    main.start(runs(plan, 4), 5)  # runs of decodes, each an image and its people
     a, b = PoolSource(main, pool), PoolSource(main, pool)
-    for cursor in range(len(batches)):
-        rows = batches[cursor]
-        pick = a.picks(cursor)
-        np.testing.assert_array_equal(pick, b.picks(cursor))
-        same = (pool.image_id[pick] == index.image_id[rows]) & \
-            (pool.instance_id[pick] == index.instance_id[rows])
-        assert not same.any()
+    for run in main.runs:
         rgba, boxes = a()
-        for r, bx, i in zip(rgba, boxes, pick):
-            np.testing.assert_array_equal(r, pool.get(int(i))[0])
-            np.testing.assert_array_equal(bx, pool.boxes[i])
+        assert len(rgba) == len(run)
+        for decode, r, bx in zip(run, rgba, boxes):  # one pool person per person
+            pick = a.picks(decode)
+            np.testing.assert_array_equal(pick, b.picks(decode))
+            same = (pool.image_id[pick] == index.image_id[decode]) & \
+                (pool.instance_id[pick] == index.instance_id[decode])
+            assert not same.any() and len(pick) == len(decode)
+            for p, i in enumerate(pick):
+                crop, _, box = pool.get(int(i))
+                h, w = crop.shape[:2]
+                np.testing.assert_array_equal(r[p, :h, :w], crop)
+                assert not r[p, h:].any() and not r[p, :, w:].any()  # zero canvas around
+                np.testing.assert_array_equal(bx[p, :4], box)
+                np.testing.assert_array_equal(bx[p, 4:], [h, w])
     with pytest.raises(StopIteration):
         a()
 

@@ -1,4 +1,4 @@
-"""Decoding each image once per epoch for all its people (``loader.decode_per_image``).
+"""Decoding each image once per epoch for all its people.
 
 The plan (pure): every person once per epoch, disjoint equal shards, exact ``len()``,
 batches mixed by the shuffle buffer. The loader: dots land where the loader says on the
@@ -14,7 +14,7 @@ import torch
 
 from dali_pose import build_loader, load_config
 from dali_pose.datasets import COCO, PoseIndex
-from dali_pose.loader.schedule import image_epoch, runs_needed
+from dali_pose.loader.plan import image_epoch, runs_needed
 
 from test_loader import BLOB_SIGMA, dot_errors  # the dots are drawn alike
 
@@ -189,7 +189,7 @@ def test_dot_lands_where_the_loader_says_per_image(tmp_path, rot_prob, dtype):
                              "aug.half_body_prob=0", f"loader.image_dtype={dtype}",
                              "loader.shuffle_buffer=4"])
     loader = build_loader(cfg, "train", index=index)
-    assert loader.spec.per_image and max(len(d) for d in loader._plan().decodes) == 3
+    assert max(len(d) for d in loader._plan().decodes) == 3
     errs, _ = dot_errors(loader, epochs=3)
     assert len(errs) > 40
     # uint8 rounds each intensity to an integer: a centroid moves by < 0.02 px
@@ -209,6 +209,19 @@ def _crops_by_row(cfg, index, epochs=(0, 1)):
     return out
 
 
+def alone(index, tmp_path):
+    """``index`` with each person's image a file of its own (a copy): one person per decode."""
+    import dataclasses
+    import shutil
+
+    paths = []
+    for r, p in enumerate(index.image_paths):
+        copy = tmp_path / f"alone{r}.png"
+        shutil.copyfile(p, copy)
+        paths.append(str(copy))
+    return dataclasses.replace(index, image_paths=np.array(paths, dtype=object))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "uint8"])
 def test_crops_identical_with_and_without_per_image(tmp_path, dtype):
     """The same seed and epoch give the same crop of a person, bit for bit, whether its
@@ -217,8 +230,7 @@ def test_crops_identical_with_and_without_per_image(tmp_path, dtype):
     base = ["loader.batch_size=3", "aug.rot_prob=0.5", "occlusion.method=aid",
             "occlusion.prob=0.5", "loader.drop_last=false", f"loader.image_dtype={dtype}"]
     per_image = _crops_by_row(load_config(None, base), index)
-    per_person = _crops_by_row(load_config(None, base + ["loader.decode_per_image=false"]),
-                               index)
+    per_person = _crops_by_row(load_config(None, base), alone(index, tmp_path))
     assert set(per_image) == set(per_person) == set(itertools.product((0, 1), range(11)))
     for key, a in per_image.items():
         for name, t in a.items():
@@ -252,24 +264,34 @@ def test_loader_val_every_instance_once_and_train_every_person(tmp_path, shards)
     assert len(rows) >= 11 - shards * (2 + 3)
 
 
-def test_each_crop_goes_straight_to_its_batch(tmp_path):
+def test_each_crop_goes_straight_to_its_batch(tmp_path, monkeypatch):
     """Per image, a run's crops are copied to the batches the plan puts them in: every
     batch complete when handed out, and no more crops held than the plan needs."""
     index = crowd_dataset(tmp_path, people=(3, 2, 1, 3, 2, 4, 1, 2))
     cfg = load_config(None, ["loader.batch_size=3", "loader.shuffle_buffer=4",
                              "loader.drop_last=false"])
+    import dali_pose.loader.iterator as iterator
+
+    made = []
+
+    class Recorded(iterator.Batches):  # the epoch's batches being filled, to look into
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(iterator, "Batches", Recorded)
     loader = build_loader(cfg, "train", index=index)
     plan = loader._plan()  # epoch 0's (iterating moves the loader on to epoch 1)
     batches = list(loader)
     for b, batch in enumerate(batches):
         np.testing.assert_array_equal(batch["row"].numpy(), plan.batch_rows(b)[:plan.valid[b]])
-    assert loader._filling.held == 0 and not loader._filling.filling
-    assert loader._filling.peak == crops_held(plan, 3) > 3
+    assert made[-1].held == 0 and not made[-1].filling
+    assert made[-1].peak == crops_held(plan, 3) > 3
     it = iter(loader)  # an epoch abandoned after one batch frees what it was filling
     next(it)
-    assert loader._filling.filling
+    assert made[-1].filling
     it.close()
-    assert not loader._filling.filling
+    assert not made[-1].filling
 
 
 def test_skipped_image_drops_all_its_people(tmp_path):

@@ -2,8 +2,7 @@
 
 The operator (:func:`crop_op`, CPU only: its inputs are host data) turns the source's
 boxes, keypoints and random draws into everything the later stages need. A DALI sample is
-one decoded image and the P >= 1 people cropped from it (one per sample when each person
-decodes their own image). Per sample:
+one decoded image and the P >= 1 people cropped from it. Per sample:
 
 inputs
     ``center`` (P, 2) f32 and ``scale`` (P, 2) f32: the people's padded boxes in source px
@@ -15,11 +14,8 @@ outputs
     (P, K, 3) f32 in crop px, joints swapped when flipped; ``crop_box`` (P, 4) f32
     ``[cx, cy, w, h]`` of each crop in source px after augmentation; ``person_box`` (P, 4)
     f32 ``[cx, cy, w, h]`` of each person's own (unpadded, unaugmented) box in crop px (NODA
-    places occluders by it); ``flipped`` (P,) i32; and by backend
-      * ``roi`` (4,) i32 ``[x0, y0, w, h]``: the source window all P crops sample (decoded
-        once for them; never empty), or
-      * ``warp_matrix`` (P, 2, 3) f32: ``matrix`` in DALI's pixel convention
-        (``warp_affine``, which takes one crop per sample: P = 1).
+    places occluders by it); ``flipped`` (P,) i32; ``window`` (4,) i32 ``[x0, y0, w, h]``:
+    the source window all P crops sample (decoded once for them; never empty).
 
 Geometry comes from :mod:`dali_pose.geometry` (the one place for it); this module only
 wires it into one kernel.
@@ -32,9 +28,9 @@ from typing import Optional, Tuple
 import numba
 import numpy as np
 
-from ..geometry import (AugParams, augment, invert_affine, msra_matrix, opencv_to_dali_into,
-                        source_roi, transform_keypoints, udp_matrix)
-from .op import NumbaOp, Port
+from ..geometry import (NUM_NORMAL, NUM_UNIFORM, AugParams, augment, invert_affine,
+                        msra_matrix, source_roi, transform_keypoints, udp_matrix)
+from .op import PEOPLE, NumbaOp, Port
 
 # Extra source pixels around the crop footprint: bilinear needs one neighbour.
 ROI_MARGIN = 1
@@ -42,14 +38,13 @@ ROI_MARGIN = 1
 
 @functools.lru_cache(maxsize=None)
 def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, ...],
-            upper_body: Tuple[bool, ...], aug: Optional[AugParams], roi: bool,
+            upper_body: Tuple[bool, ...], aug: Optional[AugParams],
             unbiased: bool = True) -> NumbaOp:
     """The crop-geometry operator for crops of ``input_size`` = [w, h].
 
     ``padding``: the box enlargement of the index (to recover the person's own box);
     ``flip_index`` / ``upper_body``: the dataset's joint swap and upper-body mask; ``aug``:
-    the training augmentation (None: the box as it is, no flip); ``roi``: the last output is
-    the source window (True) or DALI's warp matrix (False); ``unbiased``: UDP's crop
+    the training augmentation (None: the box as it is, no flip); ``unbiased``: UDP's crop
     (:func:`~dali_pose.geometry.udp_matrix`) or HRNet's classic one (``msra_matrix``).
     """
     out_w, out_h = (float(v) for v in input_size)
@@ -88,8 +83,8 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
         flipped[0] = 1 if flip else 0
         return m
 
-    def run_roi(matrix, kps_out, crop_box, person_box, flipped, window, center, scale, kps,
-                u, n, shape):
+    def run(matrix, kps_out, crop_box, person_box, flipped, window, center, scale, kps, u, n,
+            shape):
         x0, y0, x1, y1 = shape[1], shape[0], 0, 0
         for p in range(center.shape[0]):
             m = place(matrix[p], kps_out[p], crop_box[p], person_box[p], flipped[p:p + 1],
@@ -105,41 +100,13 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
         window[2] = x1 - x0
         window[3] = y1 - y0
 
-    def run_dali(matrix, kps_out, crop_box, person_box, flipped, warp_matrix, center, scale,
-                 kps, u, n, shape):
-        for p in range(center.shape[0]):
-            m = place(matrix[p], kps_out[p], crop_box[p], person_box[p], flipped[p:p + 1],
-                      center[p], scale[p], kps[p], u[p], n[p])
-            opencv_to_dali_into(m, warp_matrix[p])
-
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            people = ins[0][i][0]  # center (P, 2): DALI 2.4 lets setup read input 0 only
-            outs[0][i][0] = people
-            outs[0][i][1] = 2
-            outs[0][i][2] = 3
-            outs[1][i][0] = people
-            outs[1][i][1] = k
-            outs[1][i][2] = 3
-            outs[2][i][0] = people
-            outs[2][i][1] = 4
-            outs[3][i][0] = people
-            outs[3][i][1] = 4
-            outs[4][i][0] = people
-            if roi:
-                outs[5][i][0] = 4
-            else:
-                outs[5][i][0] = people
-                outs[5][i][1] = 2
-                outs[5][i][2] = 3
-
-    f32, i32 = "float32", "int32"
-    last = Port("roi", i32, 1) if roi else Port("warp_matrix", f32, 3)
+    f32, i32, P = "float32", "int32", PEOPLE
     return NumbaOp(
         name="crop geometry",
-        outputs=(Port("matrix", f32, 3), Port("keypoints", f32, 3), Port("crop_box", f32, 2),
-                 Port("person_box", f32, 2), Port("flipped", i32, 1), last),
-        inputs=(Port("center", f32, 2), Port("scale", f32, 2), Port("keypoints", f32, 3),
-                Port("uniform", f32, 2), Port("normal", f32, 2), Port("image_shape", "int64", 1)),
-        cpu_run=run_roi if roi else run_dali, setup=setup)
-
+        outputs=(Port("matrix", f32, (P, 2, 3)), Port("keypoints", f32, (P, k, 3)),
+                 Port("crop_box", f32, (P, 4)), Port("person_box", f32, (P, 4)),
+                 Port("flipped", i32, (P,)), Port("window", i32, (4,))),
+        inputs=(Port("center", f32, (P, 2)), Port("scale", f32, (P, 2)),
+                Port("keypoints", f32, (P, k, 3)), Port("uniform", f32, (P, NUM_UNIFORM)),
+                Port("normal", f32, (P, NUM_NORMAL)), Port("image_shape", "int64", (3,))),
+        cpu_run=run)

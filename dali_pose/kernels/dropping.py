@@ -70,18 +70,10 @@ from numba import cuda
 
 from ..normalize import black_fill
 from .common import copy_image, f64, imax, imin, kp_on_crop
-from .op import NumbaOp, Port, like_first_input
+from .methods import DROPPING_METHODS
+from .op import PEOPLE, NumbaOp, Port
 
-METHODS = ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask")
-# The config values each method's kernel bakes in (the compile cache keys on these only).
-METHOD_PARAMS = {
-    "none": (),
-    "aid": ("num", "radius", "shift_prob", "shift_spread"),
-    "cutout": ("num", "radius"),
-    "erasing": ("erasing_area", "erasing_aspect"),
-    "hide_and_seek": ("grid_sizes", "hide_prob"),
-    "gridmask": ("gridmask_ratio", "gridmask_period"),
-}
+METHODS = tuple(DROPPING_METHODS)
 QUANT = 256  # circle centres/radii in 1/QUANT px, inside test in exact int64
 ERASING_TRIES = 10
 AID_DRAWS_PER_OCCLUDER = 5  # keypoint pick, shift?, shift x, shift y, radius
@@ -386,7 +378,7 @@ def _dropping_runs(geom, cover, cfg, pieces, fill):
 def dropping_op_from(section, input_size, dtype: str = "float32") -> DroppingOp:
     """:func:`dropping_op` for ``section.method`` with that method's values read from
     ``section`` (any object with the ``occlusion`` config section's field names)."""
-    values = {k: getattr(section, k) for k in METHOD_PARAMS[section.method]}
+    values = {k: getattr(section, k) for k in DROPPING_METHODS[section.method]}
     return dropping_op(section.method, tuple(int(v) for v in input_size), dtype=dtype,
                        **{k: tuple(v) if isinstance(v, (list, tuple)) else v
                           for k, v in values.items()})
@@ -402,7 +394,7 @@ def dropping_op(method: str, input_size: Tuple[int, int], *, num: int = 1,
     """The operator dropping ``method``'s pieces from crops of ``input_size`` = [w, h].
 
     Values are those of the ``occlusion`` config section (validated there); only the ones
-    in ``METHOD_PARAMS[method]`` are used. Per sample: image (P, 3, H, W) of ``dtype``
+    in ``DROPPING_METHODS[method]`` are used. Per sample: image (P, 3, H, W) of ``dtype``
     (float32: normalised, black is ``black_fill()``; uint8: intensities, black is 0); kps
     float32 (P, K, 3); draws float32 (P, num_draws).
     """
@@ -422,31 +414,69 @@ def dropping_op(method: str, input_size: Tuple[int, int], *, num: int = 1,
     tries = ERASING_TRIES
     num = int(num)
 
-    # Per method: its geometry/coverage pair, constant config tuple and number of pieces
-    # (see "Information dropping: per-method geometry").
+    # The one dispatch on the method: its geometry/coverage pair, constant config tuple,
+    # number of draws and of pieces, and its plain-Python description for params().
     if method == "aid":
         num_draws = 1 + AID_DRAWS_PER_OCCLUDER * num
         geom, cover, cfg = _aid_geom, _disc_cover, (num, r_lo, r_hi, shift_prob, spread)
+
+        def describe(kps, draws, ww, hh):
+            discs = []
+            for i in range(num):
+                ok, joint, shifted, cxq, cyq, rq = aid_occluder(
+                    kps, draws, 1 + AID_DRAWS_PER_OCCLUDER * i, ww, hh, r_lo, r_hi,
+                    shift_prob, spread)
+                if ok:
+                    discs.append((int(joint), bool(shifted), cxq / QUANT, cyq / QUANT,
+                                  rq / QUANT))
+            return {"discs": discs}
     elif method == "cutout":
         num_draws = 1 + CUTOUT_DRAWS_PER_OCCLUDER * num
         geom, cover, cfg = _cutout_geom, _disc_cover, (num, r_lo, r_hi)
+
+        def describe(kps, draws, ww, hh):
+            discs = []
+            for i in range(num):
+                cxq, cyq, rq = cutout_occluder(draws, 1 + CUTOUT_DRAWS_PER_OCCLUDER * i, ww,
+                                               hh, r_lo, r_hi)
+                discs.append((-1, False, cxq / QUANT, cyq / QUANT, rq / QUANT))
+            return {"discs": discs}
     elif method == "erasing":
         num_draws = 1 + 4 * tries
         geom, cover, cfg = _erasing_geom, _box_cover, (a_lo, a_hi, asp_lo, asp_hi, tries)
+
+        def describe(kps, draws, ww, hh):
+            ok, x0, y0, we, he = erasing_rect(draws, 1, ww, hh, a_lo, a_hi, asp_lo, asp_hi,
+                                              tries)
+            return {"rect": (int(x0), int(y0), int(we), int(he)) if ok else None}
     elif method == "hide_and_seek":
         num_draws = 2 + hide_and_seek_cells(w, h, grid_sizes)
         geom, cover, cfg = _hide_and_seek_geom, _hide_and_seek_cover, (grid_sizes, hide_prob)
+
+        def describe(kps, draws, ww, hh):
+            g = int(pick_grid(float(draws[1]), grid_sizes))
+            if g <= 0:
+                return {"grid": g, "hidden": np.zeros((0, 0), bool)}
+            nx, ny = -(-ww // g), -(-hh // g)
+            return {"grid": g, "hidden": draws[2:2 + nx * ny].reshape(ny, nx) < hide_prob}
     elif method == "gridmask":
         num_draws = 4
         geom, cover, cfg = _gridmask_geom, _gridmask_cover, (d_lo, d_hi, gm_ratio)
+
+        def describe(kps, draws, ww, hh):
+            return {"grid": tuple(int(v) for v in gridmask_params(draws, 1, d_lo, d_hi,
+                                                                   gm_ratio))}
     else:  # none: the piece is empty, the kernel only copies (the graph skips the operator)
         num_draws = 1
         geom, cover, cfg = _none_geom, _box_cover, (0,)
+
+        def describe(kps, draws, ww, hh):
+            return {}
     pieces = num if method in ("aid", "cutout") else 1
     one, cpu_run, gpu_run = _dropping_runs(geom, cover, cfg, pieces, (f0, f1, f2))
 
     def params(kps, draws, size=None):
-        """Per-sample geometry as plain Python (same njit helpers as the kernels).
+        """Per-person geometry as plain Python (same njit helpers as the kernels).
 
         Keys: 'applied' (the gate is open), and by method
         aid/cutout: 'discs' [(joint, shifted, cx, cy, r)] in px (joint -1 for cutout);
@@ -457,46 +487,16 @@ def dropping_op(method: str, input_size: Tuple[int, int], *, num: int = 1,
         kps = np.ascontiguousarray(kps, dtype=np.float32)
         draws = np.ascontiguousarray(draws, dtype=np.float32)
         out = {"method": method, "applied": bool(gated(draws))}
-        if method == "aid":
-            discs = []
-            for i in range(num):
-                ok, joint, shifted, cxq, cyq, rq = aid_occluder(
-                    kps, draws, 1 + AID_DRAWS_PER_OCCLUDER * i, ww, hh, r_lo, r_hi,
-                    shift_prob, spread)
-                if ok:
-                    discs.append((int(joint), bool(shifted), cxq / QUANT, cyq / QUANT,
-                                  rq / QUANT))
-            out["discs"] = discs
-        elif method == "cutout":
-            discs = []
-            for i in range(num):
-                cxq, cyq, rq = cutout_occluder(draws, 1 + CUTOUT_DRAWS_PER_OCCLUDER * i, ww,
-                                               hh, r_lo, r_hi)
-                discs.append((-1, False, cxq / QUANT, cyq / QUANT, rq / QUANT))
-            out["discs"] = discs
-        elif method == "erasing":
-            ok, x0, y0, we, he = erasing_rect(draws, 1, ww, hh, a_lo, a_hi, asp_lo, asp_hi,
-                                              tries)
-            out["rect"] = (int(x0), int(y0), int(we), int(he)) if ok else None
-        elif method == "hide_and_seek":
-            g = int(pick_grid(float(draws[1]), grid_sizes))
-            out["grid"] = g
-            if g > 0:
-                nx, ny = -(-ww // g), -(-hh // g)
-                out["hidden"] = draws[2:2 + nx * ny].reshape(ny, nx) < hide_prob
-            else:
-                out["hidden"] = np.zeros((0, 0), bool)
-        elif method == "gridmask":
-            out["grid"] = tuple(int(v) for v in gridmask_params(draws, 1, d_lo, d_hi,
-                                                                 gm_ratio))
+        out.update(describe(kps, draws, ww, hh))
         return out
 
-    f32 = "float32"
+    f32, P = "float32", PEOPLE
     return DroppingOp(
         name=f"dropping ({method})",
-        outputs=(Port("image", dtype, 4),),
-        inputs=(Port("image", dtype, 4), Port("keypoints", f32, 3), Port("draws", f32, 2)),
-        cpu_run=cpu_run, setup=like_first_input(), gpu_run=gpu_run,
+        outputs=(Port("image", dtype, (P, 3, h, w)),),
+        inputs=(Port("image", dtype, (P, 3, h, w)), Port("keypoints", f32, (P, None, 3)),
+                Port("draws", f32, (P, num_draws))),
+        cpu_run=cpu_run, gpu_run=gpu_run,
         threads_per_block=GPU_THREADS, blocks_per_sm=GPU_BLOCKS_PER_SM,
         num_draws=num_draws, params=params, method=method, input_size=(w, h),
         fill=(f0, f1, f2), one=one)

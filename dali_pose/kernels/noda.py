@@ -41,7 +41,7 @@ from numba import cuda
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 from .common import copy_image, f64, imax, imin, kp_on_crop, pixel_of
 from .dropping import gated
-from .op import NumbaOp, Port
+from .op import PEOPLE, NumbaOp, Port
 
 NODA_DRAWS_PER_TRY = 3  # scale, angle, distance
 GPU_THREADS = (256, 1, 1)  # grid-stride loops: any launch shape is correct
@@ -213,14 +213,14 @@ def noda_extent(rgba, pool_box, ox, oy, s, w, h):
 class NodaOp(NumbaOp):
     """The NODA paste operator (see :class:`NumbaOp`), plus its joint count and crop size.
 
-    Per sample (P people, all pasted with the sample's one pool person: the loader gives
-    NODA samples of one person each): outputs image_out float32 (P, 3, H, W), occluded_out
-    float32 (P, K); inputs image_in float32 (P, 3, H, W), kps float32 (P, K, 3), person_box
-    float32 (P, 4) the target's [cx, cy, w, h] in crop px, pool_rgba uint8 (h, w, 4),
-    pool_box float32 (4,) [cx, cy, w, h] of the person inside the pool crop
-    (``Pool.get(i)[2]``), draws float32 (P, num_draws). Both boxes must follow one
-    convention (here: the aspect-fixed, unpadded box, ``PoseIndex.scale / padding``): only
-    their centres and diagonals are used. ``one`` is the njit kernel of one person.
+    Per sample (P people, each with its own pool person): outputs image_out float32
+    (P, 3, H, W), occluded_out float32 (P, K); inputs image_in float32 (P, 3, H, W), kps
+    float32 (P, K, 3), person_box float32 (P, 4) the target's [cx, cy, w, h] in crop px,
+    pool_rgba uint8 (P, h, w, 4) person p's pool crop at the top left of a canvas of the
+    largest, pool_box float32 (P, 6): [cx, cy, w, h] of the pool person inside its crop
+    (``Pool.get(i)[2]``) and the crop's [rows, cols], draws float32 (P, num_draws). Both
+    boxes must follow one convention (here: the aspect-fixed, unpadded box,
+    ``PoseIndex.scale / padding``): only their centres and diagonals are used. ``one`` is the njit kernel of one person.
     """
 
     num_joints: int = 0
@@ -276,8 +276,10 @@ def noda_op(input_size: Tuple[int, int], joints: Tuple[str, ...],
     def cpu_run(image_out, occluded_out, image_in, kps, target_box, pool_rgba, pool_box,
                 draws):
         for p in range(image_in.shape[0]):
-            one(image_out[p], occluded_out[p], image_in[p], kps[p], target_box[p], pool_rgba,
-                pool_box, draws[p])
+            rows = int(pool_box[p, 4])
+            cols = int(pool_box[p, 5])
+            one(image_out[p], occluded_out[p], image_in[p], kps[p], target_box[p],
+                pool_rgba[p, :rows, :cols], pool_box[p, :4], draws[p])
 
     def gpu_run(image_out, occluded_out, image_in, kps, target_box, pool_rgba, pool_box,
                 draws):
@@ -286,29 +288,31 @@ def noda_op(input_size: Tuple[int, int], joints: Tuple[str, ...],
         tid = cuda.grid(1)
         stride = cuda.gridsize(1)
         for p in range(image_in.shape[0]):
+            rgba = pool_rgba[p, :int(pool_box[p, 4]), :int(pool_box[p, 5])]
+            pbox = pool_box[p, :4]
             ok = False
             s = 1.0
             ox = 0.0
             oy = 0.0
             if gated(draws[p]):
                 ok, t, rel, s, ang, rho, ox, oy = noda_place(
-                    kps[p], target_box[p], pool_rgba, pool_box, draws[p], ww, hh, head, limb,
+                    kps[p], target_box[p], rgba, pbox, draws[p], ww, hh, head, limb,
                     neck_a, neck_b, s_lo, s_hi, max_tries)
             for j in range(tid, occluded_out.shape[1], stride):
                 occluded_out[p, j] = 0.0
-                if ok and noda_covered(kps[p], j, ww, hh, pool_rgba, pool_box, ox, oy, s):
+                if ok and noda_covered(kps[p], j, ww, hh, rgba, pbox, ox, oy, s):
                     occluded_out[p, j] = 1.0
             x0 = 0
             x1 = -1
             y0 = 0
             y1 = -1
             if ok:
-                x0, x1, y0, y1 = noda_extent(pool_rgba, pool_box, ox, oy, s, ww, hh)
+                x0, x1, y0, y1 = noda_extent(rgba, pbox, ox, oy, s, ww, hh)
             for q in range(tid, hh * ww, stride):
                 y = q // ww
                 x = q - y * ww
                 if x0 <= x <= x1 and y0 <= y <= y1:
-                    noda_blend_px(image_out[p], image_in[p], x, y, pool_rgba, pool_box, ox, oy,
+                    noda_blend_px(image_out[p], image_in[p], x, y, rgba, pbox, ox, oy,
                                   s, m0, m1, m2, is0, is1, is2)
                 else:
                     for c in range(image_in.shape[1]):
@@ -344,19 +348,13 @@ def noda_op(input_size: Tuple[int, int], joints: Tuple[str, ...],
                                      if 0 <= nx < ww and 0 <= ny < hh else 0.0)
         return out
 
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][:] = ins[0][i][:]
-            outs[1][i][0] = ins[0][i][0]  # P people
-            outs[1][i][1] = k
-
-    f32 = "float32"
+    f32, P = "float32", PEOPLE
     return NodaOp(
         name="noda",
-        outputs=(Port("image", f32, 4), Port("occluded", f32, 2)),
-        inputs=(Port("image", f32, 4), Port("keypoints", f32, 3), Port("person_box", f32, 2),
-                Port("pool_rgba", "uint8", 3), Port("pool_box", f32, 1),
-                Port("draws", f32, 2)),
-        cpu_run=cpu_run, setup=setup, gpu_run=gpu_run,
+        outputs=(Port("image", f32, (P, 3, h, w)), Port("occluded", f32, (P, k))),
+        inputs=(Port("image", f32, (P, 3, h, w)), Port("keypoints", f32, (P, k, 3)),
+                Port("person_box", f32, (P, 4)), Port("pool_rgba", "uint8", (P, None, None, 4)),
+                Port("pool_box", f32, (P, 6)), Port("draws", f32, (P, num_draws))),
+        cpu_run=cpu_run, gpu_run=gpu_run,
         threads_per_block=GPU_THREADS, blocks_per_sm=GPU_BLOCKS_PER_SM, num_draws=num_draws,
         params=params, num_joints=k, input_size=(w, h), one=one)

@@ -46,7 +46,7 @@ import numba
 
 from numba import cuda  # noqa: F401  (module global on purpose: the CUDA simulator swaps it)
 
-from .op import NumbaOp, Port
+from .op import PEOPLE, NumbaOp, Port
 
 GPU_THREADS_PER_BLOCK = (32, 8, 1)  # x: heatmap width, y: heatmap height, z: joints
 
@@ -325,21 +325,12 @@ class TargetOp(NumbaOp):
 def _target_op(name, channels, w, h, k, stride, cpu_run, gpu_run) -> TargetOp:
     tpb = GPU_THREADS_PER_BLOCK
 
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            people = ins[0][i][0]  # keypoints (P, K, 3)
-            outs[0][i][0] = people
-            outs[0][i][1] = channels
-            outs[0][i][2] = h
-            outs[0][i][3] = w
-            outs[1][i][0] = people
-            outs[1][i][1] = k
-
-    f32 = "float32"
+    f32, P = "float32", PEOPLE
     return TargetOp(
-        name=name, outputs=(Port("heatmap", f32, 4), Port("target_weight", f32, 2)),
-        inputs=(Port("keypoints", f32, 3), Port("person_box", f32, 2)),
-        cpu_run=cpu_run, setup=setup, gpu_run=gpu_run,
+        name=name, outputs=(Port("heatmap", f32, (P, channels, h, w)),
+                            Port("target_weight", f32, (P, k))),
+        inputs=(Port("keypoints", f32, (P, k, 3)), Port("person_box", f32, (P, 4))),
+        cpu_run=cpu_run, gpu_run=gpu_run,
         blocks=(-(-w // tpb[0]), -(-h // tpb[1]), k), threads_per_block=tpb,
         channels=channels, hm_size=(w, h), num_joints=k, stride=stride)
 

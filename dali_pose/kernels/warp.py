@@ -1,4 +1,5 @@
-"""Fused affine warp + normalise, the CPU fast path (pure numba; no DALI import).
+"""The warp: fixed-point affine warp + normalise of every crop of a decoded window (pure
+numba, CPU and CUDA twins; no DALI import). The loader's only warp on both backends.
 
 DALI's CPU ``warp_affine`` costs ~2.4 ms per 256x192 crop on this class of machine; this
 kernel samples the crops straight from a region-of-interest decode and writes normalised CHW
@@ -33,7 +34,7 @@ from numba import cuda  # noqa: F401  (module global on purpose: the CUDA simula
 
 from ..geometry import invert_affine
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
-from .op import NumbaOp, Port
+from .op import PEOPLE, NumbaOp, Port
 
 _f32 = np.float32
 INTER_BITS = 5  # positions in 1/32 px, as OpenCV's warpAffine
@@ -254,11 +255,13 @@ def warp_op(input_size: Tuple[int, int], dropping: Optional[NumbaOp] = None,
     """
     out_w, out_h = int(input_size[0]), int(input_size[1])
     nc = _norm_consts(np.array(IMAGENET_MEAN), np.array(IMAGENET_STD))  # unused by uint8
-    f32 = "float32"
-    inputs = (Port("matrix", f32, 3), Port("roi", "uint8", 3), Port("window", "int32", 1))
+    f32, P = "float32", PEOPLE
+    inputs = (Port("matrix", f32, (P, 2, 3)), Port("roi", "uint8", (None, None, 3)),
+              Port("window", "int32", (4,)))
     occlude = dropping.one if dropping is not None else None
     if dropping is not None:
-        inputs += (Port("keypoints", f32, 3), Port("draws", f32, 2))
+        inputs += (Port("keypoints", f32, (P, None, 3)),
+                   Port("draws", f32, (P, dropping.num_draws)))
 
     def run(out, matrix, roi, window):
         sp = spread_rgb(roi)  # once for all the image's crops
@@ -271,16 +274,9 @@ def warp_op(input_size: Tuple[int, int], dropping: Optional[NumbaOp] = None,
             warp_spread(out[p], sp, matrix[p], window[0], window[1], nc)
             occlude(out[p], out[p], kps[p], draws[p])
 
-    def setup(outs, ins):
-        for i in range(len(outs[0])):
-            outs[0][i][0] = ins[0][i][0]  # P crops: matrix (P, 2, 3) is input 0
-            outs[0][i][1] = 3
-            outs[0][i][2] = out_h
-            outs[0][i][3] = out_w
-
     return NumbaOp(name="warp" if dropping is None else f"warp + {dropping.name}",
-                   outputs=(Port("image", dtype, 4),), inputs=inputs,
-                   cpu_run=run if dropping is None else run_dropping, setup=setup,
+                   outputs=(Port("image", dtype, (P, 3, out_h, out_w)),), inputs=inputs,
+                   cpu_run=run if dropping is None else run_dropping,
                    gpu_run=_make_warp_gpu(nc, dtype == "uint8") if dropping is None else None,
                    threads_per_block=(256, 1, 1), blocks_per_sm=4,
                    num_draws=0 if dropping is None else dropping.num_draws)

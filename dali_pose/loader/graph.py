@@ -1,27 +1,22 @@
 """The DALI graph: one definition, two backends, built from named stages.
 
     read (file bytes, boxes, keypoints, draws) --> geometry (numba crop operator)
-        --> decode --> warp + normalise --> occlusion (numba) --> targets (numba)
+        --> decode the window --> warp + normalise (numba) --> occlusion (numba)
+        --> targets (numba)
 
-A DALI sample is one image to decode and the P >= 1 people to crop from it: all its people
-of the epoch when images are decoded once (``loader.decode_per_image``), else one person
-(P = 1). Every per-person output has that leading P axis; the loader flattens them.
+A DALI sample is one image and the P >= 1 people cropped from it (its people of the
+epoch; P = 1 is no special case). Every per-person output has that leading P axis; the
+loader scatters the crops to their batches (:mod:`.scatter`).
 
 Each stage is a function from named DataNodes to named DataNodes; :func:`build_graph`
 composes them, and the benchmark composes prefixes of the same functions to time stages.
 What the graph does is fixed by a :class:`GraphSpec` (:func:`graph_spec` reads the config
 once): the numba operators (:class:`~dali_pose.kernels.op.NumbaOp`, each described next to
-its kernel) and the backend. Decode + warp + normalise has two implementations of the same
-maths:
-
-* a numba warp (``spec.warp``): ``decoders.image_slice`` decodes only the source window the
-  sample's crops touch (on the GPU: nvJPEG, ``mixed``), and one numba kernel warps +
-  normalises every crop (CPU: information dropping fused in when NODA does not have to
-  paste first; GPU: its CUDA variant). The CPU fast path, and every per-image graph;
-* ``decoders.image`` (``mixed`` = nvJPEG on the GPU) + ``warp_affine`` (matrix in DALI's
-  half-pixel convention, from the crop operator) + ``crop_mirror_normalize``, one person
-  per sample: the GPU's per-person graph; on the CPU the slow reference path
-  (``loader.fast_cpu: false``).
+its kernel) and the backend. ``decoders.image_slice`` decodes only the source window the
+sample's crops touch (on the GPU: nvJPEG, ``mixed``), and the fixed-point warp
+(:mod:`dali_pose.kernels.warp`, CPU or CUDA twin) cuts and normalises every crop of it.
+DALI's own ``warp_affine`` is not part of this graph: :mod:`.oracle` builds it as a test
+oracle and benchmark baseline.
 
 Numba operators get the CUDA variant of their kernel on the GPU. Each ``NumbaOp`` is
 compiled into a DALI operator once per device (:func:`dali_operator`), and shared by every
@@ -31,9 +26,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import NamedTuple, Optional, Tuple
 
-import numpy as np
 from nvidia.dali import Pipeline, fn, pipeline_def, types
 from nvidia.dali.plugin.numba import NumbaFunction
 
@@ -44,7 +39,6 @@ from ..kernels.dropping import dropping_op_from
 from ..kernels.noda import noda_op_from
 from ..kernels.op import NumbaOp
 from ..kernels.warp import warp_op
-from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 
 DALI_TYPES = {"float32": types.FLOAT, "int32": types.INT32, "int64": types.INT64,
               "uint8": types.UINT8}
@@ -52,15 +46,24 @@ DALI_TYPES = {"float32": types.FLOAT, "int32": types.INT32, "int64": types.INT64
 
 # ------------------------------------------------------------------------- the spec ----
 
+def fuses_dropping(gpu: bool, noda: bool) -> bool:
+    """Whether information dropping runs inside the warp kernel (the one place this is
+    decided). On the CPU it does, unless NODA must paste between the warp and the dropping:
+    a separate numba operator cannot work in place and would copy every crop once more.
+    The CUDA warp has no fused variant: on the GPU the copy is cheap and dropping runs on
+    its own."""
+    return not gpu and not noda
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     """Everything the graph does: backend, operators, sizes (``input_size`` is [w, h]).
 
-    ``warp`` is the numba warp (None: DALI's decode + ``warp_affine``); ``dropping`` the
-    information-dropping operator when it runs on its own (not fused into ``warp``);
-    ``noda`` the NODA paste; all None where not configured (validation has none).
-    ``per_image``: a sample is an image and all its people (else one person);
-    ``image_dtype``: float32, float16 (normalised) or uint8 (intensities).
+    ``warp``: the warp operator (information dropping fused in when
+    ``warp.num_draws > 0``); ``dropping``: the information-dropping operator where
+    configured (whether fused or not; it runs on its own when not fused); ``noda``: the
+    NODA paste; None where not configured (validation has none). ``image_dtype``: float32,
+    float16 (normalised) or uint8 (intensities).
     """
 
     train: bool
@@ -69,17 +72,19 @@ class GraphSpec:
     num_joints: int
     crop: NumbaOp
     targets: NumbaOp
-    warp: Optional[NumbaOp] = None
+    warp: NumbaOp
     dropping: Optional[NumbaOp] = None
     noda: Optional[NumbaOp] = None
-    per_image: bool = False
     image_dtype: str = "float32"
 
     @property
+    def dropping_fused(self) -> bool:
+        return self.dropping is not None and self.warp.num_draws > 0
+
+    @property
     def n_occlusion(self) -> int:
-        """Draws per sample of the information-dropping kernel (fused or not); 0 if none."""
-        op = self.dropping or self.warp
-        return op.num_draws if op is not None else 0
+        """Draws per person of the information-dropping kernel; 0 if none."""
+        return self.dropping.num_draws if self.dropping is not None else 0
 
 
 def graph_spec(cfg, info, *, train: bool, gpu: bool) -> GraphSpec:
@@ -90,28 +95,22 @@ def graph_spec(cfg, info, *, train: bool, gpu: bool) -> GraphSpec:
     operators and compiles nothing.
     """
     w, h = (int(v) for v in cfg.model.input_size)
-    noda_on = train and cfg.noda.prob > 0
-    per_image = cfg.loader.decode_per_image and not noda_on  # NODA: one pool person each
-    numba_warp = per_image or (not gpu and cfg.loader.fast_cpu)
     dtype = cfg.loader.image_dtype
     warp_dtype = "uint8" if dtype == "uint8" else "float32"  # float16: a cast after
     codec = build_codec(cfg.model)
     crop = crop_op((w, h), float(cfg.data.padding), tuple(int(v) for v in info.flip_index),
                    tuple(j in info.upper_body for j in range(info.num_joints)),
-                   AugParams.of(cfg.aug) if train else None, numba_warp, codec.unbiased)
+                   AugParams.of(cfg.aug) if train else None, codec.unbiased)
     dropping = noda = None
     if train and cfg.occlusion.method != "none":
         dropping = dropping_op_from(cfg.occlusion, (w, h), warp_dtype)
-    if noda_on:
+    if train and cfg.noda.prob > 0:
         noda = noda_op_from(cfg.noda, (w, h), info)
-    warp = None
-    if numba_warp:  # information dropping fuses into the CPU warp unless NODA pastes first
-        fuse = not gpu and dropping is not None and noda is None
-        warp = warp_op((w, h), dropping if fuse else None, warp_dtype)
-        dropping = None if fuse else dropping
+    fuse = dropping is not None and fuses_dropping(gpu, noda is not None)
     return GraphSpec(train=train, gpu=gpu, input_size=(w, h), num_joints=info.num_joints,
-                     crop=crop, targets=codec.target_op(info.num_joints), warp=warp,
-                     dropping=dropping, noda=noda, per_image=per_image, image_dtype=dtype)
+                     crop=crop, targets=codec.target_op(info.num_joints),
+                     warp=warp_op((w, h), dropping if fuse else None, warp_dtype),
+                     dropping=dropping, noda=noda, image_dtype=dtype)
 
 
 # --------------------------------------------------------------- numba operators -------
@@ -167,16 +166,18 @@ def forget_compiled() -> None:
     dali_operator.cache_clear()
 
 
-def apply(op: NumbaOp, *inputs, gpu: bool = False):
-    """Run ``op`` on ``inputs`` (DataNodes, in ``op.inputs`` order); returns its outputs as
-    a tuple in ``op.outputs`` order."""
-    if len(inputs) != len(op.inputs):
-        raise ValueError(f"{op.name}: {len(inputs)} inputs given, it takes "
-                         f"{[p.name for p in op.inputs]}")
+def apply(op: NumbaOp, gpu: bool = False, **inputs) -> SimpleNamespace:
+    """Run ``op`` on ``inputs`` (DataNodes by ``op.inputs`` port name); returns its outputs
+    by ``op.outputs`` port name."""
+    names = [p.name for p in op.inputs]
+    if set(inputs) != set(names):
+        raise ValueError(f"{op.name}: inputs {sorted(inputs)} given, it takes {names}")
+    nodes = [inputs[n] for n in names]
     device_id = Pipeline.current().device_id if gpu else None
     out = dali_operator(op, "gpu" if gpu else "cpu", device_id)(
-        *([x.gpu() for x in inputs] if gpu else inputs))
-    return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+        *([x.gpu() for x in nodes] if gpu else nodes))
+    out = tuple(out) if isinstance(out, (list, tuple)) else (out,)
+    return SimpleNamespace(**{p.name: x for p, x in zip(op.outputs, out)})
 
 
 # ------------------------------------------------------------------------- stages ------
@@ -198,8 +199,7 @@ class Read(NamedTuple):
 
 
 class Geometry(NamedTuple):
-    """The crop operator's outputs (:mod:`dali_pose.kernels.crop`): ``window`` is its last
-    output, the source window (fused path) or DALI's warp matrix."""
+    """The crop operator's outputs, by its port names (:mod:`dali_pose.kernels.crop`)."""
 
     matrix: object
     keypoints: object
@@ -210,11 +210,11 @@ class Geometry(NamedTuple):
 
 
 class Outputs(NamedTuple):
-    """What the graph returns, per sample (the loader turns them into the batch dict):
-    image (P, 3, H, W) float32 / float16 / uint8; heatmap (P, C, h, w); target_weight
-    (P, K); keypoints (P, K, 3) crop px; matrix (P, 2, 3) source px -> crop px; crop_box
-    (P, 4) [cx, cy, w, h] source px; flipped (P,) int32; row (P,) int64 index rows;
-    occluded (P, K) float32."""
+    """What the graph returns, per sample (the loader turns them into the batch dict,
+    :mod:`.batch`): image (P, 3, H, W) float32 / float16 / uint8; heatmap (P, C, h, w);
+    target_weight (P, K); keypoints (P, K, 3) crop px; matrix (P, 2, 3) source px -> crop
+    px; crop_box (P, 4) [cx, cy, w, h] source px; flipped (P,) int32; row (P,) int64 index
+    rows; occluded (P, K) float32."""
 
     image: object
     heatmap: object
@@ -246,55 +246,44 @@ def geometry_stage(spec: GraphSpec, read: Read) -> Geometry:
     # stored pixel order: COCO / MPII / CrowdPose annotate the pixels as stored, whatever an
     # EXIF orientation tag says (HRNet reads with cv2.IMREAD_IGNORE_ORIENTATION)
     shape = fn.peek_image_shape(read.jpeg, adjust_orientation=False)
-    return Geometry(*apply(spec.crop, read.center, read.scale, read.keypoints, read.uniform,
-                           read.normal, shape))
+    out = apply(spec.crop, center=read.center, scale=read.scale, keypoints=read.keypoints,
+                uniform=read.uniform, normal=read.normal, image_shape=shape)
+    return Geometry(**vars(out))
 
 
 def decode_stage(spec: GraphSpec, read: Read, geometry: Geometry):
-    """RGB uint8 (h, w, 3): the source window of the sample's crops (numba warp), or the
-    whole image; on the GPU by nvJPEG (``mixed``)."""
-    device = "mixed" if spec.gpu else "cpu"
-    if spec.warp is not None:
-        return fn.decoders.image_slice(read.jpeg, geometry.window[0:2], geometry.window[2:4],
-                                       axis_names="WH", normalized_anchor=False,
-                                       normalized_shape=False, output_type=types.RGB,
-                                       adjust_orientation=False, device=device)
-    return fn.decoders.image(read.jpeg, device=device, output_type=types.RGB,
-                             adjust_orientation=False)
+    """RGB uint8 (h, w, 3): the source window of the sample's crops; on the GPU by nvJPEG
+    (``mixed``)."""
+    return fn.decoders.image_slice(read.jpeg, geometry.window[0:2], geometry.window[2:4],
+                                   axis_names="WH", normalized_anchor=False,
+                                   normalized_shape=False, output_type=types.RGB,
+                                   adjust_orientation=False,
+                                   device="mixed" if spec.gpu else "cpu")
 
 
 def warp_stage(spec: GraphSpec, read: Read, geometry: Geometry, decoded):
     """The crops (P, 3, H, W): float32 normalised or uint8 (information dropped too when
-    fused into the CPU warp)."""
-    if spec.warp is not None:
-        inputs = [geometry.matrix, decoded, geometry.window]
-        if spec.warp.num_draws:
-            inputs += [geometry.keypoints, read.occlusion_draws]
-        if spec.gpu:  # the CUDA warp reads the window on the device, the crop op is CPU's
-            return apply(spec.warp, *inputs, gpu=True)[0]
-        return apply(spec.warp, *inputs)[0]
-    w, h = spec.input_size  # one person per sample: DALI's warp_affine
-    warped = fn.warp_affine(decoded, matrix=fn.reshape(geometry.window, shape=[2, 3]),
-                            size=[h, w], fill_value=0, inverse_map=False,
-                            interp_type=types.INTERP_LINEAR)
-    if spec.image_dtype == "uint8":
-        image = fn.crop_mirror_normalize(warped, output_layout="CHW", dtype=types.UINT8)
-    else:
-        image = fn.crop_mirror_normalize(warped, mean=[255.0 * v for v in IMAGENET_MEAN],
-                                         std=[255.0 * v for v in IMAGENET_STD],
-                                         output_layout="CHW", dtype=types.FLOAT)
-    return fn.reshape(image, shape=[1, 3, h, w], layout="FCHW")
+    fused into the warp). On the GPU the CUDA warp reads the window on the device."""
+    inputs = dict(matrix=geometry.matrix, roi=decoded, window=geometry.window)
+    if spec.warp.num_draws:
+        inputs.update(keypoints=geometry.keypoints, draws=read.occlusion_draws)
+    return apply(spec.warp, gpu=spec.gpu, **inputs).image
 
 
-def occlusion_stage(spec: GraphSpec, read: Read, geometry: Geometry, image):
-    """NODA, then information dropping, where configured; (image, occluded (K,))."""
+def occlusion_stage(spec: GraphSpec, read: Read, geometry: Geometry, image,
+                    dropping: bool = True):
+    """NODA, then information dropping where configured and not fused into the warp
+    (``dropping=True``: also when fused, for graphs with another warp); (image, occluded
+    (P, K))."""
     occluded = None
     if spec.noda is not None:
-        image, occluded = apply(spec.noda, image, geometry.keypoints, geometry.person_box,
-                                read.pool_rgba, read.pool_box, read.noda_draws, gpu=spec.gpu)
-    if spec.dropping is not None:
-        (image,) = apply(spec.dropping, image, geometry.keypoints, read.occlusion_draws,
-                         gpu=spec.gpu)
+        out = apply(spec.noda, gpu=spec.gpu, image=image, keypoints=geometry.keypoints,
+                    person_box=geometry.person_box, pool_rgba=read.pool_rgba,
+                    pool_box=read.pool_box, draws=read.noda_draws)
+        image, occluded = out.image, out.occluded
+    if spec.dropping is not None and dropping:
+        image = apply(spec.dropping, gpu=spec.gpu, image=image, keypoints=geometry.keypoints,
+                      draws=read.occlusion_draws).image
     if occluded is None:  # (P, K) zeros: no NODA
         occluded = fn.cast(geometry.keypoints[:, :, 2] * 0.0, dtype=types.FLOAT)
         if spec.gpu:
@@ -303,24 +292,39 @@ def occlusion_stage(spec: GraphSpec, read: Read, geometry: Geometry, image):
 
 
 def targets_stage(spec: GraphSpec, geometry: Geometry):
-    """(heatmap (C, h, w), target_weight (K,)) of the codec's target operator."""
-    return apply(spec.targets, geometry.keypoints, geometry.person_box, gpu=spec.gpu)
+    """The codec's target operator: ``heatmap`` (P, C, h, w), ``target_weight`` (P, K)."""
+    return apply(spec.targets, gpu=spec.gpu, keypoints=geometry.keypoints,
+                 person_box=geometry.person_box)
+
+
+def finish(spec: GraphSpec, read: Read, geometry: Geometry, image, occluded) -> Outputs:
+    """The graph's outputs, by name."""
+    targets = targets_stage(spec, geometry)
+    if spec.image_dtype == "float16":
+        image = fn.cast(image, dtype=types.FLOAT16)
+    return Outputs(image=image, heatmap=targets.heatmap, target_weight=targets.target_weight,
+                   keypoints=geometry.keypoints, matrix=geometry.matrix,
+                   crop_box=geometry.crop_box, flipped=geometry.flipped, row=read.row,
+                   occluded=occluded)
+
+
+def read_and_place(spec: GraphSpec, source, pool_source=None) -> Tuple[Read, Geometry]:
+    """The sources and the crop operator: the start of every graph (call it inside a
+    ``pipeline_def`` body)."""
+    if Pipeline.current() is None:
+        raise RuntimeError("a dali_pose graph defines DALI operators: call it inside a "
+                           "pipeline_def body (see make_pipeline)")
+    read = read_stage(spec, source, pool_source)
+    return read, geometry_stage(spec, read)
 
 
 def build_graph(spec: GraphSpec, source, pool_source=None) -> Outputs:
     """Define the whole graph inside a ``pipeline_def`` body."""
-    if Pipeline.current() is None:
-        raise RuntimeError("build_graph defines DALI operators: call it inside a "
-                           "pipeline_def body (see make_pipeline)")
-    read = read_stage(spec, source, pool_source)
-    geometry = geometry_stage(spec, read)
+    read, geometry = read_and_place(spec, source, pool_source)
     image = warp_stage(spec, read, geometry, decode_stage(spec, read, geometry))
-    image, occluded = occlusion_stage(spec, read, geometry, image)
-    heatmap, weight = targets_stage(spec, geometry)
-    if spec.image_dtype == "float16":
-        image = fn.cast(image, dtype=types.FLOAT16)
-    return Outputs(image, heatmap, weight, geometry.keypoints, geometry.matrix,
-                   geometry.crop_box, geometry.flipped, read.row, occluded)
+    image, occluded = occlusion_stage(spec, read, geometry, image,
+                                      dropping=not spec.dropping_fused)
+    return finish(spec, read, geometry, image, occluded)
 
 
 def make_pipeline(spec: GraphSpec, source, pool_source=None, *, batch_size: int,

@@ -1,35 +1,19 @@
 """``build_loader``: DALI pipelines behind the interface of a torch DataLoader.
 
-The caller never imports DALI. Each batch is a dict of torch tensors (N = batch size,
-K joints, crop H x W, heatmaps h x w):
-
-    image          (N, 3, H, W) float32 ImageNet-normalised (float16 with
-                   loader.image_dtype: float16; uint8 0..255 intensities with uint8:
-                   normalise on your device with dali_pose.normalize.normalize_images)
-    image_flipped  (N, 3, H, W) validation with loader.flip_test: the horizontal mirror
-    heatmap        (N, C, h, w) float32 (the codec's channels: K, or 3K for combined)
-    target_weight  (N, K) float32: 0 for unlabelled joints and joints off the map
-    keypoints      (N, K, 3) float32: x, y in crop px (pixel centres on integers), visibility
-    matrix         (N, 2, 3) float32: source-image px -> crop px (OpenCV convention)
-    center, scale  (N, 2) float32: the crop's box in source px (after augmentation)
-    image_id, instance_id (N,) int64; row (N,) int64: the sample's row in the dataset index
-    flipped (N,) bool; occluded (N, K) float32
-
-Epochs and shards: :mod:`.schedule`. With ``loader.decode_per_image`` (the default; not
-with NODA) each image is decoded once per epoch for all its people and their crops are
-mixed by a seeded shuffle buffer (:func:`.schedule.image_epoch`); otherwise each person
-decodes their own image (:func:`.schedule.epoch_schedule`). Either way every person comes
-once per epoch, ranks hold disjoint people and the same number of batches, and ``len()``
-is exact. Augmentation: every random draw of a training sample is a pure function of
-(loader.seed, epoch, sample) (:mod:`dali_pose.draws`), so an epoch's batches do not depend
-on what ran before it, nor on whether images are decoded per image or per person (the crops
-are the same bit for bit). Occlusion and NODA switch on at ``occlusion.start_epoch`` /
+The caller never imports DALI. Each batch is a dict of torch tensors, the keys of
+:data:`.batch.BATCH`. Epochs and shards: :mod:`.plan`: each image is decoded once per
+epoch for all its people and their crops are mixed by a seeded shuffle buffer
+(:func:`.plan.image_epoch`); every person comes once per epoch, ranks hold disjoint
+people and the same number of batches, and ``len()`` is exact. Augmentation: every random
+draw of a training crop is a pure function of (loader.seed, epoch, row)
+(:mod:`dali_pose.draws`), so an epoch's batches do not depend on what ran before it, and a
+person's crop does not depend on which other people its image has (the crops are the
+same bit for bit). Occlusion and NODA switch on at ``occlusion.start_epoch`` /
 ``noda.start_epoch`` with their configured probabilities, or as :meth:`PoseLoader.set_prob`
 says; the probability reaches the kernels as data, so changing it rebuilds nothing.
 """
 from __future__ import annotations
 
-import ctypes
 from typing import Optional
 
 import numpy as np
@@ -37,118 +21,12 @@ import torch
 
 from ..datasets import DatasetError, PoseIndex, load_index
 from ..errors import NoGpuError
-from .graph import Outputs, graph_spec, make_pipeline
-from .schedule import (ImageEpoch, epoch_schedule, image_epoch, image_groups,
-                       occlusion_probs, person_epoch, runs, runs_needed)
+from .batch import make_batch
+from .failures import run_failure
+from .graph import Outputs, build_graph, graph_spec, make_pipeline
+from .plan import ImageEpoch, image_epoch, image_groups, occlusion_probs, runs, runs_needed
+from .scatter import Batches
 from .sources import BatchSource, PoolSource, upload_pool
-
-
-# the Outputs fields that become batch tensors, one row per crop
-_CROP_FIELDS = ("image", "heatmap", "target_weight", "keypoints", "matrix", "crop_box",
-                "flipped", "row", "occluded")
-_BIG_FIELDS = ("image", "heatmap")
-
-
-class _Batches:
-    """The batches being filled (per-image decoding). The crops of a run's decodes go to
-    many batches (the shuffle buffer mixes photos): each crop is copied once, from DALI's
-    output straight to its row of its batch, whose tensors are allocated when its first
-    crop arrives; :meth:`take` hands a batch out once its runs are done. ``held`` /
-    ``peak``: crops waiting for their batch now / at most this epoch (the plan bounds it:
-    about the shuffle buffer plus two runs' crops)."""
-
-    def __init__(self, plan: ImageEpoch, device: torch.device):
-        self.device = device
-        self.valid = plan.valid
-        sizes = np.array([len(d) for d in plan.decodes], np.int64)
-        self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first crop id
-        ids = [self.offset[items[:v, 0]] + items[:v, 1]
-               for items, v in zip(plan.batches, plan.valid)]
-        dest = [np.stack([np.full(v, b), np.arange(v)], 1)
-                for b, v in enumerate(plan.valid)]
-        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        order = np.argsort(ids, kind="stable")
-        self.ids = ids[order]  # every (crop id, batch b, row k) the plan asks for, by id
-        self.dest = (np.concatenate(dest) if dest else np.zeros((0, 2), np.int64))[order]
-        self.filling = {}  # b -> field -> tensor
-        self.count = np.zeros(len(plan.batches), np.int64)
-        self.layout = None  # field -> (per-crop shape, torch dtype), from the first run
-        self.held = self.peak = 0
-
-    def _batch(self, b: int) -> dict:
-        t = self.filling.get(b)
-        if t is None:
-            t = self.filling[b] = {
-                name: torch.empty((int(self.valid[b]),) + shape, dtype=dtype,
-                                  device=self.device)
-                for name, (shape, dtype) in self.layout.items()}
-        return t
-
-    def put(self, outs, first_decode: int) -> None:
-        """Copy the crops of a run (decodes ``first_decode``, ...) to their batches."""
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
-
-        if self.layout is None:
-            self.layout = {name: (tuple(getattr(outs, name)[0].shape()[1:]),
-                                  to_torch_type[getattr(outs, name)[0].dtype])
-                           for name in _CROP_FIELDS}
-        d0, d1 = first_decode, first_decode + len(outs.row)
-        lo, hi = np.searchsorted(self.ids, [self.offset[d0], self.offset[d1]])
-        ids, dest = self.ids[lo:hi], self.dest[lo:hi]
-        sample = np.searchsorted(self.offset, ids, side="right") - 1  # the crop's decode
-        crop = ids - self.offset[sample]
-        sample -= d0
-        at = ids - self.offset[d0]  # the crop's place among the run's crops
-        groups = [(b, np.flatnonzero(dest[:, 0] == b)) for b in np.unique(dest[:, 0]).tolist()]
-        np.add.at(self.count, dest[:, 0], 1)
-        self.held += len(ids)
-        self.peak = max(self.peak, self.held)
-        if self.device.type == "cuda":
-            self._put_gpu(outs, at, dest, groups, feed_ndarray)
-            return
-        # CPU: views of DALI's buffers (valid until the pipeline runs again). The crop
-        # images and heatmaps (~0.8 MB a crop in float32) are copied once each, straight to
-        # their rows; the small fields go through one array per run and field, scattered
-        # to each batch in one assignment (Python per batch, not per crop and field).
-        batches = {b: {name: t.numpy() for name, t in self._batch(b).items()}
-                   for b, _ in groups}
-        for name in _BIG_FIELDS:
-            src = [np.asarray(t) for t in getattr(outs, name)]
-            for (b, k), i, j in zip(dest.tolist(), sample.tolist(), crop.tolist()):
-                batches[b][name][k] = src[i][j]
-        for name in _CROP_FIELDS:
-            if name not in _BIG_FIELDS:
-                run = np.concatenate([np.asarray(t) for t in getattr(outs, name)])[at]
-                for b, sel in groups:
-                    batches[b][name][dest[sel, 1]] = run[sel]
-
-    def _put_gpu(self, outs, at, dest, groups, feed_ndarray) -> None:
-        """The run's crops, field by field, into one temporary on DALI's stream, then
-        gathered into each batch they go to (a few launches per batch, not per crop)."""
-        stream = torch.cuda.current_stream(self.device)
-        counts = [int(t.shape()[0]) for t in outs.row]
-        start = np.concatenate([[0], np.cumsum(counts)])
-        at = torch.from_numpy(at).to(self.device)
-        rows = torch.from_numpy(dest[:, 1]).to(self.device)
-        groups = [(b, torch.from_numpy(sel).to(self.device)) for b, sel in groups]
-        for name, (shape, dtype) in self.layout.items():
-            tmp = torch.empty((int(start[-1]),) + shape, dtype=dtype, device=self.device)
-            for i, t in enumerate(getattr(outs, name)):
-                feed_ndarray(t, tmp[start[i]:start[i + 1]], cuda_stream=stream)
-            picked = tmp.index_select(0, at)
-            for b, sel in groups:
-                self._batch(b)[name].index_copy_(0, rows.index_select(0, sel),
-                                                 picked.index_select(0, sel))
-
-    def take(self, b: int) -> dict:
-        """field -> (valid, ...) tensor: batch ``b``, every one of its crops copied in."""
-        if self.count[b] != self.valid[b]:
-            raise RuntimeError(f"loader: batch {b} has {self.count[b]} of its "
-                               f"{self.valid[b]} crops (a bug in runs_needed)")
-        self.held -= int(self.valid[b])
-        t = self._batch(b)
-        del self.filling[b]
-        return t
 
 
 class PoseLoader:
@@ -159,11 +37,13 @@ class PoseLoader:
     A bad image ends the epoch with a ``DatasetError`` naming it (or is skipped,
     ``data.on_bad_image``); the next ``iter()`` starts a clean epoch on fresh pipelines. A
     new ``iter()`` while an earlier one is unfinished ends the earlier one (its next
-    ``next()`` stops).
+    ``next()`` stops). ``graph``: the function defining the DALI graph (default
+    :func:`.graph.build_graph`; the tests and the benchmark pass :func:`.oracle.oracle_graph`).
     """
 
     def __init__(self, cfg, split: str, index: PoseIndex, device: str, shard_id: int,
-                 num_shards: int, device_id: Optional[int] = None, log=print):
+                 num_shards: int, device_id: Optional[int] = None, log=print,
+                 graph=build_graph):
         self.cfg, self.split, self.index = cfg, split, index
         self.info = index.info
         self.train = split == "train"
@@ -176,7 +56,7 @@ class PoseLoader:
         self._dirty = False  # the pipelines hold what an unfinished epoch prefetched
         self._failed = False  # ... and an epoch failed: they are rebuilt
         self._plan_of = (None, None)  # (epoch, its plan)
-        self._filling = None  # the last iteration's batches being filled (per image)
+        self._graph = graph
         gpu = device == "gpu"
         if gpu:
             self._torch_device = torch.device(
@@ -185,8 +65,7 @@ class PoseLoader:
             self._torch_device = torch.device("cpu")
         self.spec = graph_spec(cfg, self.info, train=self.train, gpu=gpu)
         # the rows of each image, in index order (val: det boxes of one image share it)
-        self._groups = image_groups(np.asarray(index.image_paths)) if self.spec.per_image \
-            else None
+        self._groups = image_groups(np.asarray(index.image_paths))
         self._check_sizes()
         pool = pool_data = None
         if self.spec.noda is not None:
@@ -212,17 +91,16 @@ class PoseLoader:
         return make_pipeline(self.spec, source, pool_source, batch_size=self.batch_size,
                              num_threads=max(1, c.num_threads // c.pipelines),
                              device_id=self._torch_device.index if self.device == "gpu"
-                             else None, prefetch=c.prefetch, seed=c.seed)
+                             else None, prefetch=c.prefetch, seed=c.seed, graph=self._graph)
 
     def _check_sizes(self) -> None:
         n, what = len(self.index), f"{self.split} split ({self.index.source})"
         if self.num_shards > n:
             raise DatasetError(f"{what}: {n} people for {self.num_shards} ranks: every rank "
                                f"needs at least one")
-        if self._groups is not None and self.num_shards > len(self._groups):
+        if self.num_shards > len(self._groups):
             raise DatasetError(f"{what}: {len(self._groups)} images for {self.num_shards} "
-                               f"ranks: every rank needs at least one (or decode per "
-                               f"person: loader.decode_per_image: false)")
+                               f"ranks: every rank needs at least one")
         per_rank = n // self.num_shards
         if self.train and self.cfg.loader.drop_last and (
                 per_rank < self.batch_size or not self._plan().batches):
@@ -237,10 +115,7 @@ class PoseLoader:
         c = self.cfg.loader
         kw = dict(train=self.train, seed=c.seed, epoch=self.epoch, shard_id=self.shard_id,
                   num_shards=self.num_shards, drop_last=c.drop_last)
-        if self._groups is not None:
-            plan = image_epoch(self._groups, self.batch_size, buffer=c.shuffle_buffer, **kw)
-        else:
-            plan = person_epoch(*epoch_schedule(len(self.index), self.batch_size, **kw))
+        plan = image_epoch(self._groups, self.batch_size, buffer=c.shuffle_buffer, **kw)
         self._plan_of = (self.epoch, plan)
         return plan
 
@@ -285,26 +160,21 @@ class PoseLoader:
             if pool_source is not None:
                 pool_source.start()
         self._dirty = True
-        # One decode per person: run b is batch b, copied as it is. Per image: each crop of
-        # a run goes to its batch; a batch is handed out once its runs are done.
-        filling = None if self._groups is None else _Batches(plan, self._torch_device)
-        self._filling = filling
+        # each crop of a run goes to its batch; a batch is handed out once its runs are done
+        filling = Batches(plan, self._torch_device)
         need = runs_needed(plan, self.batch_size)
+        flip_test = not self.train and self.cfg.loader.flip_test
         done = 0
         try:
-            for b, n_valid in enumerate(plan.valid):
+            for b in range(len(plan.valid)):
                 if generation != self._generation:  # a newer iter() took the pipelines over
                     return
-                if filling is None:
-                    yield self._to_torch(self._direct(self._run(b), n_valid))
-                    continue
                 while done < need[b]:
                     filling.put(self._run(done), done * self.batch_size)
                     done += 1
-                yield self._to_torch(filling.take(b))
+                yield make_batch(filling.take(b), self.index, flip_test)
         finally:  # an abandoned or failed epoch: free the batches it was filling
-            if filling is not None:
-                filling.filling.clear()
+            filling.clear()
         if generation == self._generation:
             self._drain()
             if self.train:  # without set_epoch, the next epoch still gets a new shuffle
@@ -316,18 +186,14 @@ class PoseLoader:
         n_lanes = len(self._lanes)
         source, _, pipe = self._lanes[k % n_lanes]
         try:
-            return Outputs(*pipe.run())
+            return Outputs._make(pipe.run())  # the graph returns the Outputs fields in order
         except DatasetError:
             self._failed = True
             raise
         except Exception as e:  # DALI's own failure: name the files of the run
             self._failed = True
             rows = [d[0] for d in source.runs[k // n_lanes]]
-            files = sorted({str(self.index.image_paths[r]) for r in rows})
-            more = " ..." if len(files) > 8 else ""
-            raise DatasetError(f"DALI failed on a batch of {self.split} images "
-                               f"({'; '.join(files[:8])}{more}): "
-                               f"{str(e).strip().splitlines()[0]}") from e
+            raise run_failure(e, self.split, (self.index.image_paths[r] for r in rows)) from e
 
     def _drain(self) -> None:
         """End the epoch in every pipeline: run it into its source's StopIteration (what it
@@ -347,54 +213,6 @@ class PoseLoader:
             if self._failed:
                 lane[2] = self._pipeline(source, pool_source)
         self._failed = self._dirty = False
-
-    def _direct(self, outs: Outputs, n_valid: int) -> dict:
-        """field -> (n_valid, ...) tensor of a run of one-person decodes: one copy from
-        DALI's buffers."""
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
-        from nvidia.dali.tensors import TensorListGPU
-
-        out = {}
-        for name in _CROP_FIELDS:
-            tl = getattr(outs, name)
-            shape = tuple(tl[0].shape())  # (1, ...) each: one crop per decode
-            t = torch.empty((len(tl),) + shape, dtype=to_torch_type[tl[0].dtype],
-                            device=self._torch_device)
-            if isinstance(tl, TensorListGPU):  # as DALI's own torch iterator does
-                feed_ndarray(tl.as_tensor(), t,
-                             cuda_stream=torch.cuda.current_stream(self._torch_device))
-            else:  # sample by sample into t: as_tensor() would first copy a sparse list
-                tl.copy_to_external(ctypes.c_void_p(t.data_ptr()))
-            out[name] = t.reshape((len(tl),) + shape[1:])[:n_valid]
-        return out
-
-    def _to_torch(self, t: dict) -> dict:
-        """The batch dict of the crops ``t`` (field -> tensor, one row per crop); the crops
-        of skipped images (row -1) left out."""
-        rows = t["row"].cpu().numpy()
-        if (rows < 0).any():  # -1: a skipped image's crop
-            keep = torch.from_numpy(np.flatnonzero(rows >= 0)).to(self._torch_device)
-            t = {k: v.index_select(0, keep) for k, v in t.items()}
-            rows = rows[rows >= 0]
-        ids = self.index
-        batch = {
-            "image": t["image"],
-            "heatmap": t["heatmap"],
-            "target_weight": t["target_weight"],
-            "keypoints": t["keypoints"],
-            "matrix": t["matrix"],
-            "center": t["crop_box"][:, 0:2].contiguous(),
-            "scale": t["crop_box"][:, 2:4].contiguous(),
-            "row": t["row"],
-            "image_id": torch.from_numpy(ids.image_id[rows]).to(self._torch_device),
-            "instance_id": torch.from_numpy(ids.instance_id[rows]).to(self._torch_device),
-            "flipped": t["flipped"].bool(),
-            "occluded": t["occluded"],
-        }
-        if not self.train and self.cfg.loader.flip_test:
-            # The UDP flip is the exact mirror x -> (W-1) - x of the crop's pixel grid.
-            batch["image_flipped"] = torch.flip(batch["image"], dims=[3])
-        return batch
 
 
 def build_loader(cfg, split: str, *, device: Optional[str] = None, shard_id: int = 0,

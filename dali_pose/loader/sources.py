@@ -1,7 +1,7 @@
 """The DALI graph's external sources: file bytes, boxes, keypoints and random draws per run.
 
 A DALI sample is one image to decode and the P >= 1 people cropped from it (a *decode*:
-index rows of one image, from :mod:`.schedule`). A :class:`BatchSource` serves one pipeline
+index rows of one image, from :mod:`.plan`). A :class:`BatchSource` serves one pipeline
 the *runs* (lists of decodes, one DALI batch each) of the current epoch, then raises
 ``StopIteration``. Each call returns, per decode, the fields named in
 :attr:`BatchSource.fields` (name and dtype, in the external source's output order; every
@@ -10,10 +10,10 @@ carry their random draws (:mod:`dali_pose.draws`: a pure function of seed, epoch
 whichever decode they are in); validation people carry zeros, which the crop operator
 ignores.
 
-A :class:`PoolSource` serves NODA's pool people for the same runs (one per decode: NODA
-decodes one person per image): a second external source because on the GPU its data lives
-on the device (the pool is uploaded once and each sample is a CUDA view of it, no host
-round trip).
+A :class:`PoolSource` serves NODA's pool people for the same runs (one per person of a
+decode, along the P axis): a second external source because on the GPU its data lives on
+the device (the pool is uploaded once and each sample is assembled there, no host round
+trip).
 """
 from __future__ import annotations
 
@@ -155,13 +155,16 @@ class BatchSource:
 
 
 class PoolSource:
-    """NODA: one pool person (RGBA crop, box) per decode of the runs ``main`` serves (each
-    decode one person: NODA does not decode per image).
+    """NODA: one pool person per person of each decode of the runs ``main`` serves.
 
-    The pick is :func:`dali_pose.draws.pool_pick` of the sample's (seed, epoch, row), moved on
-    by one when it would paste the person into its own crop. It keeps its own cursor, so it
-    agrees with ``main`` whatever order DALI calls the two in. On the GPU (``device``) the
-    pool is uploaded once and served as per-sample CUDA views.
+    The pick is :func:`dali_pose.draws.pool_pick` of the person's (seed, epoch, row), moved
+    on by one when it would paste the person into its own crop. It keeps its own cursor, so
+    it agrees with ``main`` whatever order DALI calls the two in. Per decode of P people:
+    ``pool_rgba`` (P, h, w, 4) uint8, the picks' RGBA crops at the top left of a zero
+    canvas of the largest of them, and ``pool_box`` (P, 6) float32: each pick's
+    ``[cx, cy, w, h]`` box in its crop px and the crop's ``[rows, cols]`` (the NODA kernel
+    reads each crop at its own size, :class:`dali_pose.kernels.noda.NodaOp`). On the GPU
+    (``device``) the pool is uploaded once and each sample assembled on the device.
     """
 
     fields = (("pool_rgba", "uint8"), ("pool_box", "float32"))
@@ -178,38 +181,51 @@ class PoolSource:
     def finish(self) -> None:
         self.cursor = len(self.main.runs)
 
-    def picks(self, cursor: int) -> np.ndarray:
-        """Pool rows for run number ``cursor`` of the current epoch."""
-        run = self.main.runs[cursor]
-        if any(len(rows) != 1 for rows in run):
-            raise ValueError("NODA pastes one pool person per decode: decode each person "
-                             "on their own (loader.decode_per_image: false)")
-        rows = np.array([r[0] for r in run], np.int64)
+    def picks(self, rows: np.ndarray) -> np.ndarray:
+        """Pool rows for the index ``rows`` of the current epoch."""
         ix, n = self.main.index, len(self.pool)
-        pick = np.array([pool_pick(self.main.seed, self.main.epoch, int(r), n) for r in rows])
+        pick = np.array([pool_pick(self.main.seed, self.main.epoch, int(r), n) for r in rows],
+                        np.int64)
         same = ((self.pool.image_id[pick] == ix.image_id[rows])
                 & (self.pool.instance_id[pick] == ix.instance_id[rows]))
         return np.where(same & (n > 1), (pick + 1) % n, pick)
 
+    def _sample(self, pick: np.ndarray):
+        shapes = self.pool.shapes[pick].astype(np.int64)  # (P, 2) rows, cols
+        hh, ww = int(shapes[:, 0].max()), int(shapes[:, 1].max())
+        gpu = isinstance(self._rgba, torch.Tensor)
+        if gpu:
+            rgba = torch.zeros((len(pick), hh, ww, 4), dtype=torch.uint8,
+                               device=self._rgba.device)
+        else:
+            rgba = np.zeros((len(pick), hh, ww, 4), np.uint8)
+        for p, i in enumerate(pick.tolist()):
+            h, w = (int(v) for v in shapes[p])
+            o = int(self.pool.offsets[i])
+            rgba[p, :h, :w] = self._rgba[o:o + h * w * 4].reshape(h, w, 4)
+        box = np.concatenate([self.pool.boxes[pick].astype(np.float32),
+                              shapes.astype(np.float32)], 1)
+        if gpu:
+            box = torch.from_numpy(box).to(self._rgba.device)
+        return rgba, box
+
     def __call__(self):
         if self.cursor >= len(self.main.runs):
             raise StopIteration
-        pick = self.picks(self.cursor)
+        run = self.main.runs[self.cursor]
         self.cursor += 1
         rgba, boxes = [], []
-        for i in pick:
-            h, w = (int(v) for v in self.pool.shapes[i])
-            o = int(self.pool.offsets[i])
-            rgba.append(self._rgba[o:o + h * w * 4].reshape(h, w, 4))
-            boxes.append(self._boxes[i])
+        for rows in run:
+            r, b = self._sample(self.picks(np.asarray(rows, np.int64)))
+            rgba.append(r)
+            boxes.append(b)
         return rgba, boxes
 
 
 def upload_pool(pool, device: Optional[torch.device] = None):
     """(rgba, boxes) of ``pool`` where a :class:`PoolSource` serves them from: host arrays,
-    or on a CUDA ``device`` one device copy (share it between sources)."""
+    or on a CUDA ``device`` one device copy of the pixels (share it between sources)."""
     rgba, boxes = pool.rgba, pool.boxes.astype(np.float32)
     if device is not None and device.type == "cuda":
         rgba = torch.from_numpy(rgba).to(device)
-        boxes = torch.from_numpy(boxes).to(device)
     return rgba, boxes

@@ -4,7 +4,7 @@ the classic loader's way of doing the same job, on the same inputs, in one run.
 For a batch of ``batch`` samples (default 256; keypoints, matrices and draws from a seeded
 ``np.random.default_rng``, 60% of the crops rotated as in training):
 
-* ``warp``: the fused CPU warp + normalise (``kernels.warp``) as the per-person operator runs
+* ``warp``: the CPU warp + normalise (``kernels.warp``) as the loader's operator runs
   it, from the crop's own decoded window (spread, then warped), vs ``cv2.warpAffine`` of the
   whole image followed by the reference loader's ``normalize_chw``; unrotated and rotated
   crops apart. (Per image, one spread serves all the image's crops.)

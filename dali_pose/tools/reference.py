@@ -17,8 +17,9 @@ The draws are a pure function of (seed, epoch, row), the same as the DALI loader
 batches do not depend on the number of workers, and a training batch matches the DALI
 loader's sample by sample (up to OpenCV's 1/32-px warp positions and uint8 rounding).
 
-Batches come from :func:`dali_pose.loader.schedule.epoch_schedule`, so both loaders visit the same
-rows in the same order (validation: the last batch is short instead of padded). The batch
+Batches come from :func:`dali_pose.loader.plan.image_epoch` (the DALI loader's plan), so both
+loaders visit the same rows in the same order (validation: the last batch is short instead
+of padded). The batch
 dict has the DALI loader's keys (``image_flipped`` for validation with ``loader.flip_test``).
 With ``timing=True`` each batch also carries ``stage_s`` (N, len(STAGES)) float64: CPU
 seconds (``time.thread_time``, so other processes' load does not count) each sample spent in
@@ -40,7 +41,7 @@ from ..datasets import DatasetError, PoseIndex, load_index
 from ..draws import sample_draws
 from ..geometry import augment, msra_matrix, transform_keypoints, udp_matrix
 from ..kernels.dropping import QUANT, dropping_op_from
-from ..loader.schedule import epoch_schedule, occlusion_probs
+from ..loader.plan import image_epoch, image_groups, occlusion_probs
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 
 STAGES = ("read", "geometry", "warp", "normalize", "targets")
@@ -271,34 +272,36 @@ class ReferenceDataset(Dataset):
 # ------------------------------------------------------------------------- loader ----
 
 class EpochBatchSampler:
-    """Batches of ``(epoch, row)`` keys from :func:`dali_pose.loader.schedule.epoch_schedule`.
+    """Batches of ``(epoch, row)`` keys from :func:`dali_pose.loader.plan.image_epoch`.
 
-    Training: the (seed, epoch) shuffle, fixed-size batches; the epoch advances after each
-    complete pass (or is chosen with ``set_epoch``). Validation: dataset order, short last
-    batch.
+    ``image_keys``: each row's image (its path): the plan groups the rows by image, as the
+    DALI loader's. Training: the (seed, epoch) plan, fixed-size batches; the epoch
+    advances after each complete pass (or is chosen with ``set_epoch``). Validation:
+    dataset order, short last batch.
     """
 
-    def __init__(self, n: int, batch_size: int, *, train: bool, seed: int,
-                 drop_last: bool = True):
-        self.n, self.batch_size, self.train = n, batch_size, train
-        self.seed, self.drop_last = seed, drop_last
+    def __init__(self, image_keys, batch_size: int, *, train: bool, seed: int,
+                 drop_last: bool = True, buffer: int = 512):
+        self.groups = image_groups(np.asarray(image_keys))
+        self.batch_size, self.train = batch_size, train
+        self.seed, self.drop_last, self.buffer = seed, drop_last, buffer
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _schedule(self):
-        return epoch_schedule(self.n, self.batch_size, train=self.train, seed=self.seed,
-                              epoch=self.epoch, drop_last=self.drop_last)
+    def _plan(self):
+        return image_epoch(self.groups, self.batch_size, train=self.train, seed=self.seed,
+                           epoch=self.epoch, drop_last=self.drop_last, buffer=self.buffer)
 
     def __len__(self) -> int:
-        return len(self._schedule()[0])
+        return len(self._plan().batches)
 
     def __iter__(self):
         epoch = self.epoch
-        batches, valid = self._schedule()
-        for rows, v in zip(batches, valid):
-            yield [(epoch, int(r)) for r in rows[:v]]
+        plan = self._plan()
+        for b, v in enumerate(plan.valid):
+            yield [(epoch, int(r)) for r in plan.batch_rows(b)[:v]]
         if self.train:
             self.epoch = epoch + 1
 
@@ -346,8 +349,9 @@ def build_reference_loader(cfg, split: str, num_workers: Optional[int] = None,
         num_workers = cfg.loader.num_threads
     train = split == "train"
     dataset = ReferenceDataset(cfg, index, train=train, timing=timing)
-    sampler = EpochBatchSampler(len(index), cfg.loader.batch_size, train=train,
-                                seed=cfg.loader.seed, drop_last=cfg.loader.drop_last)
+    sampler = EpochBatchSampler(index.image_paths, cfg.loader.batch_size, train=train,
+                                seed=cfg.loader.seed, drop_last=cfg.loader.drop_last,
+                                buffer=cfg.loader.shuffle_buffer)
     kwargs = {}
     if num_workers > 0:
         kwargs = dict(persistent_workers=persistent_workers, worker_init_fn=_worker_init,

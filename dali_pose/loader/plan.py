@@ -1,58 +1,21 @@
-"""Epochs and shards: which index rows each batch of an epoch holds, per rank.
+"""The epoch's plan: which index rows each batch of an epoch holds, per rank.
 
-Two plans, both :class:`ImageEpoch` (the *decodes* a rank's pipelines run, and which of
-their crops make each batch):
-
-* one decode per person (:func:`epoch_schedule`, :func:`person_epoch`): training shuffles
-  with a generator seeded by (seed, epoch), gives rank r every num_shards-th sample of that
-  permutation, and drops or fills (by wrapping around) the last partial batch; validation
-  keeps the dataset order, gives each rank a disjoint stride, and yields every instance
-  exactly once (the padded tail of the last batch is cut off);
-* one decode per image for all its people (:func:`image_epoch`): images are dealt to the
-  ranks, their crops mixed by a seeded shuffle buffer.
-
-Either way a plan is a pure function of (seed, epoch, shard); the loader runs its decodes
-in *runs* of ``batch_size`` decodes (one DALI batch each, :func:`runs`).
+Every DALI sample is one image and its people of the epoch (a *decode*). The plan
+(:class:`ImageEpoch`, made by :func:`image_epoch`) lists the decodes a rank's pipelines run
+and which of their crops make each batch: training deals the images to the ranks (disjoint
+shares, equal batch counts) and mixes their crops with a seeded shuffle buffer; validation
+keeps the dataset order and yields every instance exactly once. A plan is a pure function
+of (seed, epoch, shard); the loader runs its decodes in *runs* of ``batch_size`` decodes
+(one DALI batch each, :func:`runs`). :func:`occlusion_probs` gives the epoch's occlusion
+and NODA probabilities.
 """
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import List, Tuple
 
 import numpy as np
-
-
-def epoch_schedule(n: int, batch_size: int, *, train: bool, seed: int, epoch: int,
-                   shard_id: int = 0, num_shards: int = 1,
-                   drop_last: bool = True) -> Tuple[List[np.ndarray], List[int]]:
-    """Batches of row indices for one epoch of one shard, and each batch's valid count.
-
-    Every batch has exactly ``batch_size`` indices (DALI's batch size is fixed); validation
-    pads the last one by repeating its last row and reports fewer valid rows.
-    """
-    if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id {shard_id} not in [0, {num_shards})")
-    if train:
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        per_rank = n // num_shards if drop_last else math.ceil(n / num_shards)
-        shard = perm[shard_id::num_shards]
-        if len(shard) < per_rank:  # fill: wrap around the permutation
-            shard = np.concatenate([shard, perm[: per_rank - len(shard)]])
-        shard = shard[:per_rank]
-        nb = len(shard) // batch_size if drop_last else math.ceil(len(shard) / batch_size)
-        if nb and not drop_last and len(shard) % batch_size:
-            shard = np.resize(shard, nb * batch_size)  # np.resize repeats from the start
-        batches = [shard[i * batch_size:(i + 1) * batch_size] for i in range(nb)]
-        return batches, [batch_size] * nb
-    shard = np.arange(n)[shard_id::num_shards]
-    batches, valid = [], []
-    for start in range(0, len(shard), batch_size):
-        b = shard[start:start + batch_size]
-        valid.append(len(b))
-        batches.append(np.concatenate([b, np.full(batch_size - len(b), b[-1])]))
-    return batches, valid
 
 
 def occlusion_probs(cfg, epoch: int) -> Tuple[float, float]:
@@ -174,18 +137,6 @@ def _draw(pool: list, batch_size: int, rng) -> np.ndarray:
     pool[:] = [p for i, p in enumerate(pool) if i not in take]
     rng.shuffle(batch)
     return np.array(batch, np.int64)
-
-
-def person_epoch(batches: List[np.ndarray], valid: List[int]) -> ImageEpoch:
-    """:func:`epoch_schedule`'s batches as a plan of one decode per person: decode ``d`` is
-    person ``d`` of the epoch, so run ``b`` is batch ``b`` (the loader copies it as it is)."""
-    decodes = [np.array([r], np.int64) for b in batches for r in b]
-    plan, start = [], 0
-    for b in batches:
-        d = np.arange(start, start + len(b), dtype=np.int64)
-        plan.append(np.stack([d, np.zeros_like(d)], 1))
-        start += len(b)
-    return ImageEpoch(decodes, plan, list(valid))
 
 
 def runs(plan: ImageEpoch, run_size: int) -> List[List[np.ndarray]]:

@@ -1,0 +1,125 @@
+"""Copying DALI's per-image outputs into batches: each crop once, straight to its row.
+
+A run (one DALI batch of decodes, each an image and its P people) yields crops for many
+batches (the plan's shuffle buffer mixes photos). :class:`Batches` keeps the epoch's
+batches being filled: on the CPU each crop image / heatmap is copied from DALI's buffers
+to its row and the small fields go through one array per run; on the GPU the run goes to
+one temporary on DALI's stream and is gathered into each batch it feeds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .graph import Outputs
+from .plan import ImageEpoch
+
+# the Outputs fields that become batch tensors, one row per crop
+CROP_FIELDS = Outputs._fields
+_BIG_FIELDS = ("image", "heatmap")
+
+
+class Batches:
+    """The batches of one epoch being filled. The crops of a run's decodes go to many
+    batches (the shuffle buffer mixes photos): each crop is copied once, from DALI's output
+    straight to its row of its batch, whose tensors are allocated when its first crop
+    arrives; :meth:`take` hands a batch out once its runs are done, :meth:`clear` frees the
+    rest. ``held`` / ``peak``: crops waiting for their batch now / at most this epoch (the
+    plan bounds it: about the shuffle buffer plus two runs' crops)."""
+
+    def __init__(self, plan: ImageEpoch, device: torch.device):
+        self.device = device
+        self.valid = plan.valid
+        sizes = np.array([len(d) for d in plan.decodes], np.int64)
+        self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first crop id
+        ids = [self.offset[items[:v, 0]] + items[:v, 1]
+               for items, v in zip(plan.batches, plan.valid)]
+        dest = [np.stack([np.full(v, b), np.arange(v)], 1)
+                for b, v in enumerate(plan.valid)]
+        ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]  # every (crop id, batch b, row k) the plan asks for, by id
+        self.dest = (np.concatenate(dest) if dest else np.zeros((0, 2), np.int64))[order]
+        self.filling = {}  # b -> field -> tensor
+        self.count = np.zeros(len(plan.batches), np.int64)
+        self.layout = None  # field -> (per-crop shape, torch dtype), from the first run
+        self.held = self.peak = 0
+
+    def _batch(self, b: int) -> dict:
+        t = self.filling.get(b)
+        if t is None:
+            t = self.filling[b] = {
+                name: torch.empty((int(self.valid[b]),) + shape, dtype=dtype,
+                                  device=self.device)
+                for name, (shape, dtype) in self.layout.items()}
+        return t
+
+    def clear(self) -> None:
+        """Free the batches still being filled (an abandoned or failed epoch)."""
+        self.filling.clear()
+
+    def put(self, outs, first_decode: int) -> None:
+        """Copy the crops of a run (decodes ``first_decode``, ...) to their batches."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        if self.layout is None:
+            self.layout = {name: (tuple(getattr(outs, name)[0].shape()[1:]),
+                                  to_torch_type[getattr(outs, name)[0].dtype])
+                           for name in CROP_FIELDS}
+        d0, d1 = first_decode, first_decode + len(outs.row)
+        lo, hi = np.searchsorted(self.ids, [self.offset[d0], self.offset[d1]])
+        ids, dest = self.ids[lo:hi], self.dest[lo:hi]
+        sample = np.searchsorted(self.offset, ids, side="right") - 1  # the crop's decode
+        crop = ids - self.offset[sample]
+        sample -= d0
+        at = ids - self.offset[d0]  # the crop's place among the run's crops
+        groups = [(b, np.flatnonzero(dest[:, 0] == b)) for b in np.unique(dest[:, 0]).tolist()]
+        np.add.at(self.count, dest[:, 0], 1)
+        self.held += len(ids)
+        self.peak = max(self.peak, self.held)
+        if self.device.type == "cuda":
+            self._put_gpu(outs, at, dest, groups, feed_ndarray)
+            return
+        # CPU: views of DALI's buffers (valid until the pipeline runs again). The crop
+        # images and heatmaps (~0.8 MB a crop in float32) are copied once each, straight to
+        # their rows; the small fields go through one array per run and field, scattered
+        # to each batch in one assignment (Python per batch, not per crop and field).
+        batches = {b: {name: t.numpy() for name, t in self._batch(b).items()}
+                   for b, _ in groups}
+        for name in _BIG_FIELDS:
+            src = [np.asarray(t) for t in getattr(outs, name)]
+            for (b, k), i, j in zip(dest.tolist(), sample.tolist(), crop.tolist()):
+                batches[b][name][k] = src[i][j]
+        for name in CROP_FIELDS:
+            if name not in _BIG_FIELDS:
+                run = np.concatenate([np.asarray(t) for t in getattr(outs, name)])[at]
+                for b, sel in groups:
+                    batches[b][name][dest[sel, 1]] = run[sel]
+
+    def _put_gpu(self, outs, at, dest, groups, feed_ndarray) -> None:
+        """The run's crops, field by field, into one temporary on DALI's stream, then
+        gathered into each batch they go to (a few launches per batch, not per crop)."""
+        stream = torch.cuda.current_stream(self.device)
+        counts = [int(t.shape()[0]) for t in outs.row]
+        start = np.concatenate([[0], np.cumsum(counts)])
+        at = torch.from_numpy(at).to(self.device)
+        rows = torch.from_numpy(dest[:, 1]).to(self.device)
+        groups = [(b, torch.from_numpy(sel).to(self.device)) for b, sel in groups]
+        for name, (shape, dtype) in self.layout.items():
+            tmp = torch.empty((int(start[-1]),) + shape, dtype=dtype, device=self.device)
+            for i, t in enumerate(getattr(outs, name)):
+                feed_ndarray(t, tmp[start[i]:start[i + 1]], cuda_stream=stream)
+            picked = tmp.index_select(0, at)
+            for b, sel in groups:
+                self._batch(b)[name].index_copy_(0, rows.index_select(0, sel),
+                                                 picked.index_select(0, sel))
+
+    def take(self, b: int) -> dict:
+        """field -> (valid, ...) tensor: batch ``b``, every one of its crops copied in."""
+        if self.count[b] != self.valid[b]:
+            raise RuntimeError(f"loader: batch {b} has {self.count[b]} of its "
+                               f"{self.valid[b]} crops (a bug in runs_needed)")
+        self.held -= int(self.valid[b])
+        t = self._batch(b)
+        del self.filling[b]
+        return t
