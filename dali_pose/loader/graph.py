@@ -45,6 +45,7 @@ from ..kernels.noda import noda_op_from
 from ..kernels.op import NumbaOp
 from ..kernels.warp import warp_op
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
+from .compile_cache import cached_numba_function
 
 DALI_TYPES = {"float32": types.FLOAT, "int32": types.INT32, "int64": types.INT64,
               "uint8": types.UINT8}
@@ -155,10 +156,10 @@ def dali_operator(op: NumbaOp, device: str = "cpu", device_id=None) -> NumbaFunc
             raise ValueError(f"{op.name}: has no CUDA variant")
         allow_newer_cuda_toolkit()
         blocks, threads = op.launch(_sm_count(device_id))
-        return NumbaFunction(run_fn=_plain(op.gpu_run), device="gpu", blocks=list(blocks),
-                             threads_per_block=list(threads), **kw)
-    return NumbaFunction(run_fn=_plain(op.cpu_run), device="cpu", batch_processing=False,
-                         **kw)
+        return cached_numba_function(run_fn=_plain(op.gpu_run), device="gpu",
+                                     blocks=list(blocks), threads_per_block=list(threads), **kw)
+    return cached_numba_function(run_fn=_plain(op.cpu_run), device="cpu",
+                                 batch_processing=False, **kw)
 
 
 def forget_compiled() -> None:
