@@ -67,8 +67,10 @@ ENV_VAR = "DALI_POSE_CACHE"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # dali_pose/
 
 #: per process: entries ``loaded`` (a compile avoided), ``compiled`` (a miss), ``stored``,
-#: ``uncacheable`` (compiled without the cache: unkeyable or unserialisable)
-stats: Dict[str, int] = {"loaded": 0, "compiled": 0, "stored": 0, "uncacheable": 0}
+#: ``uncacheable`` (compiled without the cache: unkeyable or unserialisable); the
+#: ``cuda_`` counts are the CUDA kernels among them
+stats: Dict[str, int] = {"loaded": 0, "compiled": 0, "stored": 0, "uncacheable": 0,
+                         "cuda_loaded": 0, "cuda_compiled": 0}
 
 _lock = threading.RLock()
 _said: set = set()
@@ -442,12 +444,14 @@ class CachedNumbaFunction(NumbaFunction):
         if image is None:
             image = _compile_cuda(run_fn, types_, dims, cc)
             stats["compiled"] += 1
+            stats["cuda_compiled"] += 1
             if image is None:
                 stats["uncacheable"] += 1
                 return super()._get_run_fn_gpu(run_fn, types_, dims)
             entry.store(image)
         else:
             stats["loaded"] += 1
+            stats["cuda_loaded"] += 1
         try:
             return _load_cuda(image, device_id)
         except Exception as e:  # noqa: BLE001 (the driver refused it: DALI's own path)
