@@ -313,3 +313,54 @@ def test_an_unwritable_cache_still_trains(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "run" / "model.pt").exists()
     assert sum("compile cache" in ln for ln in p.stderr.splitlines()) == 1
+
+
+# ------------------------------------------------------- python -m ... bench --startup ---
+
+def test_startup_report_from_its_runs(monkeypatch):
+    """The start-up bench's report and table, from stated runs (no processes): runs in
+    order with the cache folders the cold run fills, ratios, each phase in the table."""
+    from dali_pose.tools import bench_startup
+
+    calls = []
+
+    def runner(kind, config, overrides, env):
+        calls.append((kind, dict(env)))
+        cold = kind == "dali" and len(calls) == 1
+        phases = dict(zip(bench_startup.PHASES, (4.0, 10.0, 1.0, 5.0, 0.5) if cold else
+                          (4.0, 0.5, 1.0, 0.25, 0.25) if kind == "dali" else
+                          (3.0, 2.0, 2.0, 1.0, 1.0)))
+        out = dict(phases, process_s=20.0, cpu_s=18.0,
+                   to_first_batches_s=sum(phases[p] for p in bench_startup.PHASES[1:]))
+        if kind == "dali":
+            out["cache"] = {"compiled": 7 if cold else 0, "loaded": 1 if cold else 8}
+        return out
+
+    rep = bench_startup.startup("configs/synthetic.yaml", ["loader.batch_size=8"],
+                                warm_runs=2, log=lambda *a: None, runner=runner)
+    assert [k for k, _ in calls] == ["dali", "dali", "dali", "reference"]
+    assert calls[0][1] == calls[1][1] == calls[2][1]  # warm runs reuse the cold run's cache
+    assert set(calls[0][1]) == {"DALI_POSE_CACHE", "NUMBA_CACHE_DIR"}
+    assert not os.path.exists(calls[0][1]["DALI_POSE_CACHE"])  # removed afterwards
+    assert rep["warm_median_s"] == 2.0 and rep["warm_over_cold"] == pytest.approx(2.0 / 16.5)
+    text = bench_startup.format_report(rep)
+    assert "dali cold" in text and "dali warm 2" in text and "classic" in text
+    assert "7 compiled, 1 loaded" in text and "16.50" in text and "12% of the cold" in text
+
+
+@pytest.mark.slow
+def test_startup_bench_end_to_end(tmp_path):
+    from dali_pose.tools.synthetic import generate
+
+    p = generate(str(tmp_path / "syn"), seed=0, num_train=4, num_val=2)
+    args = [sys.executable, "-m", "dali_pose.tools.bench", "--startup", "--warm-runs", "1",
+            "--json", str(tmp_path / "s.json"), "--set", "loader.batch_size=4"]
+    for k in ("train_ann", "train_images", "val_ann", "val_images"):
+        args += ["--set", f"data.{k}={p[k]}"]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "s.json").read_text())
+    runs = {x["name"]: x for x in rep["runs"]}
+    assert runs["dali cold"]["cache"]["compiled"] > 0
+    assert runs["dali warm 1"]["cache"]["compiled"] == 0
+    assert "classic" in runs and "warm cache:" in r.stdout
