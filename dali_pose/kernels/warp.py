@@ -254,8 +254,9 @@ def warp_op(input_size: Tuple[int, int], dropping: Optional[NumbaOp] = None,
     """
     out_w, out_h = int(input_size[0]), int(input_size[1])
     # plain Python (same float32s): a jitted call here would start numba's compiler (~1 s)
-    # in a process whose operators all come from the compile cache
-    nc = _norm_consts.py_func(np.array(IMAGENET_MEAN), np.array(IMAGENET_STD))  # unused by uint8
+    # in a process whose operators all come from the compile cache; unused by uint8
+    nc = getattr(_norm_consts, "py_func", _norm_consts)(np.array(IMAGENET_MEAN),
+                                                       np.array(IMAGENET_STD))
     f32 = "float32"
     inputs = (Port("matrix", f32, 3), Port("roi", "uint8", 3), Port("window", "int32", 1))
     occlude = dropping.one if dropping is not None else None

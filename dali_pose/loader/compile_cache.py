@@ -257,12 +257,17 @@ def _environment() -> tuple:
     """What every key holds: versions, DALI's wrapper source, the CPU, the kernels."""
     import llvmlite
     import nvidia.dali as dali
+    from numba.core import config
     from numba.core.registry import cpu_target
 
+    # numba settings (NUMBA_OPT, ...) that change the code it generates
+    settings = tuple(str(getattr(config, k, None)) for k in (
+        "OPT", "BOUNDSCHECK", "DEBUGINFO_DEFAULT", "FASTMATH", "LOOP_VECTORIZE",
+        "SLP_VECTORIZE", "ENABLE_AVX"))
     return (FORMAT, sys.version, sys.implementation.cache_tag, platform.machine(),
             np.__version__, numba.__version__, llvmlite.__version__, dali.__version__,
             _file_digest(dali_numba.__file__), cpu_target.target_context.codegen().magic_tuple(),
-            kernels_digest())
+            settings, kernels_digest())
 
 
 @functools.lru_cache(maxsize=None)
