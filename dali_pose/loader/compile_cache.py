@@ -3,8 +3,8 @@
 DALI's numba plugin (``nvidia.dali.plugin.numba.NumbaFunction``) compiles, at construction,
 a C callback (numba ``cfunc``) around each CPU ``run_fn`` and ``setup_fn``, and a CUDA
 kernel for a GPU ``run_fn``; DALI itself only keeps their addresses. Compiling takes 1-6 s
-per operator on a small CPU, in every process. :func:`cached_numba_function` builds the same
-operator, but:
+per operator on a small CPU, in every process. :class:`CachedNumbaFunction` (the graph's
+``NumbaFunction``; same arguments) builds the same operator, but:
 
 * CPU: DALI's own wrapper code runs unchanged; only the ``cfunc`` decorator it calls is
   swapped, for the duration of the construction, for one whose numba ``CFunc`` loads and
@@ -381,7 +381,7 @@ class _EntryCache:
 
 class CachedNumbaFunction(NumbaFunction):
     """DALI's ``NumbaFunction`` whose compiled functions come from the cache (see the
-    module docstring); built by :func:`cached_numba_function`."""
+    module docstring); the graph's ``NumbaFunction``, same arguments."""
 
     def _key(self, role: str, fn, *sig) -> Optional[tuple]:
         try:
@@ -508,8 +508,3 @@ def _load_cuda(image: dict, device_id) -> int:
         handle = module.get_function(image["entry"]).handle
     return int(getattr(handle, "value", handle))
 
-
-def cached_numba_function(**kwargs) -> NumbaFunction:
-    """``NumbaFunction(**kwargs)`` (same arguments), its compiled code loaded from the cache
-    when there, else compiled and stored."""
-    return CachedNumbaFunction(**kwargs)

@@ -35,7 +35,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from nvidia.dali import Pipeline, fn, pipeline_def, types
-from nvidia.dali.plugin.numba import NumbaFunction
 
 from ..codecs import build_codec
 from ..geometry import AugParams
@@ -45,7 +44,7 @@ from ..kernels.noda import noda_op_from
 from ..kernels.op import NumbaOp
 from ..kernels.warp import warp_op
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
-from .compile_cache import cached_numba_function
+from .compile_cache import CachedNumbaFunction as NumbaFunction  # compiled once per machine
 
 DALI_TYPES = {"float32": types.FLOAT, "int32": types.INT32, "int64": types.INT64,
               "uint8": types.UINT8}
@@ -156,10 +155,10 @@ def dali_operator(op: NumbaOp, device: str = "cpu", device_id=None) -> NumbaFunc
             raise ValueError(f"{op.name}: has no CUDA variant")
         allow_newer_cuda_toolkit()
         blocks, threads = op.launch(_sm_count(device_id))
-        return cached_numba_function(run_fn=_plain(op.gpu_run), device="gpu",
-                                     blocks=list(blocks), threads_per_block=list(threads), **kw)
-    return cached_numba_function(run_fn=_plain(op.cpu_run), device="cpu",
-                                 batch_processing=False, **kw)
+        return NumbaFunction(run_fn=_plain(op.gpu_run), device="gpu", blocks=list(blocks),
+                             threads_per_block=list(threads), **kw)
+    return NumbaFunction(run_fn=_plain(op.cpu_run), device="cpu", batch_processing=False,
+                         **kw)
 
 
 def forget_compiled() -> None:
