@@ -316,9 +316,15 @@ def _load(path: Optional[Path], key: tuple):
 def _store(path: Optional[Path], key: tuple, payload) -> None:
     if path is None:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         data = serialize.dumps((FORMAT, repr(key), payload))
+    except Exception as e:  # noqa: BLE001 (an environment numba cannot pickle)
+        stats["uncacheable"] += 1
+        _say_once(f"pickle {path.name}", f"{path.name} cannot be stored in the compile "
+                                         f"cache ({type(e).__name__}: {e})")
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
@@ -331,6 +337,9 @@ def _store(path: Optional[Path], key: tuple, payload) -> None:
                            f"operators are compiled in every process (set {ENV_VAR})")
 
 
+_in_process: Dict[Path, CompileResult] = {}  # entries compiled or loaded by this process
+
+
 class _EntryCache:
     """numba's per-function cache interface (``load_overload`` / ``save_overload``), for
     the one compile result a ``CFunc`` asks for, in one entry file."""
@@ -340,6 +349,10 @@ class _EntryCache:
         self.dispatchers = {id(d) for d in dispatchers}
 
     def load_overload(self, sig, target_context):
+        cres = _in_process.get(self.path)
+        if cres is not None:  # the same code again in this process: one copy of it
+            stats["loaded"] += 1
+            return cres
         payload = _load(self.path, self.key)
         if payload is None:
             return None
@@ -356,6 +369,7 @@ class _EntryCache:
                                               f"({type(e).__name__}: {e}); compiling")
             return None
         stats["loaded"] += 1
+        _in_process[self.path] = cres
         return cres
 
     def save_overload(self, sig, cres):
@@ -372,6 +386,8 @@ class _EntryCache:
             stats["uncacheable"] += 1
             return
         self.store(cres._reduce())
+        if self.path is not None:
+            _in_process[self.path] = cres
 
     def store(self, payload):
         _store(self.path, self.key, payload)
