@@ -23,8 +23,9 @@ calls and their closures and the globals they read, with numba's options); a has
 source files of every dali_pose module involved and of every ``dali_pose/kernels`` module
 (so a kernel edit never loads stale code, even where numba would not see it); the
 signature DALI builds from the port dtypes and ndims; the Python, NumPy, numba, llvmlite
-and DALI versions and DALI's plugin source; the CPU (LLVM triple, CPU name and features)
-or, for CUDA, the compute capability and toolkit. Anything the fingerprint cannot read
+and DALI versions, DALI's plugin source and numba's code-generation settings; the CPU
+(LLVM triple, CPU name and features) or, for CUDA, the compute capability and toolkit
+(and numba-cuda's version). Anything the fingerprint cannot read
 (an unknown object in a closure) means no caching for that operator (one line), never a
 wrong hit.
 
