@@ -224,7 +224,9 @@ class Backend:
             from ..loader import build_loader
             from ..loader.graph import forget_compiled
 
-            forget_compiled()  # build_s is a cold build, whatever ran before in this process
+            # build_s: no operator shared with what ran before in this process (each one
+            # compiled, or loaded from the per-machine cache; DALI_POSE_CACHE=off compiles)
+            forget_compiled()
             t0 = time.perf_counter()
             self.loader = build_loader(cfg, "train", device="gpu" if self.gpu else "cpu",
                                        index=index)
