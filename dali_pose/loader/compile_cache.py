@@ -240,8 +240,10 @@ class _Fingerprint:
 
     def digest(self) -> str:
         h = self.h.copy()
-        for path in sorted(self.files):
-            h.update(path.encode() + b"\0" + _own_file_digest(path).encode())
+        # by path inside the package: checkouts holding the same code share entries
+        files = {str(Path(p).resolve().relative_to(PACKAGE_DIR)): p for p in self.files}
+        for rel in sorted(files):
+            h.update(rel.encode() + b"\0" + _own_file_digest(files[rel]).encode())
         return h.hexdigest()
 
 
