@@ -8,11 +8,14 @@ What it does:
   * calls DALI 2.4's own toolkit check with numba.cuda's real toolkit version (needs only
     libcudart / NVRTC, no driver): shows whether "Unsupported CUDA toolkit version" fires
     without dali_pose's shim, and that the shim fixes it;
-  * stubs only what needs a driver: DALI's driver-compat check and the final
-    cubin-load/handle step of NumbaFunction._get_run_fn_gpu. The compile step is DALI's own
-    (compile_cuda with exactly the argument types DALI builds from out_types/in_types and
-    outs_ndim/ins_ndim as pipeline.py passes them, then PTX for sm_90 = H200), so a dtype /
+  * stubs only what needs a driver: DALI's driver-compat check, and the device query and
+    the module load of dali_pose's compile cache (dali_pose/loader/compile_cache.py). The
+    compile step is the cache's, which compiles as DALI does (compile_cuda with exactly the
+    argument types DALI builds from out_types/in_types and outs_ndim/ins_ndim as
+    pipeline.py passes them, its NVVM options, then PTX for sm_90 = H200), so a dtype /
     ndim mismatch between a kernel's NumbaOp description and its CUDA kernel fails here;
+    the PTX goes to a compile cache of the probe's own (a temporary folder, or
+    $DALI_POSE_CACHE: run twice with the same one and every kernel loads from it);
   * defines the full GPU graph (train + val, AID and every other dropping method, combined
     target, float16 and uint8 crops, NODA with a tiny fake pool) through
     dali_pose.loader.graph with device_id=0, and the oracle graph (nvJPEG + DALI's
@@ -83,43 +86,38 @@ import numba.cuda.dispatcher as _disp  # noqa: E402
 
 _disp.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=CC)
 compiled = []
+from dali_pose.loader import compile_cache  # noqa: E402
+
+if not os.environ.get(compile_cache.ENV_VAR):  # a cache of its own, filled by this run
+    import tempfile
+
+    os.environ[compile_cache.ENV_VAR] = tempfile.mkdtemp(prefix="graph_probe_cache_")
+_compile_cuda = compile_cache._compile_cuda
 
 
-def _compile_like_dali(self, run_fn, types, dims):
-    """DALI 2.4 NumbaFunction._get_run_fn_gpu up to (not including) loading the cubin."""
-    from numba.cuda.compiler import compile_cuda
-
-    args = [nbt.Array(dali_numba._to_numba[t], nd, "C") for t, nd in zip(types, dims)]
+def _compile_recorded(run_fn, types, dims, cc):
+    """The compile cache's CUDA compile (DALI's argument types and NVVM options, to PTX),
+    recorded; a failure is reported and the graph goes on."""
+    args = [str(nbt.Array(dali_numba._to_numba[t], nd, "C")) for t, nd in zip(types, dims)]
     name = getattr(run_fn, "__name__", "?")
     try:
-        cres = compile_cuda(run_fn, nbt.void, args, nvvm_options={"fastmath": False, "opt": 3},
-                            fastmath=False, cc=CC)
-        lib = cres.library
-        tgt = cres.target_context
-        if hasattr(tgt, "prepare_cuda_kernel"):  # numba built-in target (DALI's first branch)
-            code = run_fn.__code__
-            lib, _ = tgt.prepare_cuda_kernel(lib, cres.fndesc, False, True,
-                                             {"fastmath": False, "opt": 3},
-                                             code.co_filename, code.co_firstlineno)
-        else:  # numba-cuda (DALI's second branch)
-            from numba.cuda.compiler import kernel_fixup
-
-            kernel = lib.get_function(cres.fndesc.llvm_func_name)
-            kernel_fixup(kernel, debug=False)
-            lib._entry_name = cres.fndesc.llvm_func_name
-        ptx = lib.get_asm_str(cc=CC)
-        ok = ".entry" in ptx
-        compiled.append((name, [str(a) for a in args], ok, len(ptx)))
-        say(f"  compiled GPU run_fn {name}: args {[str(a) for a in args]} -> PTX "
-            f"{len(ptx)} chars, .entry={ok}")
+        image = _compile_cuda(run_fn, types, dims, cc)
+        ok = image is not None and ".entry" in image["ptx"]
+        size = len(image["ptx"]) if image else 0
+        compiled.append((name, args, ok, size))
+        say(f"  compiled GPU run_fn {name}: args {args} -> PTX {size} chars, .entry={ok}")
+        return image
     except Exception as e:  # noqa: BLE001
-        compiled.append((name, [str(a) for a in args], False, 0))
-        say(f"  COMPILE FAILED GPU run_fn {name}: args {[str(a) for a in args]}: "
-            f"{type(e).__name__}: {str(e)[:600]}")
-    return 1  # fake CUfunction handle
+        compiled.append((name, args, False, 0))
+        say(f"  COMPILE FAILED GPU run_fn {name}: args {args}: {type(e).__name__}: "
+            f"{str(e)[:600]}")
+        return {"ptx": "", "entry": "?"}
 
 
-NumbaFunction._get_run_fn_gpu = _compile_like_dali
+compile_cache._compile_cuda = _compile_recorded
+compile_cache._device_cc = lambda device_id: CC
+compile_cache._load_cuda = lambda image, device_id: 1  # the driver step: a fake handle
+NumbaFunction._get_run_fn_gpu = lambda self, run_fn, types, dims: 1  # uncached fallback
 
 # 3. the graph
 from dali_pose import load_config  # noqa: E402
@@ -197,6 +195,9 @@ dali_numba.minimal_numba_version.update(saved)
 bad = [c for c in compiled if not c[2]]
 say(f"\nGPU kernels compiled with DALI's argument types: {len(compiled) - len(bad)} ok, "
     f"{len(bad)} failed")
+st = compile_cache.stats
+say(f"compile cache {os.environ[compile_cache.ENV_VAR]}: CUDA kernels compiled "
+    f"{st['cuda_compiled']}, loaded from the cache {st['cuda_loaded']}; all entries {st}")
 out = os.environ.get("PROBE_OUT")
 if out:
     with open(out, "w") as f:

@@ -1,13 +1,26 @@
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dali_pose.draws import gate
+
+# The numba operators' compile cache of this test session (and of the processes its tests
+# start): never the user's, which other checkouts share; filled once, it spares every later
+# process the compiling. Tests of the cache itself use their own.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="dali_pose_test_cache_")
+os.environ["DALI_POSE_CACHE"] = _SESSION_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -254,7 +254,10 @@ def warp_op(input_size: Tuple[int, int], dropping: Optional[NumbaOp] = None,
     safe under DALI's executor threads. Do not reintroduce it without a stress test.)
     """
     out_w, out_h = int(input_size[0]), int(input_size[1])
-    nc = _norm_consts(np.array(IMAGENET_MEAN), np.array(IMAGENET_STD))  # unused by uint8
+    # plain Python (same float32s): a jitted call here would start numba's compiler (~1 s)
+    # in a process whose operators all come from the compile cache; unused by uint8
+    nc = getattr(_norm_consts, "py_func", _norm_consts)(np.array(IMAGENET_MEAN),
+                                                       np.array(IMAGENET_STD))
     f32, P = "float32", PEOPLE
     inputs = (Port("matrix", f32, (P, 2, 3)), Port("roi", "uint8", (None, None, 3)),
               Port("window", "int32", (4,)))

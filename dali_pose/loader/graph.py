@@ -30,7 +30,6 @@ from types import SimpleNamespace
 from typing import NamedTuple, Optional, Tuple
 
 from nvidia.dali import Pipeline, fn, pipeline_def, types
-from nvidia.dali.plugin.numba import NumbaFunction
 
 from ..codecs import build_codec
 from ..geometry import AugParams
@@ -39,6 +38,7 @@ from ..kernels.dropping import dropping_op_from
 from ..kernels.noda import noda_op_from
 from ..kernels.op import NumbaOp
 from ..kernels.warp import warp_op
+from .compile_cache import CachedNumbaFunction as NumbaFunction  # compiled once per machine
 
 DALI_TYPES = {"float32": types.FLOAT, "int32": types.INT32, "int64": types.INT64,
               "uint8": types.UINT8}

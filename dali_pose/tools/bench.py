@@ -3,6 +3,7 @@
     python -m dali_pose.tools.bench [--config CFG] [--set KEY=VALUE ...]
         [--backends dali-gpu,dali-cpu,reference] [--batches N] [--rounds R] [--warmup W]
         [--scaling] [--epochs-memory N] [--train-step] [--smoke] [--json OUT]
+    python -m dali_pose.tools.bench --startup ...   (time to the first batch: bench_startup)
 
 Backends (all on the training split, full training augmentation of the config):
   dali-gpu   ``build_loader(device='gpu')`` (skipped, with a message, without CUDA)
@@ -150,6 +151,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--startup" in argv:  # fresh processes to the first batch: its own module
+        from .bench_startup import main as startup_main
+        return startup_main([a for a in argv if a != "--startup"])
     args = parse_args(argv)
     log = (lambda *a, **k: None) if args.quiet else (
         lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))

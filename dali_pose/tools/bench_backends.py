@@ -173,7 +173,9 @@ class Backend:
             from ..loader.graph import forget_compiled
             from ..loader.oracle import oracle_graph
 
-            forget_compiled()  # build_s is a cold build, whatever ran before in this process
+            # build_s: no operator shared with what ran before in this process (each one
+            # compiled, or loaded from the per-machine cache; DALI_POSE_CACHE=off compiles)
+            forget_compiled()
             t0 = time.perf_counter()
             device = "gpu" if self.gpu else "cpu"
             if oracle:
