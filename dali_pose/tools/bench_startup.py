@@ -44,7 +44,7 @@ SPAWNED = "DALI_POSE_STARTUP_SPAWNED"  # the parent's clock when it started the 
 def _tree_cpu_s() -> float:
     """User + system seconds of this process, its reaped children and its live ones (the
     classic loader's workers; read from /proc, 0 for them where there is none)."""
-    from .bench import _pid_cpu_s
+    from .bench_backends import _pid_cpu_s
 
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
@@ -119,7 +119,7 @@ def run_child(kind: str, config, overrides, env: Dict[str, str]) -> dict:
 def startup(config, overrides, warm_runs: int = 2, reference: bool = True, log=print,
             runner=run_child) -> dict:
     """Cold, then ``warm_runs`` warm DALI start-ups, then the classic loader's."""
-    from .bench import _load, _machine_ticks, _steal_share
+    from .bench_backends import _load, _machine_ticks, _steal_share
 
     tmp = tempfile.mkdtemp(prefix="dali_pose_startup_")
     env = {"DALI_POSE_CACHE": os.path.join(tmp, "dali_pose"),
