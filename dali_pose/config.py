@@ -31,6 +31,7 @@ _CHOICES = {
     "model.init": ("normal", "kaiming"),
     "loader.device": ("gpu", "cpu"),
     "loader.image_dtype": ("float32", "float16", "uint8"),
+    "aug.recipe": ("hrnet", "mmpose"),
     "occlusion.method": ("none", "aid", "cutout", "erasing", "hide_and_seek", "gridmask"),
     "train.amp_dtype": ("auto", "bfloat16", "float16"),
 }
@@ -130,19 +131,55 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugConfig:
+    """The training crop's random box (dali_pose.geometry.draw_box states each recipe's
+    rules). ``recipe`` names whose sampler the draws follow; each key left out of a config
+    takes that recipe's default (``RECIPE_DEFAULTS``; the field defaults are hrnet's)."""
+
+    recipe: str = "hrnet"  # hrnet (HRNet / UDP-Pose / SimpleBaseline) | mmpose (mmpose 1.x)
     flip_prob: float = 0.5
     rot_prob: float = 0.6
-    rot_factor: float = 45.0  # degrees; angle ~ N(0, rot_factor) clipped to +-2*rot_factor
-    scale_factor: float = 0.35  # scale ~ N(1, sf) clipped to [1-sf, 1+sf]
+    # hrnet: angle ~ N(0, rot_factor) clipped to +-2*rot_factor; mmpose: rot_factor * T,
+    # T ~ N(0, 1) truncated to [-1, 1]
+    rot_factor: float = 45.0  # degrees
+    # hrnet: scale ~ N(1, sf) clipped to [1-sf, 1+sf]; mmpose: 1 + sf * T
+    scale_factor: float = 0.35
     half_body_prob: float = 0.3
     half_body_min_joints: int = 8  # half-body only when more than this many joints are visible
-    shift_factor: float = 0.0  # centre += U(-1, 1) * shift_factor * box size
+    # probability that the upper body is preferred: HRNet's randn() < 0.5 is Phi(0.5)
+    half_body_upper_prob: float = 0.6914624612740131
+    half_body_min_upper: int = 3  # visible upper joints a half-body crop needs (>=)
+    half_body_min_lower: int = 3  # visible lower joints a half-body crop needs (>=)
+    half_body_padding: float = 1.5  # half-body box = joint extent * this
+    # hrnet: centre += U(-1, 1) * shift_factor * box size (0: the official recipes);
+    # mmpose: centre += T * shift_factor * box size with probability shift_prob
+    shift_factor: float = 0.0
+    shift_prob: float = 1.0
 
     def __post_init__(self):
-        _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob")
+        _require(self.recipe in _CHOICES["aug.recipe"], "aug.recipe",
+                 f"{self.recipe!r} is not one of {_CHOICES['aug.recipe']}")
+        _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob",
+                    "half_body_upper_prob", "shift_prob")
         _require(0.0 <= self.scale_factor < 1.0, "aug.scale_factor",
                  f"must be in [0, 1), got {self.scale_factor}")
-        _check_min("aug", self, 0, "rot_factor", "half_body_min_joints", "shift_factor")
+        _check_min("aug", self, 0, "rot_factor", "half_body_min_joints", "shift_factor",
+                   "half_body_min_upper", "half_body_min_lower")
+        _require(self.half_body_padding > 0, "aug.half_body_padding",
+                 f"must be > 0, got {self.half_body_padding}")
+
+
+# The values a recipe's keys take when a config leaves them out (aug.recipe: mmpose fills
+# these; hrnet's are the AugConfig field defaults). mmpose 1.x: RandomFlip(0.5),
+# RandomHalfBody(min_total_keypoints=9, min_upper_keypoints=2, min_lower_keypoints=3,
+# padding=1.5, prob=0.3, upper_prioritized_prob=0.7), RandomBBoxTransform(shift 0.16 with
+# p 0.3, scale [0.5, 1.5], rotate 80 with p 0.6).
+RECIPE_DEFAULTS = {
+    "hrnet": {},
+    "mmpose": dict(flip_prob=0.5, rot_prob=0.6, rot_factor=80.0, scale_factor=0.5,
+                   half_body_prob=0.3, half_body_min_joints=8, half_body_upper_prob=0.7,
+                   half_body_min_upper=2, half_body_min_lower=3, half_body_padding=1.5,
+                   shift_factor=0.16, shift_prob=0.3),
+}
 
 
 @dataclass(frozen=True)
@@ -357,20 +394,64 @@ def _apply_override(tree: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return tree
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: sections merge key by key, any other value replaces."""
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_tree(path: str) -> dict:
+    """The YAML tree of ``path`` with its ``base:`` resolved: ``base: ../x.yaml`` (relative
+    to the file) names a config whose keys this one starts from, as mmpose's ``_base_``;
+    one level only (a base has no base), so a config reads in two files at most."""
+    tree = _read_yaml(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: config key 'base': expected a file name, "
+                          f"got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    base_tree = _read_yaml(base_path)
+    if "base" in base_tree:
+        raise ConfigError(f"config file {path}: config key 'base': {base_path} has a base "
+                          "of its own (one level of inheritance only)")
+    return _merge(base_tree, tree)
+
+
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
-    """Read ``path`` (YAML; None = all defaults), apply ``overrides`` ("a.b=c"), validate."""
-    tree: dict = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping")
+    """Read ``path`` (YAML, its ``base:`` resolved; None = all defaults), apply
+    ``overrides`` ("a.b=c"), validate."""
+    tree = read_tree(path) if path is not None else {}
     return config_from_dict(tree, overrides, source=path or "<defaults>")
+
+
+def _with_recipe_defaults(tree: dict) -> None:
+    """Fill the aug keys a config leaves out with its ``aug.recipe``'s defaults."""
+    aug = tree.get("aug")
+    if not isinstance(aug, dict):
+        return
+    recipe = aug.get("recipe", "hrnet")
+    for k, v in RECIPE_DEFAULTS.get(recipe, {}).items():
+        aug.setdefault(k, v)
 
 
 def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config:
@@ -381,6 +462,7 @@ def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config
     tree = copy.deepcopy(tree)  # overrides must not edit the caller's mapping
     for item in overrides:
         _apply_override(tree, item)
+    _with_recipe_defaults(tree)
     try:
         return _build(Config, tree, "")
     except ConfigError as e:
