@@ -76,6 +76,9 @@ class DataConfig:
     val_images: str = "data/synthetic/images/val"
     det_file: Optional[str] = None  # COCO results json of person boxes, for val/test
     val_gt: Optional[str] = None  # MPII: the official gt_valid.mat, to score PCKh
+    # MPII: is_visible flags (N, 16) .npy of the val people (tools.mpii_visible), for PCKh
+    # of visible / occluded joints in validation and evaluate.py --checkpoint
+    val_visible: Optional[str] = None
     det_score_min: float = 0.0
     padding: float = 1.25  # box enlargement, HRNet/UDP convention
     # a truncated, empty or undecodable image: error (name it, stop) | skip (count, report)

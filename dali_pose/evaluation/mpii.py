@@ -165,13 +165,18 @@ def _group_index() -> List[Tuple[str, List[int]]]:
     return [(g, [MPII.joints.index(j) for j in js]) for g, js in MPII_GROUPS]
 
 
-def _pckh(correct: np.ndarray, counted: np.ndarray):
-    """Group PCKh (percent) and counts from per-person-joint (N,16) bool arrays."""
+def _pckh(correct: np.ndarray, counted: np.ndarray, per_joint_keys: bool = False):
+    """Group PCKh (percent) and counts from per-person-joint (N,16) bool arrays; with
+    ``per_joint_keys`` also each joint by its MPII name (left and right apart)."""
     count = counted.sum(axis=0).astype(np.float64)
     hits = (correct & counted).sum(axis=0).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_joint = 100.0 * hits / count
     values, counts = {}, {}
+    if per_joint_keys:
+        for j, name in enumerate(MPII.joints):
+            values[name] = float(per_joint[j])
+            counts[name] = int(count[j])
     for g, idx in _group_index():
         values[g] = float(np.mean(per_joint[idx]))
         counts[g] = int(count[idx].sum())
@@ -184,7 +189,7 @@ def _pckh(correct: np.ndarray, counted: np.ndarray):
 
 
 def evaluate_mpii(preds, gt_mat, visible=None, thresholds: Sequence[float] = (0.5, 0.1),
-                  source: str = "predictions") -> Dict[str, float]:
+                  source: str = "predictions", per_joint: bool = False) -> Dict[str, float]:
     """Official MPII PCKh of ``preds`` (N, 16, 2) 0-based pixels, ground-truth order.
 
     gt_mat: path of ``gt_valid.mat`` or an :class:`MpiiGroundTruth`. visible: optional (N, 16)
@@ -192,7 +197,9 @@ def evaluate_mpii(preds, gt_mat, visible=None, thresholds: Sequence[float] = (0.
 
     Returns percent values ``PCKh@{t}/{group}`` for each threshold and group (Head ...
     Ankle, Mean), ``count/{group}`` (labelled joints); with ``visible`` also
-    ``PCKh@{t}_vis/{group}``, ``PCKh@{t}_occ/{group}``, ``count_vis/...``, ``count_occ/...``.
+    ``PCKh@{t}_vis/{group}``, ``PCKh@{t}_occ/{group}``, ``count_vis/...``, ``count_occ/...``;
+    with ``per_joint`` also every joint by name (``PCKh@0.5/left_wrist``, NODA Fig. 1), after
+    the groups.
     """
     gt = load_mpii_gt(gt_mat)
     if isinstance(preds, (str, os.PathLike)):
@@ -216,7 +223,7 @@ def evaluate_mpii(preds, gt_mat, visible=None, thresholds: Sequence[float] = (0.
     for t in thresholds:
         correct = scaled <= float(t)
         for suffix, counted in subsets:
-            values, counts = _pckh(correct, counted)
+            values, counts = _pckh(correct, counted, per_joint)
             for g, v in values.items():
                 out[f"PCKh@{t:g}{suffix}/{g}"] = v
             for g, c in counts.items():
@@ -228,3 +235,66 @@ def evaluate_mpii(preds, gt_mat, visible=None, thresholds: Sequence[float] = (0.
 def iter_groups() -> Iterable[str]:
     """Names of the MPII groups in table order (Head ... Ankle, Mean)."""
     return [g for g, _ in MPII_GROUPS] + ["Mean"]
+
+
+def visible_from_release(release, val_people, source: str = "release") -> np.ndarray:
+    """The is_visible flags (N, 16) uint8 of the validation people, from the MPII release.
+
+    ``release``: the release annotation (``mpii_human_pose_v1_u12_1.mat``, read with
+    ``scipy.io.loadmat(..., struct_as_record=False, squeeze_me=True)``: ``RELEASE.annolist``
+    of images, each with ``image.name`` and ``annorect`` people holding
+    ``annopoints.point`` with ``id`` (MPII joint id 0..15, dali_pose's MPII order),
+    ``x``, ``y`` (1-based) and ``is_visible``), a path to it, or that loaded object.
+    ``val_people``: sequence of (image name, joints (16, 2) 1-based, missing (16,) bool),
+    e.g. HRNet's valid.json images with ``gt_valid.mat``'s joints. Each person is the
+    annorect of its image whose labelled joints lie nearest (< 1 px on average) to its
+    own; 1 = visible, 0 = occluded or not labelled. A person without such a match is an
+    error naming it.
+    """
+    if isinstance(release, (str, os.PathLike)):
+        import scipy.io
+
+        source = os.fspath(release)
+        try:
+            release = scipy.io.loadmat(source, struct_as_record=False, squeeze_me=True)
+        except (OSError, ValueError, TypeError, NotImplementedError) as e:
+            raise EvaluationError(f"cannot read the MPII release annotation {source}: {e}") \
+                from e
+    if isinstance(release, dict):
+        if "RELEASE" not in release:
+            raise EvaluationError(f"{source}: no 'RELEASE' (not the MPII release annotation?)")
+        release = release["RELEASE"]
+    by_image: Dict[str, list] = {}
+    for img in np.atleast_1d(release.annolist):
+        name = str(getattr(img.image, "name", ""))
+        people = []
+        for rect in np.atleast_1d(getattr(img, "annorect", [])):
+            pts = getattr(getattr(rect, "annopoints", None), "point", None)
+            if pts is None:
+                continue
+            xy = np.full((16, 2), np.nan)
+            vis = np.zeros(16, np.uint8)
+            for p in np.atleast_1d(pts):
+                j = int(p.id)
+                xy[j] = (float(p.x), float(p.y))
+                v = np.asarray(getattr(p, "is_visible", 0)).reshape(-1)
+                # the release stores is_visible as 0/1, '0'/'1' or empty
+                vis[j] = 1 if v.size and str(v[0]).strip() in ("1", "1.0", "True") else 0
+            people.append((xy, vis))
+        by_image.setdefault(name, []).extend(people)
+    out = np.zeros((len(val_people), 16), np.uint8)
+    for n, (name, joints, missing) in enumerate(val_people):
+        lab = ~np.asarray(missing, bool)
+        best, best_d = None, np.inf
+        for xy, vis in by_image.get(str(name), []):
+            both = lab & np.isfinite(xy[:, 0])
+            if not both.any():
+                continue
+            d = float(np.mean(np.linalg.norm(xy[both] - np.asarray(joints)[both], axis=1)))
+            if d < best_d:
+                best, best_d = vis, d
+        if best is None or best_d >= 1.0:
+            raise EvaluationError(f"{source}: validation person {n} (image {name}) has no "
+                                  f"annotated person within 1 px in the release")
+        out[n] = best
+    return out
