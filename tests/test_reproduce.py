@@ -107,3 +107,12 @@ def test_plot_overlays_runs(tmp_path):
 def test_missing_run_is_an_error(tmp_path, capsys):
     assert rp.main(["--compare", str(tmp_path / "nope")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_small_aid_hits_keypoints_more_than_cutout():
+    """AID 3.1 at small scale: the keypoint-aware occluder covers a labelled keypoint in
+    (almost) every occluded crop; a cutout disc of the same size anywhere does far less often."""
+    s = rp.occluder_hit_shares(n_scenes=20, methods=("aid", "cutout"))
+    assert s["aid"]["crops"] >= 30
+    assert s["aid"]["share"] >= 0.95
+    assert s["cutout"]["share"] < s["aid"]["share"] - 0.3

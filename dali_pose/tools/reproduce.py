@@ -4,6 +4,7 @@
     python -m dali_pose.tools.reproduce --json            # everything, machine-readable
     python -m dali_pose.tools.reproduce --plot RUN_DIR [RUN_DIR ...] --out curves.png
     python -m dali_pose.tools.reproduce --compare RUN_DIR [RUN_DIR ...]
+    python -m dali_pose.tools.reproduce --small           # AID 3.1's claim, measured
 
 Papers: AID = Huang et al., "How to Train Your Robust Human Pose Estimator: Pay Attention to
 the Constraint Cue" (COCO val Table 1, COCO test-dev Table 2, CrowdPose test Table 3, the
@@ -413,6 +414,67 @@ def plot_runs(run_dirs: Sequence[str], out: str, size=(1200, 480)) -> str:
     return out
 
 
+# ------------------------------------------------------------------ small-scale claims
+
+
+def occluder_hit_shares(n_scenes: int = 60, seed: int = 0, input_size=(96, 128),
+                        methods=("aid", "cutout", "erasing", "hide_and_seek", "gridmask")
+                        ) -> Dict[str, dict]:
+    """AID 3.1's argument, measured: of the occluded crops (gate open), the share in which
+    the dropped pixels cover at least one labelled keypoint, per method, with each method's
+    default values (``occlusion`` section defaults, the AID radius for aid and cutout).
+
+    People: ``n_scenes`` scenes of :func:`dali_pose.tools.synthetic.render_scene` (seeded),
+    each person cropped without augmentation (box padded 1.25, aspect of ``input_size``
+    [w, h], UDP). Every method sees the same crops; each crop's draws come from
+    ``default_rng([seed, crop])``. Returns {method: {"crops", "hit", "share"}}.
+    """
+    import numpy as np
+
+    from ..config import OcclusionConfig
+    from ..datasets import box_to_center_scale
+    from ..geometry import transform_keypoints, udp_matrix
+    from ..kernels.dropping import dropping_op_from
+    from .synthetic import render_scene
+
+    w, h = (int(v) for v in input_size)
+    rng = np.random.default_rng(seed)
+    crops = []
+    flip_index = np.arange(17)
+    for _ in range(n_scenes):
+        for p in render_scene(rng, 320, 240)["people"]:
+            (cx, cy), (sw, sh) = box_to_center_scale(*p["bbox"], w / h, 1.25)
+            m = udp_matrix(cx, cy, sw, sh, 0.0, float(w), float(h), False)
+            k = np.zeros((17, 3), np.float32)
+            transform_keypoints(m, np.asarray(p["keypoints"], np.float32), False, flip_index,
+                                k)
+            crops.append(k)
+    marker = np.full((3, h, w), 1e3, np.float32)  # any filled pixel differs from it
+    out: Dict[str, dict] = {}
+    for method in methods:
+        op = dropping_op_from(OcclusionConfig(method=method), (w, h))
+        hit = 0
+        for i, k in enumerate(crops):
+            draws = np.random.default_rng([seed, i]).random(op.num_draws).astype(np.float32)
+            draws[0] = 1.0  # the gate: every crop is occluded
+            img = np.empty_like(marker)
+            op.one(img, marker, k, draws)
+            px = np.floor(k[:, :2] + 0.5).astype(int)
+            on = (k[:, 2] > 0) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (
+                px[:, 1] < h)
+            hit += bool(np.any(img[0, px[on, 1], px[on, 0]] != 1e3))
+        out[method] = {"crops": len(crops), "hit": hit, "share": hit / max(len(crops), 1)}
+    return out
+
+
+def format_small(shares: Dict[str, dict]) -> str:
+    lines = ["AID 3.1: occluded crops whose dropped pixels cover >= 1 labelled keypoint",
+             f"{'method':<14} {'crops':>6} {'hit':>6} {'share':>7}"]
+    for m, r in shares.items():
+        lines.append(f"{m:<14} {r['crops']:>6} {r['hit']:>6} {r['share']:>7.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dali_pose.tools.reproduce",
                                  description="the AID and NODA tables: configs, commands, "
@@ -424,6 +486,8 @@ def main(argv=None) -> int:
                    help="validation metric and training loss against epoch, one PNG")
     g.add_argument("--compare", nargs="+", metavar="RUN_DIR",
                    help="each run's last validation next to the paper's numbers")
+    g.add_argument("--small", action="store_true",
+                   help="the papers' claims at small scale, on synthetic people")
     ap.add_argument("--out", default="curves.png", help="--plot: the PNG to write")
     args = ap.parse_args(argv)
     try:
@@ -431,6 +495,8 @@ def main(argv=None) -> int:
             print(format_list())
         elif args.json:
             print(json.dumps(as_json(), indent=1))
+        elif args.small:
+            print(format_small(occluder_hit_shares()))
         elif args.plot:
             print(f"wrote {plot_runs(args.plot, args.out)}")
         else:
