@@ -297,7 +297,9 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
     ids must be unique integers.
     """
     data = read_json(ann_path)
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+    # with detections an image-info file (COCO test-dev: images, no annotations) will do
+    if not isinstance(data, dict) or "images" not in data or (
+            "annotations" not in data and det_file is None):
         raise DatasetError(f"{ann_path}: not a COCO-format keypoint file (needs 'images' "
                            f"and 'annotations')")
     k = info.num_joints

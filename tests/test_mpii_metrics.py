@@ -12,9 +12,7 @@ from dali_pose.errors import EvaluationError
 from dali_pose.evaluation import mpii as P
 from dali_pose.tools import mpii_visible
 
-MPII_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mpii-sample"
-if not MPII_DIR.exists():
-    MPII_DIR = Path("/work/shared/data/mpii-sample")
+MPII_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mpii-sample"
 
 
 def fake_gt(tmp_path, n=5, seed=0):
