@@ -467,6 +467,85 @@ def occluder_hit_shares(n_scenes: int = 60, seed: int = 0, input_size=(96, 128),
     return out
 
 
+def visibility_counts(cfg, loader_epoch: Optional[int] = None) -> Dict[str, dict]:
+    """Per joint of the training split: how many people have it labelled and how many of
+    those occluded (NODA Fig. 1).
+
+    From the index (``loader_epoch`` None): occluded = labelled v = 1. From one epoch of the
+    training loader (``loader_epoch`` = the epoch): over its crops, labelled = v > 0 in the
+    crop and occluded = v = 1 or covered by a NODA occluder (``batch["occluded"]``), so the
+    same config with and without ``noda.prob`` shows what NODA adds.
+    Returns {joint name: {"labelled", "occluded", "share"}}.
+    """
+    import numpy as np
+
+    from ..datasets import load_index
+
+    if loader_epoch is None:
+        index = load_index(cfg, "train")
+        names = index.info.joints
+        v = np.asarray(index.keypoints)[:, :, 2]
+        lab, occ = (v > 0).sum(0), (v == 1).sum(0)
+    else:
+        from .. import build_loader
+
+        loader = build_loader(cfg, "train")
+        names = loader.info.joints
+        loader.set_epoch(loader_epoch)
+        lab = occ = 0
+        for batch in loader:
+            v = batch["keypoints"][..., 2].cpu().numpy()
+            covered = batch["occluded"].cpu().numpy() > 0
+            lab = lab + (v > 0).sum(0)
+            occ = occ + ((v > 0) & ((v == 1) | covered)).sum(0)
+    return {n: {"labelled": int(a), "occluded": int(b), "share": float(b) / max(int(a), 1)}
+            for n, a, b in zip(names, lab, occ)}
+
+
+def format_visibility(counts: Dict[str, dict], title: str = "") -> str:
+    lines = ([title] if title else []) + [f"{'joint':<16} {'labelled':>9} {'occluded':>9} "
+                                          f"{'share':>6}"]
+    for n, c in counts.items():
+        lines.append(f"{n:<16} {c['labelled']:>9} {c['occluded']:>9} {c['share']:>6.3f}")
+    return "\n".join(lines)
+
+
+def mask_level_iou(n_scenes: int = 20, seed: int = 0) -> Dict[str, dict]:
+    """NODA's mask levels against the truth: each level's mask of a synthetic person
+    (:mod:`dali_pose.tools.build_pool`'s box, cardboard and GrabCut builders, on the whole
+    rendered image with the person's box) against the person's true silhouette (the pixels
+    where it is the topmost thing drawn, from the renderer's id map), as IoU. People with
+    fewer than 6 labelled joints are left out, as build_pool does. Returns
+    {level: {"people", "mean_iou"}}."""
+    import numpy as np
+
+    from ..datasets import COCO
+    from .build_pool import _box_mask, cardboard_mask, grabcut_mask
+    from .synthetic import render_scene
+
+    rng = np.random.default_rng(seed)
+    ious: Dict[str, list] = {"box": [], "cardboard": [], "grabcut": []}
+    for _ in range(n_scenes):
+        scene = render_scene(rng, 320, 240)
+        idmap = scene["idmap"].astype(int)
+        for p in scene["people"]:
+            kps = np.asarray(p["keypoints"], np.float32)
+            if (kps[:, 2] > 0).sum() < 6:
+                continue
+            x, y, w, h = p["bbox"]
+            box = (x + (w - 1) / 2.0, y + (h - 1) / 2.0, float(w), float(h))
+            truth = (idmap > 0) & ((idmap - 1) // 20 == p["index"])
+            shape = idmap.shape
+            masks = {"box": _box_mask(shape, box),
+                     "cardboard": cardboard_mask(shape, kps, box, COCO).astype(bool),
+                     "grabcut": grabcut_mask(scene["image"], kps, box, COCO).astype(bool)}
+            for level, m in masks.items():
+                union = (m | truth).sum()
+                ious[level].append(float((m & truth).sum()) / max(int(union), 1))
+    return {k: {"people": len(v), "mean_iou": float(np.mean(v)) if v else float("nan")}
+            for k, v in ious.items()}
+
+
 def format_small(shares: Dict[str, dict]) -> str:
     lines = ["AID 3.1: occluded crops whose dropped pixels cover >= 1 labelled keypoint",
              f"{'method':<14} {'crops':>6} {'hit':>6} {'share':>7}"]
@@ -488,6 +567,12 @@ def main(argv=None) -> int:
                    help="each run's last validation next to the paper's numbers")
     g.add_argument("--small", action="store_true",
                    help="the papers' claims at small scale, on synthetic people")
+    g.add_argument("--visibility", metavar="CONFIG",
+                   help="per-joint labelled / occluded counts of CONFIG's training split "
+                        "(with --loader-epoch E: of one loader epoch, NODA included)")
+    ap.add_argument("--loader-epoch", type=int, default=None, metavar="E")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="--visibility: override a config value")
     ap.add_argument("--out", default="curves.png", help="--plot: the PNG to write")
     args = ap.parse_args(argv)
     try:
@@ -495,8 +580,17 @@ def main(argv=None) -> int:
             print(format_list())
         elif args.json:
             print(json.dumps(as_json(), indent=1))
+        elif args.visibility:
+            cfg = load_config(args.visibility, args.overrides)
+            src = ("the index" if args.loader_epoch is None
+                   else f"loader epoch {args.loader_epoch}")
+            print(format_visibility(visibility_counts(cfg, args.loader_epoch),
+                                    f"{args.visibility}, training split, from {src}"))
         elif args.small:
             print(format_small(occluder_hit_shares()))
+            print("\nNODA mask levels: IoU with the true silhouettes of synthetic people")
+            for level, r in mask_level_iou().items():
+                print(f"{level:<10} {r['people']:>4} people  mean IoU {r['mean_iou']:.3f}")
         elif args.plot:
             print(f"wrote {plot_runs(args.plot, args.out)}")
         else:
