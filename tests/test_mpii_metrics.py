@@ -32,7 +32,7 @@ def fake_gt(tmp_path, n=5, seed=0):
 def test_per_joint_left_right_and_split(tmp_path):
     path, joints, missing = fake_gt(tmp_path)
     preds = joints - 1.0
-    li, ri = MPII.joints.index("left_wrist"), MPII.joints.index("right_wrist")
+    li = MPII.joints.index("left_wrist")
     preds[:2, li, 0] += 100  # two left wrists wrong, right wrists all right
     vis = np.ones((5, 16), np.uint8)
     vis[0, li] = 0  # one wrong left wrist is occluded
