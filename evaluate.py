@@ -15,6 +15,9 @@ Model mode (a checkpoint train.py wrote, or any weight file through a config)::
     python evaluate.py --config configs/coco_w32_256x192.yaml \
         --set model.weights=models/pose_hrnet_w32_256x192.pth --set model.codec=msra
 
+    python evaluate.py --checkpoint runs/coco/model.pt --test-dev \
+        --set data.val_ann=image_info_test-dev2017.json --set data.det_file=DETS.json
+
 runs the model over the config's val split (the config saved in the checkpoint unless
 ``--config`` is given; ``--set`` overrides either, e.g. ``loader.device=cpu`` or
 ``data.val_ann=...``) with the flip test, maps the keypoints back to source pixels and
@@ -220,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", help="image folder for --vis")
     ap.add_argument("--mpii-json", help="mpii --vis: HRNet-format json naming each person's "
                                         "image, in gt_valid.mat order")
+    ap.add_argument("--test-dev", action="store_true",
+                    help="model mode: write the results json of data.val_ann (an image-info "
+                         "file, e.g. COCO test-dev's) with data.det_file, unscored, for the "
+                         "evaluation server")
     ap.add_argument("--verbose", action="store_true",
                     help="show pycocotools' own output, and full tracebacks on errors")
     return ap
@@ -284,6 +291,9 @@ def _model_mode(args) -> None:
           f"{' with detections ' + cfg.data.det_file if cfg.data.det_file else ''} on {device}")
     preds = predict(cfg, model.to(device), device, args.max_batches)
     out_dir = os.path.dirname(out) or "."
+    if args.test_dev:
+        write_test_dev(preds, out_dir)
+        return
     metrics = score_model(cfg, preds, out_dir, ann=args.ann, metrics_path=out,
                           verbose=args.verbose)
     if metrics is not None:
@@ -296,6 +306,24 @@ def _model_mode(args) -> None:
             _draw(fmt, args.ann or cfg.data.val_ann,
                   load_results(os.path.join(out_dir, "val_results.json")), args, out,
                   args.images or cfg.data.val_images, None)
+
+
+def write_test_dev(preds, out_dir: str) -> str:
+    """The COCO results json of ``preds`` (every detection predicted) without scoring: the
+    file the COCO server takes (``person_keypoints_test-dev2017_<name>_results.json``;
+    rename it to that pattern when submitting)."""
+    from dali_pose.evaluation.postprocess import index_to_results, write_results
+
+    if not preds.done.all():
+        raise EvaluationError(f"test-dev results need every detection predicted; only "
+                              f"{int(preds.done.sum())} of {len(preds.done)} were "
+                              f"(--max-batches?)")
+    path = os.path.join(out_dir, "test_dev_results.json")
+    results = index_to_results(preds.index, preds.keypoints)
+    write_results(results, path)
+    print(f"wrote {path}: {len(results)} people on "
+          f"{len({r['image_id'] for r in results})} images (unscored: submit to the server)")
+    return path
 
 
 def _draw(dataset, ann, preds, args, out, images, mpii_json) -> None:

@@ -111,7 +111,12 @@ def train(args) -> None:
     amp = _amp_dtype(tc) if gpu and tc.amp else None
     lr = tc.lr
     if tc.base_batch_size:
-        lr *= cfg.loader.batch_size * dist.world_size / tc.base_batch_size
+        total = cfg.loader.batch_size * dist.world_size
+        lr *= total / tc.base_batch_size
+        if total != tc.base_batch_size:  # another recipe than the config's: say so once
+            say(f"total batch {total} ({dist.world_size} x {cfg.loader.batch_size}) differs "
+                f"from the recipe's train.base_batch_size {tc.base_batch_size}: lr "
+                f"{tc.lr:g} x {total}/{tc.base_batch_size} = {lr:g} (linear scaling)")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = build_scheduler(opt, tc, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)

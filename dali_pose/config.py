@@ -35,6 +35,7 @@ _CHOICES = {
     "model.init": ("normal", "kaiming"),
     "loader.device": ("gpu", "cpu"),
     "loader.image_dtype": ("float32", "float16", "uint8"),
+    "aug.recipe": ("hrnet", "mmpose"),
     "occlusion.method": tuple(DROPPING_METHODS),
     "train.amp_dtype": ("auto", "bfloat16", "float16"),
 }
@@ -87,6 +88,9 @@ class DataConfig:
     val_images: str = "data/synthetic/images/val"
     det_file: Optional[str] = None  # COCO results json of person boxes, for val/test
     val_gt: Optional[str] = None  # MPII: the official gt_valid.mat, to score PCKh
+    # MPII: is_visible flags (N, 16) .npy of the val people (tools.mpii_visible), for PCKh
+    # of visible / occluded joints in validation and evaluate.py --checkpoint
+    val_visible: Optional[str] = None
     det_score_min: float = 0.0
     padding: float = 1.25  # box enlargement, HRNet/UDP convention
     # a truncated, empty or undecodable image: error (name it, stop) | skip (count, report)
@@ -152,19 +156,55 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AugConfig:
+    """The training crop's random box (dali_pose.geometry.draw_box states each recipe's
+    rules). ``recipe`` names whose sampler the draws follow; each key left out of a config
+    takes that recipe's default (``RECIPE_DEFAULTS``; the field defaults are hrnet's)."""
+
+    recipe: str = "hrnet"  # hrnet (HRNet / UDP-Pose / SimpleBaseline) | mmpose (mmpose 1.x)
     flip_prob: float = 0.5
     rot_prob: float = 0.6
-    rot_factor: float = 45.0  # degrees; angle ~ N(0, rot_factor) clipped to +-2*rot_factor
-    scale_factor: float = 0.35  # scale ~ N(1, sf) clipped to [1-sf, 1+sf]
+    # hrnet: angle ~ N(0, rot_factor) clipped to +-2*rot_factor; mmpose: rot_factor * T,
+    # T ~ N(0, 1) truncated to [-1, 1]
+    rot_factor: float = 45.0  # degrees
+    # hrnet: scale ~ N(1, sf) clipped to [1-sf, 1+sf]; mmpose: 1 + sf * T
+    scale_factor: float = 0.35
     half_body_prob: float = 0.3
     half_body_min_joints: int = 8  # half-body only when more than this many joints are visible
-    shift_factor: float = 0.0  # centre += U(-1, 1) * shift_factor * box size
+    # probability that the upper body is preferred: HRNet's randn() < 0.5 is Phi(0.5)
+    half_body_upper_prob: float = 0.6914624612740131
+    half_body_min_upper: int = 3  # visible upper joints a half-body crop needs (>=)
+    half_body_min_lower: int = 3  # visible lower joints a half-body crop needs (>=)
+    half_body_padding: float = 1.5  # half-body box = joint extent * this
+    # hrnet: centre += U(-1, 1) * shift_factor * box size (0: the official recipes);
+    # mmpose: centre += T * shift_factor * box size with probability shift_prob
+    shift_factor: float = 0.0
+    shift_prob: float = 1.0
 
     def __post_init__(self):
-        _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob")
+        _require(self.recipe in _CHOICES["aug.recipe"], "aug.recipe",
+                 f"{self.recipe!r} is not one of {_CHOICES['aug.recipe']}")
+        _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob",
+                    "half_body_upper_prob", "shift_prob")
         _require(0.0 <= self.scale_factor < 1.0, "aug.scale_factor",
                  f"must be in [0, 1), got {self.scale_factor}")
-        _check_min("aug", self, 0, "rot_factor", "half_body_min_joints", "shift_factor")
+        _check_min("aug", self, 0, "rot_factor", "half_body_min_joints", "shift_factor",
+                   "half_body_min_upper", "half_body_min_lower")
+        _require(self.half_body_padding > 0, "aug.half_body_padding",
+                 f"must be > 0, got {self.half_body_padding}")
+
+
+# The values a recipe's keys take when a config leaves them out (aug.recipe: mmpose fills
+# these; hrnet's are the AugConfig field defaults). mmpose 1.x: RandomFlip(0.5),
+# RandomHalfBody(min_total_keypoints=9, min_upper_keypoints=2, min_lower_keypoints=3,
+# padding=1.5, prob=0.3, upper_prioritized_prob=0.7), RandomBBoxTransform(shift 0.16 with
+# p 0.3, scale [0.5, 1.5], rotate 80 with p 0.6).
+RECIPE_DEFAULTS = {
+    "hrnet": {},
+    "mmpose": dict(flip_prob=0.5, rot_prob=0.6, rot_factor=80.0, scale_factor=0.5,
+                   half_body_prob=0.3, half_body_min_joints=8, half_body_upper_prob=0.7,
+                   half_body_min_upper=2, half_body_min_lower=3, half_body_padding=1.5,
+                   shift_factor=0.16, shift_prob=0.3),
+}
 
 
 @dataclass(frozen=True)
@@ -450,22 +490,66 @@ def _check_network(cfg: "Config") -> None:
              f"a multiple of {step}, e.g. {[max(step, v // step * step) for v in m.input_size]}")
 
 
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_why(e)}") from e
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return tree
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base``: sections merge key by key, any other value replaces."""
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_tree(path: str) -> dict:
+    """The YAML tree of ``path`` with its ``base:`` resolved: ``base: ../x.yaml`` (relative
+    to the file) names a config whose keys this one starts from, as mmpose's ``_base_``;
+    one level only (a base has no base), so a config reads in two files at most."""
+    tree = _read_yaml(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: config key 'base': expected a file name, "
+                          f"got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    base_tree = _read_yaml(base_path)
+    if "base" in base_tree:
+        raise ConfigError(f"config file {path}: config key 'base': {base_path} has a base "
+                          "of its own (one level of inheritance only)")
+    return _merge(base_tree, tree)
+
+
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
-    """Read ``path`` (YAML; None = all defaults), apply ``overrides`` ("a.b=c"), validate."""
-    tree: dict = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_why(e)}") from e
-        except RecursionError:
-            raise ConfigError(f"config file {path} is nested too deeply") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping")
+    """Read ``path`` (YAML, its ``base:`` resolved; None = all defaults), apply
+    ``overrides`` ("a.b=c"), validate."""
+    tree = read_tree(path) if path is not None else {}
     return config_from_dict(tree, overrides, source=path or "<defaults>")
+
+
+def _with_recipe_defaults(tree: dict) -> None:
+    """Fill the aug keys a config leaves out with its ``aug.recipe``'s defaults."""
+    aug = tree.get("aug")
+    if not isinstance(aug, dict):
+        return
+    recipe = aug.get("recipe", "hrnet")
+    for k, v in RECIPE_DEFAULTS.get(recipe, {}).items():
+        aug.setdefault(k, v)
 
 
 def _blame(key: Optional[str], overrides: dict, source: str) -> str:
@@ -488,6 +572,7 @@ def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config
     given = {}
     for item in overrides:
         given[_apply_override(tree, item)] = item
+    _with_recipe_defaults(tree)
     try:
         cfg = _build(Config, tree, "")
         _check_network(cfg)

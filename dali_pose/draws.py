@@ -4,10 +4,11 @@ Each training sample's draws come from its own generator,
 ``np.random.default_rng([seed, epoch, row])`` (``row``: the sample's row in the dataset
 index), in this fixed order:
 
-    uniform  (NUM_UNIFORM,)   geometry: flip, rotation?, half body, which half, shift x, y
+    uniform  (NUM_UNIFORM - 1,) geometry: flip, rotation?, half body, which half, shift x, y
     normal   (NUM_NORMAL,)    geometry: scale, rotation angle
     occlusion (n_occlusion,)  the information-dropping kernel's draws; [0] becomes its gate
     noda     (n_noda,)        the NODA kernel's draws; [0] becomes its gate
+    uniform  (1,)             geometry: shift? (mmpose recipe), appended as the last uniform
 
 and the NODA pool person from a second stream, ``default_rng([seed, epoch, row, 1])``. So
 the augmentation of a sample depends on nothing but (seed, epoch, row): not on the batch it
@@ -54,10 +55,13 @@ def sample_draws(seed: int, epoch: int, row: int, n_occlusion: int = 0, n_noda: 
     ``noda_prob``.
     """
     rng = np.random.default_rng([seed, epoch, row])
-    uniform = rng.random(NUM_UNIFORM, dtype=np.float32)
+    uniform = np.empty(NUM_UNIFORM, np.float32)
+    uniform[:-1] = rng.random(NUM_UNIFORM - 1, dtype=np.float32)
     normal = rng.standard_normal(NUM_NORMAL, dtype=np.float32)
     occlusion = rng.random(n_occlusion, dtype=np.float32)
     noda = rng.random(n_noda, dtype=np.float32)
+    # drawn last so that the draws before it are those of the six-uniform layout
+    uniform[-1] = rng.random(dtype=np.float32)
     if n_occlusion:
         occlusion[0] = gate(occlusion[0], occlusion_prob)
     if n_noda:

@@ -116,49 +116,67 @@ def fix_aspect(w, h, aspect):
     return h * aspect, h
 
 
-@numba.njit(cache=True)
-def half_body_box(kps, upper_mask, pick_upper_u, aspect, padding):
-    """HRNet's half-body box: mean and extent of the visible upper- or lower-body joints.
+RECIPE_HRNET, RECIPE_MMPOSE = 0, 1  # ``aug.recipe``: whose sampler ``augment`` follows
 
-    ``pick_upper_u`` is a U(0,1) draw (upper body when < 0.5 and it has > 2 visible joints,
-    else the lower body if it has > 2, else the upper). Returns (ok, cx, cy, w, h) in source
-    pixels, (w, h) already aspect-fixed and padded; ok=False when < 2 joints are selected.
+
+@numba.njit(cache=True)
+def half_body_choice(n_up, n_lo, pick_upper_u, upper_prob, min_upper, min_lower, recipe):
+    """Which half a half-body crop takes: 1 upper, 2 lower, 0 none.
+
+    ``n_up`` / ``n_lo``: visible upper / lower joints; ``pick_upper_u`` a U(0, 1) draw.
+    hrnet (HRNet / UDP-Pose ``half_body_transform``): upper when the draw prefers it and the
+    upper body has ``min_upper`` joints, else the lower body if it has ``min_lower``, else the
+    upper; none when the chosen half has < 2 joints. The reference draws ``randn() < 0.5``,
+    i.e. prefers the upper body with probability Phi(0.5) = 0.691: ``upper_prob``.
+    mmpose (1.x ``RandomHalfBody``): none when both halves are short, the one that is not
+    short when one is, else upper with ``upper_prob`` (0.7).
     """
-    k = kps.shape[0]
-    n_up = 0
-    n_lo = 0
-    for j in range(k):
-        if kps[j, 2] > 0:
-            if upper_mask[j]:
-                n_up += 1
-            else:
-                n_lo += 1
-    use_upper = (pick_upper_u < 0.5 and n_up > 2) or n_lo <= 2
-    n = n_up if use_upper else n_lo
-    if n < 2:
-        return False, 0.0, 0.0, 0.0, 0.0
+    prefer = pick_upper_u < upper_prob
+    if recipe == RECIPE_MMPOSE:
+        if n_up < min_upper and n_lo < min_lower:
+            return 0
+        if n_lo < min_lower:
+            return 1
+        if n_up < min_upper:
+            return 2
+        return 1 if prefer else 2
+    if prefer and n_up >= min_upper:
+        pick = 1
+    elif n_lo >= min_lower:
+        pick = 2
+    else:
+        pick = 1
+    n = n_up if pick == 1 else n_lo
+    return pick if n >= 2 else 0
+
+
+@numba.njit(cache=True)
+def half_body_box(kps, upper_mask, upper):
+    """Mean and extent of the visible upper (``upper`` True) or lower joints of ``kps``
+    (K, 3): (cx, cy, w, h) in source pixels, before padding and aspect fix."""
+    n = 0
     sx = 0.0
     sy = 0.0
     x0 = 1e30
     y0 = 1e30
     x1 = -1e30
     y1 = -1e30
-    for j in range(k):
-        if kps[j, 2] > 0 and upper_mask[j] == use_upper:
+    for j in range(kps.shape[0]):
+        if kps[j, 2] > 0 and upper_mask[j] == upper:
             x, y = kps[j, 0], kps[j, 1]
+            n += 1
             sx += x
             sy += y
             x0 = min(x0, x)
             y0 = min(y0, y)
             x1 = max(x1, x)
             y1 = max(y1, y)
-    w, h = fix_aspect(x1 - x0, y1 - y0, aspect)
-    return True, sx / n, sy / n, w * padding, h * padding
+    return sx / max(n, 1), sy / max(n, 1), x1 - x0, y1 - y0
 
 
 class AugParams(NamedTuple):
     """The training augmentation's settings, in ``augment``'s order (the ``aug`` config
-    section's fields of the same names)."""
+    section's fields of the same names; ``recipe`` as RECIPE_HRNET / RECIPE_MMPOSE)."""
 
     flip_prob: float
     rot_prob: float
@@ -167,50 +185,152 @@ class AugParams(NamedTuple):
     half_body_prob: float
     half_body_min_joints: int
     shift_factor: float
+    shift_prob: float = 1.0
+    half_body_upper_prob: float = 0.6914624612740131
+    half_body_min_upper: int = 3
+    half_body_min_lower: int = 3
+    half_body_padding: float = 1.5
+    recipe: int = RECIPE_HRNET
 
     @classmethod
     def of(cls, section) -> "AugParams":
         """From any object with these field names (the ``aug`` config section)."""
-        return cls(*(getattr(section, f) for f in cls._fields))
+        vals = {f: getattr(section, f) for f in cls._fields}
+        vals["recipe"] = RECIPE_MMPOSE if vals["recipe"] == "mmpose" else RECIPE_HRNET
+        return cls(**vals)
 
 
 # Layout of the per-sample random draws ``augment`` transforms (:mod:`dali_pose.draws`
-# makes them from (seed, epoch, sample); the kernel only transforms them).
-U_FLIP, U_ROT, U_HALF, U_HALF_UPPER, U_SHIFT_X, U_SHIFT_Y = range(6)
-NUM_UNIFORM = 6
+# makes them from (seed, epoch, sample); the kernel only transforms them). U_SHIFT_GATE is
+# drawn last in the stream (see draws.py), so adding it moved no other draw.
+U_FLIP, U_ROT, U_HALF, U_HALF_UPPER, U_SHIFT_X, U_SHIFT_Y, U_SHIFT_GATE = range(7)
+NUM_UNIFORM = 7
 N_SCALE, N_ROT = range(2)
 NUM_NORMAL = 2
 HALF_BODY_PADDING = 1.5
+_SQRT2 = math.sqrt(2.0)
+_PHI_M1 = 0.15865525393145707  # Phi(-1)
+_PHI_1 = 0.8413447460685429  # Phi(1)
+
+
+@numba.njit(cache=True)
+def normal_cdf(x):
+    """Phi(x), the standard normal CDF."""
+    return 0.5 * math.erfc(-x / _SQRT2)
+
+
+@numba.njit(cache=True)
+def normal_ppf(p):
+    """Phi^-1(p) for p in (0, 1): Acklam's rational approximation (relative error 1e-9)
+    refined by one Halley step, float64."""
+    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+         1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
+    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+         6.680131188771972e+01, -1.328068155288572e+01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+         -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+         3.754408661907416e+00)
+    p = min(max(p, 1e-300), 1.0 - 1e-16)
+    if p < 0.02425:
+        q = math.sqrt(-2.0 * math.log(p))
+        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    elif p > 1.0 - 0.02425:
+        q = math.sqrt(-2.0 * math.log(1.0 - p))
+        x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    else:
+        q = p - 0.5
+        r = q * q
+        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
+            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+    e = normal_cdf(x) - p
+    u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
+    return x - u / (1.0 + 0.5 * x * u)
+
+
+@numba.njit(cache=True)
+def truncnorm_unit(u):
+    """A U(0, 1) draw -> the standard normal truncated to [-1, 1] (inverse CDF), which is
+    what mmpose's ``RandomBBoxTransform`` draws (scipy ``truncnorm(-1, 1)``)."""
+    return normal_ppf(_PHI_M1 + u * (_PHI_1 - _PHI_M1))
+
+
+@numba.njit(cache=True)
+def draw_box(center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor,
+             scale_factor, half_body_prob, half_body_min_joints, shift_factor, aspect,
+             shift_prob, upper_prob, min_upper, min_lower, half_padding, recipe):
+    """The training crop of one sample from its draws, by ``recipe``'s rules.
+
+    ``center`` (2,) / ``scale`` (2,): the index's box (w, h) in source px, aspect-fixed and
+    padded; ``kps`` (K, 3); ``u`` NUM_UNIFORM U(0,1) and ``n`` NUM_NORMAL N(0,1) draws
+    (layouts above). Returns (cx, cy, sw, sh, rot_deg, flip, half) with half 0 (whole
+    person), 1 (upper body) or 2 (lower body).
+
+    hrnet (HRNet / UDP-Pose / SimpleBaseline ``JointsDataset``): half body when more than
+    ``half_body_min_joints`` joints are visible, with ``half_body_prob``; scale
+    clip(N(1, sf), 1 - sf, 1 + sf); rotation with ``rot_prob``, clip(N(0, rf), +-2 rf);
+    shift (not in the official code; 0 by default) U(-1, 1) * factor * the scaled box.
+    mmpose (1.x ``RandomHalfBody`` + ``RandomBBoxTransform``): T = N(0, 1) truncated to
+    [-1, 1]; scale 1 + sf * T always; rotation rf * T with ``rot_prob``; shift
+    factor * T per axis with ``shift_prob``, of the box before scaling (the half-body box
+    before the aspect fix, the index's box, which is aspect-fixed, otherwise).
+    """
+    cx, cy, sw, sh = center[0], center[1], scale[0], scale[1]
+    bw, bh = sw, sh  # the box the mmpose shift is a fraction of
+    n_up = 0
+    n_lo = 0
+    for j in range(kps.shape[0]):
+        if kps[j, 2] > 0:
+            if upper_mask[j]:
+                n_up += 1
+            else:
+                n_lo += 1
+    half = 0
+    if n_up + n_lo > half_body_min_joints and u[U_HALF] < half_body_prob:
+        half = half_body_choice(n_up, n_lo, u[U_HALF_UPPER], upper_prob, min_upper,
+                                min_lower, recipe)
+        if half:
+            cx, cy, w, h = half_body_box(kps, upper_mask, half == 1)
+            bw, bh = w * half_padding, h * half_padding
+            w, h = fix_aspect(w, h, aspect)
+            sw, sh = w * half_padding, h * half_padding
+    flip = u[U_FLIP] < flip_prob
+    rot = 0.0
+    if recipe == RECIPE_MMPOSE:
+        if u[U_SHIFT_GATE] < shift_prob:
+            cx += truncnorm_unit(u[U_SHIFT_X]) * shift_factor * bw
+            cy += truncnorm_unit(u[U_SHIFT_Y]) * shift_factor * bh
+        s = 1.0 + scale_factor * truncnorm_unit(normal_cdf(n[N_SCALE]))
+        sw *= s
+        sh *= s
+        if u[U_ROT] < rot_prob:
+            rot = rot_factor * truncnorm_unit(normal_cdf(n[N_ROT]))
+        return cx, cy, sw, sh, rot, flip, half
+    s = min(max(n[N_SCALE] * scale_factor + 1.0, 1.0 - scale_factor), 1.0 + scale_factor)
+    sw *= s
+    sh *= s
+    if u[U_ROT] < rot_prob:
+        rot = min(max(n[N_ROT] * rot_factor, -2.0 * rot_factor), 2.0 * rot_factor)
+    if shift_factor > 0 and u[U_SHIFT_GATE] < shift_prob:
+        cx += (2.0 * u[U_SHIFT_X] - 1.0) * shift_factor * sw
+        cy += (2.0 * u[U_SHIFT_Y] - 1.0) * shift_factor * sh
+    return cx, cy, sw, sh, rot, flip, half
 
 
 @numba.njit(cache=True)
 def augment(center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor,
-            scale_factor, half_body_prob, half_body_min_joints, shift_factor, aspect):
-    """HRNet/UDP training augmentation from given random draws.
-
-    ``u`` holds NUM_UNIFORM U(0,1) draws, ``n`` NUM_NORMAL N(0,1) draws (layouts above).
-    Returns (cx, cy, sw, sh, rot_deg, flip) of the crop in source pixels.
-    """
-    cx, cy, sw, sh = center[0], center[1], scale[0], scale[1]
-    n_vis = 0
-    for j in range(kps.shape[0]):
-        if kps[j, 2] > 0:
-            n_vis += 1
-    if n_vis > half_body_min_joints and u[U_HALF] < half_body_prob:
-        ok, hx, hy, hw, hh = half_body_box(kps, upper_mask, u[U_HALF_UPPER], aspect,
-                                           HALF_BODY_PADDING)
-        if ok:
-            cx, cy, sw, sh = hx, hy, hw, hh
-    s = min(max(n[N_SCALE] * scale_factor + 1.0, 1.0 - scale_factor), 1.0 + scale_factor)
-    sw *= s
-    sh *= s
-    rot = 0.0
-    if u[U_ROT] < rot_prob:
-        rot = min(max(n[N_ROT] * rot_factor, -2.0 * rot_factor), 2.0 * rot_factor)
-    if shift_factor > 0:
-        cx += (2.0 * u[U_SHIFT_X] - 1.0) * shift_factor * sw
-        cy += (2.0 * u[U_SHIFT_Y] - 1.0) * shift_factor * sh
-    flip = u[U_FLIP] < flip_prob
+            scale_factor, half_body_prob, half_body_min_joints, shift_factor, aspect,
+            shift_prob=1.0, upper_prob=0.6914624612740131, min_upper=3, min_lower=3,
+            half_padding=1.5, recipe=RECIPE_HRNET):
+    """:func:`draw_box` without the half-body branch: (cx, cy, sw, sh, rot_deg, flip) of
+    the crop in source pixels. The defaults of the trailing arguments are the hrnet
+    recipe's."""
+    cx, cy, sw, sh, rot, flip, _ = draw_box(
+        center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor, scale_factor,
+        half_body_prob, half_body_min_joints, shift_factor, aspect, shift_prob, upper_prob,
+        min_upper, min_lower, half_padding, recipe)
     return cx, cy, sw, sh, rot, flip
 
 

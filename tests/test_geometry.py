@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dali_pose.datasets import COCO
-from dali_pose.geometry import (apply_affine, augment, half_body_box, invert_affine,
+from dali_pose.geometry import (RECIPE_HRNET, RECIPE_MMPOSE, apply_affine, augment,
+                                half_body_box, half_body_choice, invert_affine,
                                 opencv_to_dali, source_roi, transform_keypoints, udp_matrix)
 
 
@@ -85,12 +86,23 @@ def test_half_body_box():
     kps[[11, 12, 15], 2] = 2
     upper = np.zeros(17, np.bool_)
     upper[:11] = True
-    ok, cx, cy, w, h = half_body_box(kps, upper, 0.1, 0.75, 1.5)
-    assert ok
+    cx, cy, w, h = half_body_box(kps, upper, True)
     np.testing.assert_allclose([cx, cy], kps[[0, 5, 6, 9], :2].mean(0))
-    np.testing.assert_allclose([w, h], [60 * 0.75 * 1.5, 60 * 1.5])
-    ok, cx, cy, w, h = half_body_box(kps, upper, 0.9, 0.75, 1.5)
+    np.testing.assert_allclose([w, h], [30, 60])
+    cx, cy, w, h = half_body_box(kps, upper, False)
     np.testing.assert_allclose([cx, cy], kps[[11, 12, 15], :2].mean(0))
+    np.testing.assert_allclose([w, h], [10, 80])
+    # HRNet: upper when preferred and >= 3 upper joints, else lower if >= 3, else upper
+    assert half_body_choice(4, 3, 0.1, 0.69, 3, 3, RECIPE_HRNET) == 1
+    assert half_body_choice(4, 3, 0.9, 0.69, 3, 3, RECIPE_HRNET) == 2
+    assert half_body_choice(2, 3, 0.1, 0.69, 3, 3, RECIPE_HRNET) == 2
+    assert half_body_choice(4, 2, 0.9, 0.69, 3, 3, RECIPE_HRNET) == 1
+    assert half_body_choice(1, 2, 0.9, 0.69, 3, 3, RECIPE_HRNET) == 0  # < 2 joints
+    # mmpose: the half that is not short, else the preferred one; none when both are short
+    assert half_body_choice(1, 3, 0.1, 0.7, 2, 3, RECIPE_MMPOSE) == 2
+    assert half_body_choice(5, 2, 0.9, 0.7, 2, 3, RECIPE_MMPOSE) == 1
+    assert half_body_choice(1, 2, 0.1, 0.7, 2, 3, RECIPE_MMPOSE) == 0
+    assert half_body_choice(2, 3, 0.69, 0.7, 2, 3, RECIPE_MMPOSE) == 1
 
 
 def test_augment_ranges():
@@ -100,7 +112,7 @@ def test_augment_ranges():
     upper[:11] = True
     rots, scales, flips = [], [], []
     for _ in range(4000):
-        u, n = rng.random(6), rng.standard_normal(2)
+        u, n = rng.random(7), rng.standard_normal(2)
         cx, cy, sw, sh, rot, flip = augment(np.array([50.0, 60.0]), np.array([75.0, 100.0]),
                                             kps, u, n, upper, 0.5, 0.6, 45.0, 0.35, 0.3, 8,
                                             0.0, 0.75)

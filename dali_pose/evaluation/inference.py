@@ -133,7 +133,8 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
         if n < total:
             raise EvaluationError(f"{path}: PCKh needs every one of the {total} people; "
                                   f"only {n} were predicted (max_batches?)")
-        metrics = evaluate_mpii(preds.keypoints[:, :, :2], ann, source=path)
+        metrics = evaluate_mpii(preds.keypoints[:, :, :2], ann, source=path, per_joint=True,
+                                visible=cfg.data.val_visible)
     else:
         results = index_to_results(preds.index, preds.keypoints[done],
                                    rows=np.flatnonzero(done))

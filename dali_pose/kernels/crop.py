@@ -55,8 +55,9 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
     upper = np.asarray(upper_body, np.bool_)
     aspect = out_w / out_h
     do_aug = aug is not None
-    (flip_prob, rot_prob, rot_factor, scale_factor, half_prob, half_min,
-     shift_factor) = aug if do_aug else AugParams(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
+    (flip_prob, rot_prob, rot_factor, scale_factor, half_prob, half_min, shift_factor,
+     shift_prob, upper_prob, min_upper, min_lower, half_pad,
+     recipe) = aug if do_aug else AugParams(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
     pad = float(padding)
 
     @numba.njit
@@ -64,7 +65,9 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
         if do_aug:
             cx, cy, sw, sh, rot, flip = augment(center, scale, kps, u, n, upper, flip_prob,
                                                 rot_prob, rot_factor, scale_factor, half_prob,
-                                                half_min, shift_factor, aspect)
+                                                half_min, shift_factor, aspect, shift_prob,
+                                                upper_prob, min_upper, min_lower, half_pad,
+                                                recipe)
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
         m = matrix_of(cx, cy, sw, sh, rot, out_w, out_h, flip)

@@ -1,7 +1,7 @@
 """NODA offline part: a foreground pool of people cut from the training annotations.
 
-``python -m dali_pose.tools.build_pool --config CFG --out POOL.npz [--level box|cardboard|grabcut]
-[--set key=value ...]`` reads the training split (``dali_pose.datasets.load_index(cfg,
+``python -m dali_pose.tools.build_pool --config CFG --out POOL.npz [--level box|cardboard|grabcut|mixed]
+[--no-smooth] [--set key=value ...]`` reads the training split (``dali_pose.datasets.load_index(cfg,
 'train')``) and writes one ``.npz`` holding, per kept person, an RGBA crop (RGB uint8 plus an
 edge-smoothed alpha matte) and the person's keypoints and box in that crop's pixels (the
 format: :mod:`dali_pose.loader.pool`). No label beyond the keypoint annotations is used.
@@ -233,10 +233,15 @@ def _json_boxes(ann_path: Optional[str]) -> Dict[int, Tuple[float, float, float,
 
 
 def build_pool(cfg, level: str = "grabcut", margin: float = 0.1, max_side: int = 256,
-               min_height: float = 48.0, min_joints: int = 6, verbose: bool = True) -> Dict:
-    """Build the pool arrays (the dict ``np.savez`` writes) from ``cfg``'s training split."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+               min_height: float = 48.0, min_joints: int = 6, verbose: bool = True,
+               smooth: bool = True) -> Dict:
+    """Build the pool arrays (the dict ``np.savez`` writes) from ``cfg``'s training split.
+
+    ``level``: one of LEVELS, or ``mixed`` (NODA Table I's last row: the three levels in one
+    pool, person n of the split at LEVELS[n % 3]); ``smooth``: the Gaussian edge smoothing
+    of the matte (False: a hard 0/255 alpha, NODA Table I's rows without "Smo.")."""
+    if level not in LEVELS + ("mixed",):
+        raise ValueError(f"level must be one of {LEVELS + ('mixed',)}, got {level!r}")
     index = load_index(cfg, "train")
     info = index.info
     boxes_json = _json_boxes(cfg.data.train_ann) if cfg.data.format != "mpii" else {}
@@ -246,7 +251,8 @@ def build_pool(cfg, level: str = "grabcut", margin: float = 0.1, max_side: int =
     padding = float(cfg.data.padding)
     order = np.argsort(index.image_paths.astype(str), kind="stable")
     cache_path, cache_img = None, None
-    for i in order:
+    for n_person, i in enumerate(order):
+        level_i = LEVELS[n_person % len(LEVELS)] if level == "mixed" else level
         kps = index.keypoints[i]
         lab = kps[:, 2] > 0
         box = boxes_json.get(int(index.instance_id[i]))
@@ -277,17 +283,18 @@ def build_pool(cfg, level: str = "grabcut", margin: float = 0.1, max_side: int =
                   index.scale[i][1] / padding)
         crop, valid, ckps, cbox, cfix = crop_person(cache_img, box, kps, margin, max_side,
                                                     anchor)
-        if level == "box":
+        if level_i == "box":
             mask = _box_mask(crop.shape[:2], cbox).astype(np.uint8)
-        elif level == "cardboard":
+        elif level_i == "cardboard":
             mask = cardboard_mask(crop.shape[:2], ckps, cbox, info)
         else:
             mask = grabcut_mask(crop, ckps, cbox, info)
         mask &= valid.astype(np.uint8)
         if mask.sum() < MIN_FG_FRACTION * cbox[2] * cbox[3]:
-            skipped[f"{level} foreground under {MIN_FG_FRACTION:g} of the box"] += 1
+            skipped[f"{level_i} foreground under {MIN_FG_FRACTION:g} of the box"] += 1
             continue
-        alpha = smooth_alpha(mask, valid)
+        alpha = (smooth_alpha(mask, valid) if smooth
+                 else (mask * valid * 255).astype(np.uint8))
         rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
         crops.append(np.ascontiguousarray(np.dstack([rgb, alpha])))
         kps_out.append(ckps)
@@ -306,7 +313,8 @@ def build_pool(cfg, level: str = "grabcut", margin: float = 0.1, max_side: int =
     settings = dict(version=POOL_VERSION, margin=margin, max_side=max_side,
                     min_height=min_height, min_joints=min_joints, edge_sigma=EDGE_SIGMA,
                     input_size=list(cfg.model.input_size), padding=padding,
-                    grabcut_iters=GRABCUT_ITERS, train_ann=cfg.data.train_ann)
+                    grabcut_iters=GRABCUT_ITERS, train_ann=cfg.data.train_ann,
+                    smooth=smooth)
     return dict(
         rgba=np.concatenate([c.reshape(-1) for c in crops]),
         offsets=offsets,
@@ -329,7 +337,10 @@ def main(argv=None) -> int:
                                             "training annotations")
     add_config_args(b)
     b.add_argument("--out", required=True, help="output .npz")
-    b.add_argument("--level", choices=LEVELS, default="grabcut")
+    b.add_argument("--level", choices=LEVELS + ("mixed",), default="grabcut",
+                   help="mask level; mixed: the three levels in one pool")
+    b.add_argument("--no-smooth", dest="smooth", action="store_false",
+                   help="hard mask edges (no Gaussian edge smoothing of the matte)")
     b.add_argument("--margin", type=float, default=0.1,
                    help="crop margin per side, fraction of the person box")
     b.add_argument("--max-side", type=int, default=256, help="longest crop side in px")
@@ -340,7 +351,7 @@ def main(argv=None) -> int:
     args = b.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     arrays = build_pool(cfg, args.level, args.margin, args.max_side, args.min_height,
-                        args.min_joints)
+                        args.min_joints, smooth=args.smooth)
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.savez(out, **arrays)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..codecs import COMBINED_RADIUS_FACTOR, UDPCombined, build_codec
 from ..datasets import DatasetError, PoseIndex, load_index
 from ..draws import sample_draws
-from ..geometry import augment, msra_matrix, transform_keypoints, udp_matrix
+from ..geometry import AugParams, augment, msra_matrix, transform_keypoints, udp_matrix
 from ..kernels.dropping import QUANT, dropping_op_from
 from ..loader.plan import image_epoch, image_groups, occlusion_probs
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
@@ -210,10 +210,10 @@ class ReferenceDataset(Dataset):
             draws = sample_draws(self.cfg.loader.seed, epoch, row,
                                  self._occ.num_draws if self._occ else 0,
                                  occlusion_prob=occlusion_probs(self.cfg, epoch)[0])
+            p = AugParams.of(a)
             cx, cy, sw, sh, rot, flip = augment(
-                center, scale, kps, draws.uniform, draws.normal, self.upper, a.flip_prob,
-                a.rot_prob, a.rot_factor, a.scale_factor, a.half_body_prob,
-                a.half_body_min_joints, a.shift_factor, self.out_w / self.out_h)
+                center, scale, kps, draws.uniform, draws.normal, self.upper, *p[:7],
+                self.out_w / self.out_h, *p[7:])
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
         matrix_of = udp_matrix if self.codec.unbiased else msra_matrix
