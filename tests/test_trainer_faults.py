@@ -260,31 +260,44 @@ _KEYS = ("epoch", "steps", "loss", "lr", "samples", "unique_samples", "val/AP", 
 
 @pytest.fixture(scope="module")
 def runs(tiny, tmp_path_factory):
-    """The uninterrupted run (2 epochs, validating) and the faulted ones started with it
-    (the machine has few cores: they run side by side once, for every test here)."""
+    """One chain of runs shared by the tests below (each train.py run costs ~25 s of numba
+    compiling on this machine): the uninterrupted run (2 epochs of 4 steps, validating) and,
+    beside it, one SIGKILLed right after epoch 0's last.pt (before best.pt and the metrics
+    line), with a second train.py started on its out_dir while it runs; then, on the killed
+    out_dir, a re-run without --resume, a --resume auto that gets SIGTERM during epoch 1
+    step 2, a --resume auto to the end, and one asking for fewer epochs than were done."""
     base = tmp_path_factory.mktemp("runs")
     driver = base / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT)))
-    procs = {
-        "whole": _start(_args(tiny, base / "whole")),
-        # killed right after epoch 0's last.pt: before best.pt and the metrics line
-        "killed": _start(_args(tiny, base / "killed"), "kill_after_last:1", driver),
-        # SIGTERM during step 2 of epoch 1 (steps 1-4 are epoch 0)
-        "term": _start(_args(tiny, base / "term"), "signal_at:SIGTERM:6", driver),
-    }
-    # while "killed" runs, a second train.py on its out_dir must refuse
-    lock = base / "killed" / outdir.LOCK
+    killed = base / "killed"
+    procs = {"whole": _start(_args(tiny, base / "whole")),
+             "killed": _start(_args(tiny, killed), "kill_after_last:1", driver)}
+    lock = killed / outdir.LOCK
     deadline = time.time() + 300
     while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
         time.sleep(0.05)
-    second = _start(_args(tiny, base / "killed"))
-    results = {"second": _finish(second)}
-    results.update({k: _finish(p) for k, p in procs.items()})
-    return base, driver, results
+    res = {"second": _finish(_start(_args(tiny, killed)))}
+    res.update({k: _finish(p) for k, p in procs.items()})
+    res["after_kill"] = {"files": sorted(os.listdir(killed)),
+                         "lines": _lines(killed / "metrics.jsonl")}
+    (killed / "best.pt.k1ll3d.tmp").write_bytes(b"half")  # a killed write's leftover
+    res["fresh"] = _finish(_start(_args(tiny, killed)))
+    # the resume's second training step is epoch 1 step 2
+    res["term"] = _finish(_start(_args(tiny, killed) + ["--resume", "auto"],
+                                 "signal_at:SIGTERM:2", driver))
+    res["after_term"] = {"files": sorted(os.listdir(killed)),
+                         "lines": _lines(killed / "metrics.jsonl"),
+                         "best_epoch": torch.load(killed / "best.pt",
+                                                  weights_only=True)["epoch"],
+                         "last_epoch": torch.load(killed / "last.pt",
+                                                  weights_only=True)["epoch"]}
+    res["resumed"] = _finish(_start(_args(tiny, killed) + ["--resume", "auto"]))
+    res["fewer"] = _finish(_start(_args(tiny, killed, "train.epochs=1") + ["--resume", "auto"]))
+    return base, res
 
 
 def test_a_second_run_on_a_busy_out_dir_refuses_in_one_line(runs):
-    base, _, res = runs
+    base, res = runs
     rc, out, err = res["second"]
     assert rc == 1, out + err
     assert err.strip().count("\n") == 0 and "Traceback" not in err, err
@@ -292,31 +305,32 @@ def test_a_second_run_on_a_busy_out_dir_refuses_in_one_line(runs):
     assert "train set" not in out  # refused before building anything
 
 
-def test_a_kill_between_the_writes_of_an_epoch_loses_nothing(runs, tiny):
-    """SIGKILL right after epoch 0's last.pt (best.pt and the metrics line not written), a
-    leftover temp file; re-running without --resume refuses, --resume auto restores best.pt
-    and the line of epoch 0, and ends equal to the uninterrupted run."""
-    base, _, res = runs
-    rc, out, err = res["whole"]
-    assert rc == 0, err[-3000:]
-    rc, out, err = res["killed"]
-    assert rc == -signal.SIGKILL, err[-3000:]
-    killed = base / "killed"
-    assert (killed / "last.pt").exists() and not (killed / "best.pt").exists()
-    assert _lines(killed / "metrics.jsonl") == []
-    (killed / "best.pt.k1ll3d.tmp").write_bytes(b"half")  # a killed write's leftover
+def test_a_kill_between_the_writes_of_an_epoch_loses_nothing(runs):
+    """After the kill: last.pt, no best.pt, no metrics line. A re-run without --resume is
+    refused (the dead run's lock does not block it); --resume auto restores best.pt and the
+    line of epoch 0 and removes the leftover temp file; the end equals the uninterrupted
+    run: weights, best.pt and every metrics line."""
+    base, res = runs
+    assert res["whole"][0] == 0, res["whole"][2][-3000:]
+    assert res["killed"][0] == -signal.SIGKILL, res["killed"][2][-3000:]
+    assert "last.pt" in res["after_kill"]["files"]
+    assert "best.pt" not in res["after_kill"]["files"] and res["after_kill"]["lines"] == []
 
-    # no --resume: refused, offering the ways on (the stale lock does not block it)
-    rc, out, err = _finish(_start(_args(tiny, killed)))
+    rc, out, err = res["fresh"]
     assert rc == 1 and err.count("\n") == 1, err
     assert "--resume auto" in err and "--overwrite" in err and "another out_dir" in err
 
-    rc, out, err = _finish(_start(_args(tiny, killed) + ["--resume", "auto"]))
-    assert rc == 0, err[-3000:]
+    rc, out, err = res["term"]
     assert "resuming" in out and "epochs 0-0 done, continuing with epoch 1" in out, out
-    assert "restored from the checkpoint" in out and "best.pt.k1ll3d.tmp" in out, out
-    assert not list(killed.glob("*.tmp"))
-    whole = base / "whole"
+    assert "restored from the checkpoint: metrics.jsonl line of epoch 0, best.pt of epoch 0" \
+        in out and "best.pt.k1ll3d.tmp" in out, out
+    after = res["after_term"]
+    assert not [f for f in after["files"] if f.endswith(".tmp")]
+    assert [r["epoch"] for r in after["lines"]] == [0] and after["best_epoch"] == 1
+
+    rc, out, err = res["resumed"]
+    assert rc == 0, err[-3000:]
+    whole, killed = base / "whole", base / "killed"
     lw, lk = _lines(whole / "metrics.jsonl"), _lines(killed / "metrics.jsonl")
     assert [r["epoch"] for r in lk] == [0, 1]
     assert [{k: r.get(k) for k in _KEYS} for r in lk] == \
@@ -326,27 +340,23 @@ def test_a_kill_between_the_writes_of_an_epoch_loses_nothing(runs, tiny):
     assert torch.load(killed / "best.pt", weights_only=True)["epoch"] == \
         torch.load(whole / "best.pt", weights_only=True)["epoch"]
     log = (killed / "train.log").read_text()
-    assert "resuming" in log and "epoch 1:" in log
-
-    # the checkpoint holds 2 epochs: asking for 1 is refused, not labelled wrong
-    rc, out, err = _finish(_start(_args(tiny, killed, "train.epochs=1") + ["--resume", "auto"]))
-    assert rc == 1 and "train.epochs" in err and "holds 2 epochs" in err, err
-    assert err.count("\n") == 1
+    assert log.count("resuming") == 2 and "epoch 1:" in log and "SIGTERM" in log
 
 
-def test_sigterm_finishes_the_step_exits_0_and_resume_equals_the_uninterrupted(runs, tiny):
-    base, _, res = runs
+def test_sigterm_finishes_the_step_and_exits_0_keeping_the_last_epoch(runs):
+    base, res = runs
     rc, out, err = res["term"]
     assert rc == 0, err[-3000:]
     assert "Traceback" not in out + err
-    term = base / "term"
     line = out.strip().splitlines()[-1]
     assert line.startswith("stopped by SIGTERM at epoch 1 step 2 of 4"), out[-2000:]
     assert "--resume auto continues with epoch 1" in line
-    assert torch.load(term / "last.pt", weights_only=True)["epoch"] == 1
-    assert [r["epoch"] for r in _lines(term / "metrics.jsonl")] == [0]
-    assert not (term / "model.pt").exists()
-    rc, out, err = _finish(_start(_args(tiny, term) + ["--resume", "auto"]))
-    assert rc == 0, err[-3000:]
-    assert _same_weights(_model(base / "whole" / "model.pt"), _model(term / "model.pt"))
-    assert [r["epoch"] for r in _lines(term / "metrics.jsonl")] == [0, 1]
+    assert res["after_term"]["last_epoch"] == 1
+    assert "model.pt" not in res["after_term"]["files"]
+    # and the run resumed from there ends equal to the uninterrupted one (test above)
+
+
+def test_resuming_with_fewer_epochs_than_done_is_refused(runs):
+    rc, out, err = runs[1]["fewer"]
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "train.epochs" in err and "holds 2 epochs" in err, err
