@@ -28,13 +28,15 @@ def read_weights_file(path: str, what: str = "weights file"):
     except FileNotFoundError as e:
         raise WeightsError(f"{what} {path} does not exist") from e
     except pickle.UnpicklingError as e:
-        reason = _refusal(str(e))
-        if reason is not None:
-            raise WeightsError(f"{what} {path} is refused: it holds more than tensors and "
-                               f"plain data ({reason}); dali_pose reads weight files as "
-                               f"data and never runs code from them") from None
+        text = str(e)
+        m = re.search(r"GLOBAL ([\w.]+)", text)
+        if m:  # a function or class: what a malicious pickle asks for
+            raise WeightsError(f"{what} {path} is refused: it asks for the global "
+                               f"{m.group(1)}, which tensors and plain data never need; "
+                               f"dali_pose reads weight files as data and never runs code "
+                               f"from them") from e
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
-                           f"{_first_line(e)}") from e
+                           f"{_reason(text)}") from e
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
                            f"{_first_line(e)}") from e
@@ -44,22 +46,16 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def _refusal(text: str):
-    """What torch's weights-only unpickler refused (e.g. "the global posix.system"), from its
-    message; None when the message is not such a refusal. The message's advice to retry with
-    the protection off is dropped on purpose."""
-    if "weights only load failed" not in text.lower():
-        return None
-    m = re.search(r"GLOBAL ([\w.]+)", text)
-    if m:
-        return f"it asks for the global {m.group(1)}"
+def _reason(text: str) -> str:
+    """The line of torch's weights-only refusal that says what it met (e.g. "Unsupported
+    operand 100"), without its advice to retry with the protection off."""
     for line in text.splitlines():
         line = line.strip()
         low = line.lower()
         if line and "weights_only" not in low and "weights only" not in low \
                 and not low.startswith(("check the documentation", "re-running", "in pytorch")):
-            return line[:200].rstrip(".")
-    return "an object weights-only loading does not allow"
+            return line[:200]
+    return "not a pickle of tensors and plain data"
 
 
 def check_finite(path: str, state: Mapping) -> None:
