@@ -287,8 +287,8 @@ def runs(tiny, tmp_path_factory):
                                  "signal_at:SIGTERM:2", driver))
     res["after_term"] = {"files": sorted(os.listdir(killed)),
                          "lines": _lines(killed / "metrics.jsonl"),
-                         "best_epoch": torch.load(killed / "best.pt",
-                                                  weights_only=True)["epoch"],
+                         "best_epoch": torch.load(killed / "best.pt", weights_only=True)[
+                             "epoch"] if (killed / "best.pt").exists() else None,
                          "last_epoch": torch.load(killed / "last.pt",
                                                   weights_only=True)["epoch"]}
     res["resumed"] = _finish(_start(_args(tiny, killed) + ["--resume", "auto"]))
