@@ -206,6 +206,23 @@ def test_a_signal_is_caught_not_raised():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_signal_ends_the_process_at_once_without_a_traceback():
+    code = ("import os, signal, time\n"
+            "from dali_pose.engine.stopping import StopRequest\n"
+            "with StopRequest() as stop:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(0.05)\n"
+            "    print(stop.signal_name, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(5)\n"
+            "print('not reached')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert p.returncode == 128 + signal.SIGINT
+    assert p.stdout == "SIGTERM\n"
+    assert p.stderr.strip() == "SIGINT again: stopping now (the checkpoints on disk are whole)"
+
+
 # ------------------------------------------------------------------- train.py ------
 
 @pytest.fixture(scope="module")
