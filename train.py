@@ -1,89 +1,154 @@
 """Train a pose network on the dali_pose loader; validate, checkpoint and log every epoch.
 
-    python train.py --config CFG [--set train.epochs=...] [--resume auto|PATH] [--max-batches N]
+    python train.py --config CFG [--set train.epochs=...] [--resume auto|PATH] [--overwrite]
+                    [--max-batches N]
     torchrun --nproc_per_node 4 train.py --config CFG          # DDP, one GPU per process
 
-Reads top to bottom: config -> processes and devices -> loaders -> model, optimiser and
-schedule (or the state of a checkpoint) -> epochs of (wait for a batch, forward, loss,
-backward, step), each ending with validation, ``last.pt`` / ``best.pt`` and a line of
-``metrics.jsonl`` -> the final ``model.pt``. ``loader.batch_size`` is per process.
+Reads top to bottom: config -> processes and devices -> out_dir (locked; a run already
+there is continued with ``--resume`` or replaced with ``--overwrite``, never mixed with) ->
+model (or the state of a checkpoint) -> loaders -> optimiser and schedule -> epochs of
+(wait for a batch, forward, loss, backward, step), each ending with validation,
+``last.pt`` / ``best.pt`` and a line of ``metrics.jsonl`` -> the final ``model.pt``.
+``loader.batch_size`` is per process. Epochs are numbered from 0 everywhere (printed, in
+metrics.jsonl, in messages).
 
 Only rank 0 prints and writes files. Outputs in ``out_dir``: config.yaml (resolved),
-last.pt, best.pt (the best validation AP, or PCKh@0.5 Mean for MPII), model.pt (the final
-weights, for ``evaluate.py --checkpoint``), metrics.jsonl, val_results.json (MPII:
-val_preds.npy) + metrics.json of the last validation, preview.png, tb/ (with tensorboard).
-A run killed at any moment continues with ``--resume auto`` and ends with the same
-weights, bit for bit on the CPU, as the run that was never stopped.
+train.log (what was printed), last.pt, best.pt (the best validation AP, or PCKh@0.5 Mean
+for MPII), model.pt (the final weights, for ``evaluate.py --checkpoint``), metrics.jsonl,
+val_results.json (MPII: val_preds.npy) + metrics.json of the last validation, preview.png,
+tb/ (with tensorboard). A run killed at any moment continues with ``--resume auto`` and
+ends with the same weights, bit for bit on the CPU, as the run that was never stopped.
+SIGTERM or SIGINT (Ctrl-C): the current step finishes, ``last.pt`` keeps the last finished
+epoch, one line says where ``--resume auto`` continues, exit 0 (see
+``dali_pose.engine.stopping``). Errors of input, of the disk, and a loss that becomes NaN
+are one line (``error: ...``) and exit 1.
 """
-import argparse
-import math
 import os
+import signal
 import sys
-import time
 
-import torch
+if __name__ == "__main__":  # Ctrl-C during the imports below: a quiet exit, no traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
 
-from dali_pose import build_loader, build_model, load_config, save_config
-from dali_pose.config import add_config_args, changed_keys, config_from_dict, to_dict
-from dali_pose.errors import DaliPoseError
-from dali_pose.engine import distributed
-from dali_pose.engine.checkpoint import read_training_checkpoint, resume_path, save_atomic
-from dali_pose.engine.preflight import check_run
-from dali_pose.engine.progress import Progress
-from dali_pose.engine.schedule import build_scheduler
-from dali_pose.evaluation.inference import merge, predict, score
-from dali_pose.models import describe_model
-from dali_pose.models.losses import pose_loss
-from dali_pose.models.weights import WeightsError, load_state, read_weights_file, save_model
-from dali_pose.normalize import normalize_images
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from dali_pose import build_loader, build_model, load_config, save_config  # noqa: E402
+from dali_pose.config import add_config_args, changed_keys, config_from_dict  # noqa: E402
+from dali_pose.errors import ConfigError, DaliPoseError  # noqa: E402
+from dali_pose.engine import checkpoint, distributed, outdir  # noqa: E402
+from dali_pose.engine.preflight import check_run  # noqa: E402
+from dali_pose.engine.progress import Progress, RunLog  # noqa: E402
+from dali_pose.engine.schedule import build_optimizer, build_scheduler  # noqa: E402
+from dali_pose.engine.stopping import NonFiniteLoss, StopRequest  # noqa: E402
+from dali_pose.evaluation.inference import merge, predict, score  # noqa: E402
+from dali_pose.models import describe_model  # noqa: E402
+from dali_pose.models.losses import pose_loss  # noqa: E402
+from dali_pose.models.weights import load_state  # noqa: E402
+from dali_pose.normalize import normalize_images  # noqa: E402
+
+CONFIG_HINT = ("e.g. --config configs/synthetic.yaml (the small main job) or "
+               "--config configs/coco_w32_256x192.yaml (HRNet-W32 on COCO, 210 epochs)")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="dali_pose: train a pose network")
-    add_config_args(parser)
+    add_config_args(parser, default="none, it is required")
     parser.add_argument("--resume", metavar="auto|PATH", default=None,
                         help="continue a run: 'auto' = out_dir/last.pt when it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the outputs of a run already in out_dir and start afresh")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="stop each epoch (and validation) after N batches")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = parser.parse_args(argv)
+    if args.config is None:
+        parser.error(f"--config is required ({CONFIG_HINT})")
     if args.max_batches is not None and args.max_batches < 1:
         parser.error("--max-batches must be >= 1")
+    if args.overwrite and args.resume is not None:
+        parser.error("--overwrite starts the run afresh; it cannot go with --resume")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        train(args)
+        with StopRequest() as stop:
+            train(args, stop)
     except (DaliPoseError, OSError) as e:
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     return 0
 
 
-def train(args) -> None:
+def train(args, stop: StopRequest) -> None:
     cfg = load_config(args.config, args.overrides)
     tc = cfg.train
     gpu = cfg.loader.device == "gpu"
     dist = distributed.setup(gpu, tc.cpu_threads)
-    log = print if dist.main else None  # the other ranks are quiet
-    say = log or (lambda *a, **k: None)
-    device = dist.device
     check_run(cfg, validate=tc.validate, write=dist.main)  # before anything takes time
-    state = None
-    ckpt = resume_path(args.resume, cfg.out_dir)
-    if ckpt is not None:
-        state = read_training_checkpoint(ckpt)
-        changed = changed_keys(config_from_dict(state["config"], source=ckpt), cfg)
-        say(f"resuming {ckpt} after epoch {state['epoch']}"
-            + (f" (config now differs in: {', '.join(changed)})" if changed else ""))
+    ckpt = checkpoint.resume_path(args.resume, cfg.out_dir)
+    lock, run_log = None, None
     if dist.main:
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        lock = outdir.lock(cfg.out_dir)  # held until this process ends
+        deleted = outdir.check_fresh(cfg.out_dir, args.resume, args.overwrite) \
+            if ckpt is None else []
+        removed = checkpoint.remove_temp_files(cfg.out_dir)
+        run_log = RunLog(os.path.join(cfg.out_dir, "train.log"), fresh=ckpt is None)
+        if deleted:
+            run_log(f"--overwrite: deleted {', '.join(deleted)} in {cfg.out_dir}")
+        if removed:
+            run_log(f"removed {len(removed)} temporary file(s) of a killed checkpoint "
+                    f"write: {', '.join(removed)}")
+    try:
+        _train(args, stop, cfg, dist, ckpt, run_log)
+    except (DaliPoseError, OSError) as e:
+        if run_log is not None:
+            run_log.write(f"error: {e}")  # main() prints it on stderr
+        raise
+    finally:
+        if run_log is not None:
+            run_log.close()
+        if lock is not None:
+            lock.close()
+
+
+def _train(args, stop, cfg, dist, ckpt, log) -> None:
+    tc = cfg.train
+    gpu = cfg.loader.device == "gpu"
+    say = log or (lambda *a, **k: None)  # the other ranks are quiet
+    device = dist.device
+    state = None
+    if ckpt is not None:
+        state = checkpoint.read_training_checkpoint(ckpt)
+        done = int(state["epoch"])
+        if done > tc.epochs:
+            raise ConfigError(f"config key 'train.epochs': {tc.epochs}, but {ckpt} already "
+                              f"holds {done} epochs (0-{done - 1}); set train.epochs >= "
+                              f"{done} to continue it")
+        changed = changed_keys(config_from_dict(state["config"], source=ckpt), cfg)
+        say(f"resuming {ckpt}: epochs 0-{done - 1} done, continuing with epoch {done}"
+            if done < tc.epochs else f"resuming {ckpt}: all {done} epochs are done")
+        if changed:
+            say(f"  (the config now differs in: {', '.join(changed)})")
+    if dist.main:
         save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
     torch.manual_seed(cfg.loader.seed)
+
+    # ---- the model first: a weight file that does not fit fails before the loaders build
+    model = build_model(cfg, log=log)
+    if tc.init_from and state is None:
+        init = checkpoint.read_model_checkpoint(tc.init_from)
+        load_state(model, init["model"], tc.init_from, describe_model(cfg))
+        say(f"initialised from {tc.init_from}")
+    if state is not None:
+        load_state(model, state["model"], ckpt, describe_model(cfg))
 
     # ---- data: each rank its own shard and device
     t0 = time.perf_counter()
@@ -97,11 +162,7 @@ def train(args) -> None:
         f"{cfg.loader.batch_size} per rank x {dist.world_size} rank(s) on {loader.device} "
         f"({time.perf_counter() - t0:.1f} s to build)")
 
-    # ---- model, optimiser, schedule
-    model = build_model(cfg, log=log)
-    if tc.init_from and state is None:
-        load_state(model, _model_state(tc.init_from), tc.init_from, describe_model(cfg))
-        say(f"initialised from {tc.init_from}")
+    # ---- optimiser, schedule
     if tc.sync_bn and dist.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -117,12 +178,11 @@ def train(args) -> None:
             say(f"total batch {total} ({dist.world_size} x {cfg.loader.batch_size}) differs "
                 f"from the recipe's train.base_batch_size {tc.base_batch_size}: lr "
                 f"{tc.lr:g} x {total}/{tc.base_batch_size} = {lr:g} (linear scaling)")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = build_optimizer(model.parameters(), tc, lr)
     sched = build_scheduler(opt, tc, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     start_epoch, best = 0, None
     if state is not None:
-        load_state(model, state["model"], ckpt, describe_model(cfg))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -138,18 +198,27 @@ def train(args) -> None:
         net = torch.compile(net)
     say(f"model: {describe_model(cfg)}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} "
         f"M parameters, {amp or torch.float32} on {device}; effective batch "
-        f"{cfg.loader.batch_size * dist.world_size}, lr {lr:.2e}; "
-        f"{torch.get_num_threads()} torch thread(s) per rank")
+        f"{cfg.loader.batch_size * dist.world_size}, {tc.optimizer} lr {lr:.2e} "
+        f"({tc.lr_schedule}); {torch.get_num_threads()} torch thread(s) per rank")
 
     # ---- train
-    progress = Progress(dist.main, cfg.out_dir, tc.log_every)
+    progress = Progress(dist.main, cfg.out_dir, tc.log_every, tc.epochs, log=say)
+    if state is not None and dist.main:
+        checkpoint.complete_epoch(state, cfg.out_dir, progress.path, say)
+    stopped = None  # (epoch, steps done in it) when a signal stopped the run
     for epoch in range(start_epoch, tc.epochs):
+        if stop.requested(dist):
+            stopped = (epoch, 0)
+            break
         loader.set_epoch(epoch)
         net.train()
         progress.start_epoch(epoch, steps)
         wait = 0.0
         samples, done_steps, rows = 0, 0, []
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        # the first step whose loss is not finite, and that loss, kept on the device too
+        bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        bad_loss = torch.zeros((), device=device)
         t_epoch = t_prev = time.perf_counter()
         for step, batch in enumerate(loader):
             t_batch = time.perf_counter()
@@ -173,28 +242,45 @@ def train(args) -> None:
             samples += image.shape[0]
             done_steps += 1
             rows.append(batch["row"].cpu())
-            loss_sum += loss.detach()
+            loss = loss.detach()
+            loss_sum += loss
+            first = (bad_step < 0) & ~torch.isfinite(loss)
+            bad_step = torch.where(first, done_steps, bad_step)
+            bad_loss = torch.where(first, loss, bad_loss)
             log_now = done_steps % tc.log_every == 0 or done_steps == 1
+            last_step = done_steps >= steps
+            if log_now or last_step:  # a sync point anyway (loss.item() below)
+                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir)
             t_prev = time.perf_counter()
             elapsed = t_prev - t_epoch
             progress.step(done_steps, loss.item() if log_now else math.nan,
-                          sched.get_last_lr()[0], samples / elapsed, wait / elapsed)
-            if done_steps >= steps:
+                          sched.get_last_lr()[0], samples * dist.world_size / elapsed,
+                          wait / elapsed, iteration=epoch * steps + done_steps - 1)
+            if stop.requested(dist):
+                stopped = (epoch, done_steps)
                 break
+            if last_step:
+                break
+        progress.end_steps()  # the bar is gone before validation prints
+        if stopped:
+            break
+        _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir)
         seconds = time.perf_counter() - t_epoch
         distributed.sync_buffers(dist, model)
         record = {"epoch": epoch, "steps": done_steps, "loss": _mean_over_ranks(
                       dist, loss_sum.item(), done_steps),
-                  "lr": sched.get_last_lr()[0], "samples_per_s": samples / seconds,
+                  "lr": sched.get_last_lr()[0], "samples_per_s": None,
+                  "samples_per_s_rank0": samples / seconds,
                   "data_wait": wait / seconds, "world_size": dist.world_size,
                   "seconds": seconds}
         record.update(_epoch_audit(dist, model, rows))
+        record["samples_per_s"] = record["samples"] / seconds  # all ranks (rank 0's clock)
 
-        # ---- validate, checkpoint, log
+        # ---- validate, checkpoint, log (in the order checkpoint.complete_epoch relies on)
         if val_loader is not None and ((epoch + 1) % tc.val_every == 0
                                        or epoch + 1 == tc.epochs):
             metrics, record["val_instances"] = validate(cfg, model, val_loader, dist,
-                                                        args.max_batches)
+                                                        args.max_batches, say)
             if metrics is not None:
                 record.update({f"val/{k}": v for k, v in metrics.items()})
                 name = "PCKh@0.5/Mean" if cfg.data.format == "mpii" else "AP"
@@ -202,33 +288,38 @@ def train(args) -> None:
                     best = {"metric": name, "value": float(metrics[name]), "epoch": epoch}
                     record["best"] = True
         if dist.main:
-            ckpt_state = {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "best": best, "config": to_dict(cfg),
-                "loader": {"epoch": epoch + 1}, "torch_rng": torch.get_rng_state()}
-            if gpu:
-                ckpt_state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_atomic(ckpt_state, os.path.join(cfg.out_dir, "last.pt"))
-            if record.get("best"):
-                save_atomic(ckpt_state, os.path.join(cfg.out_dir, "best.pt"))
-        progress.end_epoch(record)
+            checkpoint.save_training(checkpoint.training_state(
+                model, opt, sched, scaler, epoch + 1, best, cfg, record,
+                cuda_device=device if gpu else None), cfg.out_dir)
+        progress.end_epoch(record, time.perf_counter() - t_epoch)
     progress.close()
+
+    if stopped:
+        epoch, done = stopped
+        resume = (f"{os.path.join(cfg.out_dir, 'last.pt')} holds epochs 0-{epoch - 1}: "
+                  f"--resume auto continues with epoch {epoch}" if epoch > 0 else
+                  "no epoch had finished, so there is no last.pt: the same command starts "
+                  "afresh")
+        where = (f"at epoch {epoch} step {done} of {steps} (the steps of the unfinished "
+                 f"epoch are not saved)" if done else f"before epoch {epoch}")
+        say(f"stopped by {stop.signal_name} {where}; {resume}")
+        distributed.cleanup(dist)
+        return
 
     # ---- the final model, a look at the training crops
     if dist.main:
         final = os.path.join(cfg.out_dir, "model.pt")
-        save_model(final, model, cfg, tc.epochs)
+        checkpoint.save_model(final, model, cfg, tc.epochs)
         say(f"wrote {final} (score it again: python evaluate.py --checkpoint {final})")
         from dali_pose.tools.preview import write_preview
 
         preview = os.path.join(cfg.out_dir, "preview.png")
         write_preview(cfg, preview, "train", 16, loader=loader)
-        say(f"wrote {preview}, metrics.jsonl and config.yaml in {cfg.out_dir}")
+        say(f"wrote {preview}, metrics.jsonl, train.log and config.yaml in {cfg.out_dir}")
     distributed.cleanup(dist)
 
 
-def validate(cfg, model, loader, dist, max_batches=None):
+def validate(cfg, model, loader, dist, max_batches=None, log=print):
     """Each rank predicts its shard with the flip test; rank 0 gathers every instance
     exactly once, writes the predictions and returns (their metrics, how many instances were
     predicted); the other ranks return (None, None)."""
@@ -237,7 +328,24 @@ def validate(cfg, model, loader, dist, max_batches=None):
     if not dist.main:
         return None, None
     preds = merge(parts)
-    return score(cfg, preds, cfg.out_dir), int(preds.done.sum())
+    return score(cfg, preds, cfg.out_dir, log=log), int(preds.done.sum())
+
+
+def _check_loss(dist, bad_step, bad_loss, epoch: int, steps: int, out_dir: str) -> None:
+    """Raise :class:`NonFiniteLoss` when any rank's loss was NaN or infinite this epoch,
+    before anything of the epoch is saved."""
+    step = int(bad_step.item())
+    if dist.distributed:
+        gathered = distributed.gather(dist, (step, float(bad_loss.item())))
+        bad = [(s, v) for s, v in gathered if s >= 0]
+        step, value = min(bad) if bad else (-1, 0.0)
+    else:
+        value = float(bad_loss.item())
+    if step < 0:
+        return
+    kept = (f"{os.path.join(out_dir, 'last.pt')} (after epoch {epoch - 1}) is kept"
+            if epoch > 0 else "no epoch had finished: no checkpoint was written")
+    raise NonFiniteLoss(value, epoch, step, steps, kept)
 
 
 def _epoch_audit(dist, model, rows) -> dict:
@@ -262,14 +370,6 @@ def _amp_dtype(tc):
     if tc.amp_dtype == "bfloat16" or (tc.amp_dtype == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-def _model_state(path: str) -> dict:
-    """The model state dict in a dali_pose checkpoint (``train.init_from``)."""
-    ckpt = read_weights_file(path, "train.init_from checkpoint")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise WeightsError(f"train.init_from {path}: not a dali_pose checkpoint (no 'model')")
-    return ckpt["model"]
 
 
 if __name__ == "__main__":

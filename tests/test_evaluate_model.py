@@ -18,7 +18,8 @@ from dali_pose import load_config  # noqa: E402
 from dali_pose.datasets import DATASETS  # noqa: E402
 from dali_pose import build_model  # noqa: E402
 from dali_pose.evaluation.inference import load_checkpoint, predict, score  # noqa: E402
-from dali_pose.models.weights import WeightsError, save_model  # noqa: E402
+from dali_pose.engine.checkpoint import save_model  # noqa: E402
+from dali_pose.models.weights import WeightsError  # noqa: E402
 from dali_pose.tools.synthetic import generate  # noqa: E402
 
 

@@ -1,4 +1,7 @@
-"""Checkpoints that lose nothing: written atomically, read as data.
+"""The training checkpoint and the model file: what they hold, writing them atomically,
+reading and checking them. ``train.py`` writes and restores through this module and
+``evaluate.py --checkpoint`` (:func:`dali_pose.evaluation.inference.load_checkpoint`) reads
+through it.
 
 A training checkpoint (``OUT_DIR/last.pt`` after every epoch, ``best.pt`` whenever the
 validation metric improves) is a ``torch.save`` of a dict of plain types and tensors:
@@ -7,39 +10,161 @@ validation metric improves) is a ``torch.save`` of a dict of plain types and ten
     optimizer   optimizer.state_dict()
     scheduler   the learning-rate schedule's state_dict()
     scaler      the float16 gradient scaler's state_dict()
-    epoch       epochs completed; training continues with epoch ``epoch``
+    epoch       epochs completed; training continues with epoch ``epoch`` (0-based, as
+                printed and in metrics.jsonl: ``epoch`` 3 follows the line of epoch 2)
     best        {"metric": name, "value": best value so far, "epoch": its epoch} (or None)
     config      the resolved config (``config.to_dict``)
     loader      what the loader needs to continue: {"epoch": the next epoch} (its shuffle
                 and augmentation are functions of (loader.seed, epoch, sample))
     torch_rng   torch's CPU generator state (and ``cuda_rng`` on a GPU)
+    record      the epoch's line of ``metrics.jsonl`` (it says ``"best": true`` when this
+                state is also ``best.pt``)
 
 so it loads with ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
-Writing (:func:`dali_pose.models.weights.save_atomic`) goes to a temporary file in the same
-directory, flushed and fsync'd, then ``os.replace``d over the old one (and the directory
-fsync'd): a crash at any moment leaves either the old or the new checkpoint, never a torn
-one.
+The model file ``model.pt`` (the final weights) is ``{"model", "config", "epoch"}``.
+
+Order of an epoch's writes: ``last.pt`` first, then ``best.pt``, then the line of
+``metrics.jsonl``. A run killed between them (or stopped by a full disk) leaves a
+``last.pt`` that holds both of the others, and a resume writes them again
+(:func:`complete_epoch`): nothing of a finished epoch is lost.
+
+Every write (:func:`save_atomic`) goes to a temporary file in the same directory, flushed
+and fsync'd, then ``os.replace``d over the old one (and the directory fsync'd): a crash at
+any moment leaves the old or the new file, never a torn one; the temporary files a killed
+write leaves behind are removed by the next run (:func:`remove_temp_files`).
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
-from typing import Optional
+import tempfile
+from typing import Callable, List, Optional
 
-from ..models.weights import WeightsError, read_weights_file, save_atomic  # noqa: F401
+import torch
+
+from ..config import to_dict
+from ..errors import WeightsError
+from ..models.weights import read_weights_file
 
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config")
+_TEMP = ".tmp"  # save_atomic's temporary files: NAME.<random>.tmp
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or model file could not be written (a full disk, a lost mount); the
+    file it would have replaced is unchanged. One line, naming the file."""
+
+    def __init__(self, path: str, cause: Optional[OSError]):
+        reason = (cause.strerror or str(cause)) if cause is not None else "write failed"
+        kept = (f"; the previous {os.path.basename(path)} is unchanged"
+                if os.path.exists(path) else "")
+        super().__init__(f"cannot write {path}: {reason}{kept}")
+        self.errno = getattr(cause, "errno", None)
+        self.path = path
+
+
+def save_atomic(obj, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same directory,
+    flushed and fsync'd, ``os.replace``d over ``path``, the directory fsync'd; a crash or a
+    failed write at any moment leaves the old file or the new one, never a torn one. A
+    failed write (torch wraps the ``OSError`` of a full disk in a ``RuntimeError``) is a
+    :class:`CheckpointWriteError`; the temporary file is removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_TEMP,
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError):
+            raise CheckpointWriteError(path, cause) from e
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - a file system without directory fsync
+        pass
+
+
+def remove_temp_files(out_dir: str) -> List[str]:
+    """Delete the temporary files that killed :func:`save_atomic` calls left in
+    ``out_dir`` (call it while holding the out_dir's lock); returns their names."""
+    gone = []
+    for path in glob.glob(os.path.join(glob.escape(out_dir), "*.pt.*" + _TEMP)):
+        try:
+            os.unlink(path)
+            gone.append(os.path.basename(path))
+        except FileNotFoundError:  # pragma: no cover - raced with nobody (we hold the lock)
+            pass
+    return sorted(gone)
+
+
+# ------------------------------------------------------------ the training checkpoint --
+
+def training_state(model, optimizer, scheduler, scaler, epoch: int, best, cfg,
+                   record: dict, cuda_device=None) -> dict:
+    """The checkpoint after ``epoch`` epochs (the dict of the module docstring);
+    ``cuda_device``: also save that GPU's generator state."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "epoch": int(epoch), "best": best, "config": to_dict(cfg),
+        "loader": {"epoch": int(epoch)}, "torch_rng": torch.get_rng_state(),
+        "record": dict(record)}
+    if cuda_device is not None:
+        state["cuda_rng"] = torch.cuda.get_rng_state(cuda_device)
+    return state
+
+
+def save_training(state: dict, out_dir: str) -> None:
+    """``last.pt``, then ``best.pt`` when the epoch's record says it is the best (the order
+    :func:`complete_epoch` relies on)."""
+    save_atomic(state, os.path.join(out_dir, "last.pt"))
+    if state["record"].get("best"):
+        save_atomic(state, os.path.join(out_dir, "best.pt"))
 
 
 def read_training_checkpoint(path: str) -> dict:
     """The dict of a training checkpoint (``last.pt`` / ``best.pt``); a missing, truncated,
-    corrupt or foreign file is a one-line ``WeightsError`` naming ``path``."""
-    ckpt = read_weights_file(path, "checkpoint")
-    missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise WeightsError(f"{path}: not a dali_pose training checkpoint (no "
-                           f"{', '.join(repr(k) for k in missing)}; train.py writes last.pt "
-                           f"and best.pt in out_dir)")
+    corrupt or foreign file is a one-line ``WeightsError`` naming ``path``. A damaged
+    ``last.pt`` next to a readable ``best.pt`` says so."""
+    try:
+        ckpt = read_weights_file(path, "checkpoint")
+        missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise WeightsError(f"{path}: not a dali_pose training checkpoint (no "
+                               f"{', '.join(repr(k) for k in missing)}; train.py writes "
+                               f"last.pt and best.pt in out_dir)")
+        if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
+            raise WeightsError(f"{path}: 'epoch' is {ckpt['epoch']!r}, not a count of "
+                               f"epochs")
+    except WeightsError as e:
+        raise WeightsError(f"{e}{_offer_best(path)}") from e
     return ckpt
+
+
+def _offer_best(path: str) -> str:
+    if os.path.basename(path) != "last.pt":
+        return ""
+    best = os.path.join(os.path.dirname(path), "best.pt")
+    if not os.path.exists(best):
+        return ""
+    try:
+        epoch = read_weights_file(best, "checkpoint")["epoch"]
+    except Exception:  # an unreadable best.pt is not worth offering
+        return ""
+    return (f"; {best} (after epoch {int(epoch) - 1}) is readable: continue from it with "
+            f"--resume {best}")
 
 
 def resume_path(resume: Optional[str], out_dir: str) -> Optional[str]:
@@ -53,3 +178,82 @@ def resume_path(resume: Optional[str], out_dir: str) -> Optional[str]:
     if not os.path.exists(resume):
         raise WeightsError(f"--resume {resume}: no such checkpoint")
     return resume
+
+
+def complete_epoch(state: dict, out_dir: str, metrics_path: str,
+                   log: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Write what a kill (or a full disk) after ``last.pt`` kept from the checkpoint's
+    epoch: its ``best.pt`` and its line of ``metrics.jsonl`` (a torn last line is dropped
+    first). Returns the names restored."""
+    record = state.get("record")
+    if not record:
+        return []
+    done = []
+    text = ""
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            text = f.read()
+    lines, torn = [], False
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # the torn end of a killed append
+            torn = True
+    have = any(r.get("epoch") == record["epoch"] for r in lines)
+    if torn or not have or (text and not text.endswith("\n")):
+        if not have:
+            lines.append(record)
+            done.append(f"metrics.jsonl line of epoch {record['epoch']}")
+        _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in lines))
+    if record.get("best"):
+        best_path = os.path.join(out_dir, "best.pt")
+        try:
+            best_epoch = read_weights_file(best_path, "checkpoint").get("epoch")
+        except WeightsError:
+            best_epoch = None
+        if best_epoch != state["epoch"]:
+            save_atomic(state, best_path)
+            done.append(f"best.pt of epoch {record['epoch']}")
+    if done and log:
+        log(f"restored from the checkpoint: {', '.join(done)} (the run was stopped between "
+            f"its writes)")
+    return done
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_TEMP,
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise CheckpointWriteError(path, e) from e
+        raise
+
+
+# ---------------------------------------------------------------------- model files --
+
+def save_model(path: str, model: torch.nn.Module, cfg, epoch: int) -> None:
+    """A model file ``evaluate.py --checkpoint`` and ``model.weights`` read: ``{"model":
+    state dict, "config": the resolved config, "epoch": epochs trained}``."""
+    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "epoch": int(epoch)},
+                path)
+
+
+def read_model_checkpoint(path: str) -> dict:
+    """A file ``train.py`` wrote (``last.pt``, ``best.pt`` or ``model.pt``) as a dict with
+    at least ``model`` (a state dict) and ``config``; anything else is a one-line
+    ``WeightsError`` naming ``path``."""
+    ckpt = read_weights_file(path, "checkpoint")
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt) \
+            or not isinstance(ckpt["model"], dict):
+        raise WeightsError(f"{path}: not a dali_pose checkpoint (a dict with 'model' and "
+                           f"'config', as train.py writes)")
+    return ckpt

@@ -35,6 +35,7 @@ class Dist:
     world_size: int = 1
     local_world_size: int = 1
     device: torch.device = torch.device("cpu")
+    cpu_group: Any = None  # a gloo group for small host-side agreements (NCCL's is on GPUs)
 
     @property
     def main(self) -> bool:
@@ -83,7 +84,10 @@ def setup(gpu: bool, cpu_threads: int = 0) -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world,
                                 device_id=device if gpu else None)
-    return Dist(rank, local_rank, world, local_world, device)
+    cpu_group = None
+    if world > 1:
+        cpu_group = dist.new_group(backend="gloo") if gpu else dist.group.WORLD
+    return Dist(rank, local_rank, world, local_world, device, cpu_group)
 
 
 def cleanup(d: Dist) -> None:
@@ -100,13 +104,13 @@ def gather(d: Dist, obj: Any) -> List[Any]:
     return out
 
 
-def broadcast(d: Dist, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
+def any_rank(d: Dist, flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (every rank must call it at the same point)."""
     if not d.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.cpu_group)
+    return bool(t.item())
 
 
 def sync_buffers(d: Dist, model: torch.nn.Module) -> None:

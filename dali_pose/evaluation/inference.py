@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ from ..codecs import build_codec
 from ..config import Config, config_from_dict, load_config
 from ..datasets import PoseIndex
 from ..models import build_model, describe_model
-from ..models.weights import WeightsError, load_state, read_weights_file
+from ..engine.checkpoint import read_model_checkpoint
+from ..models.weights import load_state
 from ..normalize import normalize_images
 from .metrics import EvaluationError, evaluate_coco, evaluate_mpii, format_table, write_metrics
 from .postprocess import index_to_results, write_results
@@ -32,11 +33,7 @@ def load_checkpoint(path: str, config: Optional[str] = None, overrides=()):
     ``overrides`` ("a.b=c") apply to either. A file that is not such a checkpoint, or whose
     weights do not fit the config's model, is a one-line ``WeightsError`` naming ``path``.
     """
-    ckpt = read_weights_file(path, "checkpoint")
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt) \
-            or not isinstance(ckpt["model"], dict):
-        raise WeightsError(f"{path}: not a dali_pose checkpoint (a dict with 'model' and "
-                           f"'config', as train.py writes)")
+    ckpt = read_model_checkpoint(path)
     cfg = load_config(config, overrides) if config else config_from_dict(
         ckpt["config"], overrides, source=f"{path} (its saved config)")
     model = build_model(cfg)
@@ -100,10 +97,11 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
 
 
 def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = None,
-          metrics_path: Optional[str] = None, verbose: bool = False
-          ) -> Optional[Dict[str, float]]:
-    """Save ``preds`` into ``out_dir`` and score them; prints the table and writes it to
-    ``metrics_path`` (default ``out_dir/metrics.json``).
+          metrics_path: Optional[str] = None, verbose: bool = False,
+          log: Callable[[str], None] = print) -> Optional[Dict[str, float]]:
+    """Save ``preds`` into ``out_dir`` and score them; reports (the table, what was written)
+    through ``log`` and writes the table to ``metrics_path`` (default
+    ``out_dir/metrics.json``).
 
     COCO/CrowdPose: ``val_results.json`` (rescored, OKS-NMS'd) against ``ann`` (default
     ``cfg.data.val_ann``); people not predicted count as missed. MPII: ``val_preds.npy``
@@ -116,18 +114,18 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
     n, total = int(done.sum()), len(done)
     flip = "flip test" if cfg.loader.flip_test else "no flip"
     if n < total:
-        print(f"validation stopped early: {n} of {total} people predicted")
+        log(f"validation stopped early: {n} of {total} people predicted")
     if cfg.data.format == "mpii":
         ann = ann or cfg.data.val_gt
         path = os.path.join(out_dir, "val_preds.npy")
         np.save(path, preds.keypoints[:, :, :2])
-        print(f"wrote {path} ({n} of {total} people)")
+        log(f"wrote {path} ({n} of {total} people)")
         if ann is None:
             if n < total:
-                print(f"{path} is partial (NaN rows for the people not predicted): PCKh "
+                log(f"{path} is partial (NaN rows for the people not predicted): PCKh "
                       f"needs all {total}")
             else:
-                print(f"score with: python evaluate.py --dataset mpii --ann gt_valid.mat "
+                log(f"score with: python evaluate.py --dataset mpii --ann gt_valid.mat "
                       f"--preds {path}")
             return None
         if n < total:
@@ -142,6 +140,6 @@ def score(cfg: Config, preds: Predictions, out_dir: str, ann: Optional[str] = No
         write_results(results, path)
         metrics = evaluate_coco(ann or cfg.data.val_ann, results, dataset=cfg.data.format,
                                 verbose=verbose, source=path)
-    print(format_table(metrics, title=f"val ({n} of {total} people, {flip})"))
+    log(format_table(metrics, title=f"val ({n} of {total} people, {flip})"))
     write_metrics(metrics, metrics_path or os.path.join(out_dir, "metrics.json"))
     return metrics

@@ -1,15 +1,15 @@
 """Weight files: reading them as data, and loading a state dict with one-line errors.
 
 Every file goes through ``torch.load(..., weights_only=True)``: tensors and plain types,
-never code. A file that cannot be read, or whose tensors do not fit the model, is a
-:class:`WeightsError` whose one line names the file, the model and the first mismatch
-(torch's own message lists every tensor: 171 lines for an HRNet of another width).
+never code. A file that cannot be read, whose tensors do not fit the model or hold NaN or
+infinity, is a :class:`WeightsError` whose one line names the file, the model and the first
+mismatch (torch's own message lists every tensor: 171 lines for an HRNet of another width).
+Writing checkpoints and model files is :mod:`dali_pose.engine.checkpoint`'s.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
+import re
 from typing import Mapping
 
 import torch
@@ -17,54 +17,57 @@ import torch
 from ..errors import WeightsError  # noqa: F401  (re-exported)
 
 
-
-
 def read_weights_file(path: str, what: str = "weights file"):
-    """``torch.load(path, weights_only=True)`` on the CPU, errors as one line naming it."""
+    """``torch.load(path, weights_only=True)`` on the CPU, errors as one line naming it.
+
+    A file whose pickle asks for anything beyond tensors and plain data (a function such as
+    ``posix.system``, a class) is refused with that reason; the message never suggests
+    loading it with the protection off."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise WeightsError(f"{what} {path} does not exist") from e
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        m = re.search(r"GLOBAL ([\w.]+)", text)
+        if m:  # a function or class: what a malicious pickle asks for
+            raise WeightsError(f"{what} {path} is refused: it asks for the global "
+                               f"{m.group(1)}, which tensors and plain data never need; "
+                               f"dali_pose reads weight files as data and never runs code "
+                               f"from them") from e
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
-                           f"{first}") from e
+                           f"{_reason(text)}") from e
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
+                           f"{_first_line(e)}") from e
 
 
-def save_atomic(obj, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same directory,
-    flushed and fsync'd, ``os.replace``d over ``path``, the directory fsync'd; a crash or a
-    failed write at any moment leaves the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - a file system without directory fsync
-        pass
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def save_model(path: str, model: torch.nn.Module, cfg, epoch: int) -> None:
-    """A model file ``evaluate.py --checkpoint`` and ``model.weights`` read: ``{"model":
-    state dict, "config": the resolved config, "epoch": epochs trained}``."""
-    from ..config import to_dict
+def _reason(text: str) -> str:
+    """The line of torch's weights-only refusal that says what it met (e.g. "Unsupported
+    operand 100"), without its advice to retry with the protection off."""
+    for line in text.splitlines():
+        line = line.strip()
+        low = line.lower()
+        if line and "weights_only" not in low and "weights only" not in low \
+                and not low.startswith(("check the documentation", "re-running", "in pytorch")):
+            return line[:200]
+    return "not a pickle of tensors and plain data"
 
-    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "epoch": int(epoch)},
-                path)
+
+def check_finite(path: str, state: Mapping) -> None:
+    """A ``WeightsError`` naming ``path`` and the first tensor holding NaN or infinity: a
+    model loaded from it would train or predict NaN without a word."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() \
+                and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(f"{path}: tensor {name} holds {bad} non-finite value(s) "
+                               f"(NaN or infinity) of {t.numel()}; the file is damaged or "
+                               f"comes from a run that diverged")
 
 
 def check_fit(path: str, got: Mapping, model: torch.nn.Module, describe: str) -> None:
@@ -91,8 +94,9 @@ def check_fit(path: str, got: Mapping, model: torch.nn.Module, describe: str) ->
 
 
 def load_state(model: torch.nn.Module, state: Mapping, path: str, describe: str) -> None:
-    """``model.load_state_dict(state)`` after :func:`check_fit`."""
+    """``model.load_state_dict(state)`` after :func:`check_fit` and :func:`check_finite`."""
     check_fit(path, state, model, describe)
+    check_finite(path, state)
     model.load_state_dict(state, strict=False)
 
 
@@ -159,6 +163,7 @@ def load_backbone(model: torch.nn.Module, path: str) -> str:
         raise WeightsError(f"{path}: only {len(loaded)} of the backbone's {len(counted)} "
                            f"tensors fit (is it the ImageNet file of this architecture and "
                            f"width?)")
+    check_finite(path, fit)
     model.load_state_dict(fit, strict=False)
     skipped = sorted(k for k in state if k not in fit)
     missing = sorted(k for k in counted if k not in fit)

@@ -1,0 +1,272 @@
+"""train.py as a newcomer meets it: --config required, train.log, clean epoch lines with an
+ETA, per-iteration loss in TensorBoard, named sample rates, AdamW and a cosine schedule, a
+NaN loss / a full disk / Ctrl-C each as one line, and the README's loader snippet running
+as written.
+
+The runs here call ``train.main`` in this process: the loader's numba operators compile
+once for all of them."""
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from dali_pose.config import load_config
+from dali_pose.engine.schedule import build_optimizer, build_scheduler, cosine_factor
+
+pytest.importorskip("nvidia.dali")
+from dali_pose.tools.synthetic import generate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+
+# --------------------------------------------------------------------------- units ----
+
+def test_train_py_requires_a_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args([])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config is required" in err and "configs/synthetic.yaml" in err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", "x.yaml", "--resume", "auto", "--overwrite"])
+    assert "cannot go with --resume" in capsys.readouterr().err
+
+
+def test_cosine_schedule_and_adamw():
+    tc = load_config(None, ["train.optimizer=adamw", "train.lr_schedule=cosine",
+                            "train.epochs=4", "train.warmup_iters=2", "train.lr=0.01",
+                            "train.weight_decay=0.05"]).train
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer([p], tc, tc.lr)
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["weight_decay"] == 0.05
+    sched = build_scheduler(opt, tc, iters_per_epoch=5)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    total = 20
+    for it, lr in enumerate(lrs):
+        warm = 0.001 + 0.999 * it / 2 if it < 2 else 1.0
+        assert lr == pytest.approx(0.01 * warm * 0.5 * (1 + math.cos(math.pi * it / total)))
+    assert lrs[10] == pytest.approx(0.005)  # half-way: half the rate
+    assert cosine_factor(total, total, 0, 0.001) == pytest.approx(0.0, abs=1e-12)
+    adam = build_optimizer([p], load_config(None).train, 1e-3)
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["weight_decay"] == 0.0
+
+
+# ------------------------------------------------------------------ train.main runs ----
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("syn")
+    generate(str(d), seed=1, num_train=6, num_val=2)
+    return d
+
+
+def _argv(d, out, *extra):
+    over = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
+            f"data.train_images={d}/images/train",
+            f"data.val_ann={d}/annotations/person_keypoints_val.json",
+            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4",
+            "loader.pipelines=1", "loader.num_threads=1", "train.epochs=2",
+            "train.log_every=2", *extra]
+    args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
+    for o in over:
+        args += ["--set", o]
+    return args
+
+
+class _FakeWriter:
+    """Stands in for tensorboard's SummaryWriter (not installed here): records scalars."""
+    scalars = []
+
+    def __init__(self, log_dir):
+        pass
+
+    def add_scalar(self, tag, value, step):
+        _FakeWriter.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _FakeBar:
+    """Stands in for tqdm, writing its life to stdout so that the order is visible."""
+
+    def __init__(self, total, desc, **kw):
+        self.n = 0
+        print(f"<bar {desc}>")
+
+    def update(self, k):
+        self.n += k
+
+    def set_postfix(self, d, refresh=False):
+        self.postfix = d
+
+    def close(self):
+        print("<bar closed>")
+
+
+def test_a_run_logs_cleanly_with_adamw_and_cosine(tiny, tmp_path, capsys, monkeypatch):
+    """One run (2 epochs, validating, a terminal): the bar closes before validation prints;
+    one line per epoch end with an ETA; train.log holds what was printed; metrics.jsonl names
+    both sample rates; TensorBoard gets the loss per iteration and no bookkeeping."""
+    fake_tb = types.ModuleType("torch.utils.tensorboard")
+    fake_tb.SummaryWriter = _FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_tb)
+    import dali_pose.engine.progress as progress
+
+    monkeypatch.setattr(progress, "tqdm", _FakeBar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    out = tmp_path / "run"
+    rc = train.main(_argv(tiny, out, "train.optimizer=adamw", "train.lr_schedule=cosine",
+                          "train.weight_decay=0.01"))
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    lines = printed.splitlines()
+    for epoch in (0, 1):
+        opened = lines.index(f"<bar epoch {epoch}>")
+        closed = lines.index("<bar closed>", opened)
+        val = next(i for i, x in enumerate(lines) if i > opened and x.startswith("val ("))
+        assert closed < val, printed
+    ends = [x for x in lines if re.match(r"epoch \d+: ", x)]
+    assert len(ends) == 2
+    assert re.search(r"; \d+s, ETA \d+s for 1 more epoch$", ends[0]), ends[0]
+    assert "ETA" not in ends[1]
+    assert "adamw lr 2.00e-03 (cosine)" in printed
+    log = (out / "train.log").read_text().splitlines()
+    assert log == [x for x in lines if not x.startswith("<bar")]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["samples_per_s"] == pytest.approx(r["samples"] / r["seconds"])
+        assert r["samples_per_s_rank0"] == pytest.approx(r["samples_per_s"])  # one rank
+    # cosine over 2 epochs of 4 steps: half-way after epoch 0, 0 after epoch 1
+    assert records[0]["lr"] == pytest.approx(1e-3)
+    assert records[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    tags = {t for t, _, _ in _FakeWriter.scalars}
+    assert {"train/loss", "train/lr", "epoch/loss", "val/AP"} <= tags
+    assert not {"train/world_size", "train/seconds", "train/steps", "epoch/world_size"} & tags
+    steps = [s for t, _, s in _FakeWriter.scalars if t == "train/loss"]
+    assert steps == [0, 1, 3, 4, 5, 7]  # iterations 1, 2, 4 of each epoch (log_every 2)
+
+
+def test_a_nan_loss_stops_in_one_line_keeping_the_last_good_checkpoint(tiny, tmp_path, capsys,
+                                                                       monkeypatch):
+    calls = [0]
+    real = train.pose_loss
+
+    def nan_at_6(*a, **k):  # epoch 1 step 2
+        calls[0] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls[0] == 6 else loss
+
+    monkeypatch.setattr(train, "pose_loss", nan_at_6)
+    out = tmp_path / "nan"
+    rc = train.main(_argv(tiny, out, "train.validate=false"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err.count("\n") == 0 and err.startswith("error: the training loss is NaN at "
+                                                   "epoch 1 step 2 of 4"), err
+    assert f"{out / 'last.pt'} (after epoch 0) is kept" in err
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (out / "model.pt").exists()
+    assert (out / "train.log").read_text().splitlines()[-1] == err
+
+
+def test_a_full_disk_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    from dali_pose.engine import checkpoint
+
+    real = checkpoint.tempfile.mkstemp
+    writes = []
+
+    def full_on_second_last(prefix, suffix, dir):
+        fd, tmp = real(prefix=prefix, suffix=suffix, dir=dir)
+        writes.append(prefix)
+        if prefix == "last.pt." and writes.count(prefix) == 2:  # epoch 1's last.pt
+            os.dup2(os.open("/dev/full", os.O_WRONLY), fd)
+        return fd, tmp
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_on_second_last)
+    out = tmp_path / "full"
+    rc = train.main(_argv(tiny, out, "train.validate=false"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err == (f"error: cannot write {out / 'last.pt'}: No space left on device; the "
+                   f"previous last.pt is unchanged"), err
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_ctrl_c_stops_quietly_with_exit_0(tiny, tmp_path, capsys, monkeypatch):
+    calls = [0]
+    real = train.pose_loss
+
+    def sigint_at_2(*a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "pose_loss", sigint_at_2)
+    out = tmp_path / "int"
+    rc = train.main(_argv(tiny, out, "train.validate=false"))
+    cap = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in cap.out + cap.err
+    assert cap.out.strip().splitlines()[-1] == (
+        "stopped by SIGINT at epoch 0 step 2 of 4 (the steps of the unfinished epoch are not "
+        "saved); no epoch had finished, so there is no last.pt: the same command starts "
+        "afresh")
+    assert not (out / "last.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # and the same command does start afresh (nothing of a run is there to refuse for)
+    monkeypatch.setattr(train, "pose_loss", real)
+    assert train.main(_argv(tiny, out, "train.validate=false", "train.epochs=1")) == 0
+
+
+def test_non_finite_init_weights_fail_before_the_loaders(tiny, tmp_path, capsys):
+    from dali_pose import build_model
+    from dali_pose.engine.checkpoint import save_model
+
+    cfg = load_config(str(ROOT / "configs" / "synthetic.yaml"))
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.final_layer.weight[0, 0, 0, 0] = float("nan")
+    path = tmp_path / "diverged.pt"
+    save_model(str(path), model, cfg, 3)
+    rc = train.main(_argv(tiny, tmp_path / "run", f"train.init_from={path}"))
+    cap = capsys.readouterr()
+    assert rc == 1 and "train set" not in cap.out
+    err = cap.err.strip()
+    assert err.count("\n") == 0 and str(path) in err and "final_layer.weight" in err, err
+
+
+# ------------------------------------------------------------------- the README -------
+
+def test_the_readme_loader_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The first python block of "Using the loader in your own trainer", run as written in a
+    folder holding what the set-up commands make (configs/, data/synthetic: here 6 images,
+    one batch of 16 per epoch)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Using the loader in your own trainer", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    generate(str(tmp_path / "data" / "synthetic"), seed=1, num_train=6, num_val=2)
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(snippet, "README.md", "exec"), ns)
+    assert torch.isfinite(ns["loss"]) and ns["batch"]["image"].shape[0] == 16
+    assert ns["epoch"] == ns["epochs"] - 1
