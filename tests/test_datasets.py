@@ -121,3 +121,36 @@ def test_real_crowdpose_and_mpii():
                                               raw[0]["center"][1] + 15 * s - 1])
     np.testing.assert_allclose(mp.scale[0], [s * 200 * 1.25] * 2)
     assert mp.info is MPII
+
+
+# The joints of each dataset as its annotation format numbers them, written out here (not
+# read from dali_pose) so that a renamed, reordered or mis-paired joint fails.
+JOINT_NAMES = {
+    "coco": ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+             "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+             "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"],
+    "crowdpose": ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+                  "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle", "head", "neck"],
+    "mpii": ["right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+             "pelvis", "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow",
+             "right_shoulder", "left_shoulder", "left_elbow", "left_wrist"],
+}
+
+
+@pytest.mark.parametrize("info", [COCO, CROWDPOSE, MPII], ids=lambda i: i.name)
+def test_flip_swaps_left_and_right_by_name(info):
+    """A horizontal flip turns left_X into right_X and back; a joint without a side stays."""
+    names = JOINT_NAMES[info.name]
+    assert list(info.joints) == names
+
+    def mirror(n):
+        if n.startswith("left_"):
+            return "right_" + n[len("left_"):]
+        if n.startswith("right_"):
+            return "left_" + n[len("right_"):]
+        return n
+
+    expected = [names.index(mirror(n)) for n in names]
+    np.testing.assert_array_equal(info.flip_index, expected)
+    assert len(info.flip_pairs) == sum(n.startswith("left_") for n in names)

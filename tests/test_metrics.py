@@ -596,3 +596,25 @@ def test_index_to_results(tmp_path):
     res = index_to_results(index, kp)
     assert len(res) == len(index) and all(r["score"] == pytest.approx(0.9) for r in res)
     assert M.evaluate_coco(str(ann), res)["AP"] == pytest.approx(1.0)
+
+
+def test_oks_nms_default_threshold_is_hrnets_0_9():
+    """Two poses whose OKS lies between 0.5 and 0.9 (computed here from the OKS rule) are
+    both kept by the default NMS (HRNet's 0.9) and merged by a 0.5 one."""
+    from dali_pose.evaluation.postprocess import OKS_NMS_THRESHOLD
+
+    assert OKS_NMS_THRESHOLD == 0.9
+    rng = np.random.default_rng(5)
+    a = np.concatenate([rng.uniform(100, 200, (17, 2)), np.full((17, 1), 0.9)], axis=1)
+    b = a.copy()
+    b[:, 0] += 6.0  # every joint 6 px to the right
+    area = 1e4
+    sig = np.asarray(COCO.sigmas)
+    oks = np.mean(np.exp(-36.0 / (2 * area * (2 * sig) ** 2)))  # d^2 / (2 s^2 k^2), s^2 = area
+    assert 0.6 < oks < 0.85  # measured 0.826
+    kp, scores, areas = np.stack([a, b]), np.array([0.9, 0.8]), np.full(2, area)
+    assert oks_nms(kp, scores, areas, COCO.sigmas).tolist() == [0, 1]
+    assert oks_nms(kp, scores, areas, COCO.sigmas, 0.5).tolist() == [0]
+    assert len(to_coco_results(np.array([1, 1]), kp, scores, areas, COCO)) == 2
+    assert len(to_coco_results(np.array([1, 1]), kp, scores, areas, COCO,
+                               nms_threshold=0.5)) == 1
