@@ -62,17 +62,46 @@ def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 # ------------------------------------------------------------------------------ images ---
 
-@pytest.mark.parametrize("fast_cpu", ["true", "false"])  # ROI decode / full decode + warp
-def test_exif_orientation_is_ignored(syn, tmp_path, fast_cpu):
+# Every decoder the graph can take: the region-of-interest decode (``decoders.image_slice``,
+# numba warp) and the full-image decode (``decoders.image`` + DALI's ``warp_affine``, which
+# the CPU graph takes with NODA and ``loader.fast_cpu: false`` while that key exists). NODA
+# on / off, as the NODA graph decodes per person. Which decoder ran is read from the spec.
+EXIF_CASES = {
+    "val": ("val", [], False),
+    "train_noda": ("train", ["noda.prob=1", "loader.drop_last=false", "loader.fast_cpu=false"],
+                   True),
+}
+
+
+@pytest.mark.parametrize("case", list(EXIF_CASES))
+def test_exif_orientation_is_ignored(syn, tmp_path, case):
+    from dali_pose.tools.build_pool import build_pool
+
+    split, extra, full_decode = EXIF_CASES[case]
     d = _copy(syn, tmp_path)
-    path, _ = _first_image(d)
-    plain = list(build_loader(_cfg(d, f"loader.fast_cpu={fast_cpu}"), "val"))
+    if "noda.prob=1" in extra:
+        pool = tmp_path / "pool.npz"
+        np.savez(pool, **build_pool(_cfg(d), level="box", verbose=False))
+        extra = extra + [f"noda.pool={pool}"]
+    try:
+        cfg = _cfg(d, *extra)
+    except ConfigError as e:  # a mode key gone: keep the case that remains without it
+        kept = [x for x in extra if not x.startswith("loader.fast_cpu")]
+        if kept == extra:
+            raise
+        cfg, full_decode = _cfg(d, *kept), None  # NODA decodes like the rest
+    path, _ = _first_image(d, split)
+    loader = build_loader(cfg, split)
+    if full_decode is not None:
+        assert (loader.spec.warp is None) == full_decode  # the decoder under test
+    plain = list(loader)
     tagged = _with_exif_orientation(path.read_bytes(), 6)
     path.write_bytes(tagged)
     # the tag is real: a decoder that applies it turns the picture (OpenCV does by default)
     shape = cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR).shape
     assert shape[:2] == (640, 480)
-    again = list(build_loader(_cfg(d, f"loader.fast_cpu={fast_cpu}"), "val"))
+    again = list(build_loader(cfg, split))
+    assert len(plain) == len(again) > 0
     for a, b in zip(plain, again):
         for key in ("image", "heatmap", "matrix", "keypoints"):
             assert torch.equal(a[key], b[key]), key
