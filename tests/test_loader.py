@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dali_pose import build_loader, load_config
-from dali_pose.datasets import COCO, PoseIndex
+from dali_pose.datasets import COCO, DatasetError, PoseIndex
 from dali_pose.loader import epoch_schedule, image_epoch, image_groups
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
@@ -201,7 +201,7 @@ def test_unreadable_image_names_file_and_instance(tmp_path):
     index = _dot_dataset(tmp_path, 2)
     (tmp_path / "dots1.png").write_bytes(b"this is not an image")
     cfg = load_config(None, ["loader.batch_size=2"])
-    with pytest.raises(Exception, match=r"dots1.png \(instance 101\) is not an image DALI"):
+    with pytest.raises(DatasetError, match=r"dots1.png \(instance 101\) is not an image DALI"):
         list(build_loader(cfg, "val", index=index))
 
 
