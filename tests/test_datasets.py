@@ -110,7 +110,8 @@ def test_real_crowdpose_and_mpii():
                          log=lines.append)
     assert len(lines) == 1 and "kept" in lines[0]
     assert cp.keypoints.shape[1:] == (14, 3)
-    # No 'area' in CrowdPose json: the official convention, box w*h*0.53.
+    # No 'area' in CrowdPose json: the official convention, box w*h*0.53 (checked on
+    # synthetic files in test_area_without_an_area_field).
     m = shared("mpii-sample")
     mp = load_mpii(str(m / "test_mpii.json"), str(m / "images"), 1.0)
     raw = json.loads((m / "test_mpii.json").read_text())
@@ -154,3 +155,16 @@ def test_flip_swaps_left_and_right_by_name(info):
     expected = [names.index(mirror(n)) for n in names]
     np.testing.assert_array_equal(info.flip_index, expected)
     assert len(info.flip_pairs) == sum(n.startswith("left_") for n in names)
+
+
+@pytest.mark.parametrize("info,factor", [(CROWDPOSE, 0.53), (COCO, 1.0)],
+                         ids=["crowdpose", "coco"])
+def test_area_without_an_area_field(tmp_path, info, factor):
+    """No 'area' in the json (as in CrowdPose's): CrowdPose's official scorer uses the box's
+    w * h * 0.53, COCO the box's w * h; a given 'area' is kept."""
+    k = info.num_joints
+    kps = [20, 30, 2] + [0, 0, 0] * (k - 1)
+    bare = {key: v for key, v in _ann(bbox=(10, 10, 40, 60), kps=kps).items() if key != "area"}
+    ann, img = _write_coco(tmp_path, [bare, _ann(8, bbox=(5, 5, 30, 50), kps=kps)], k=k)
+    idx = load_coco_style(ann, img, info, 0.75, log=lambda line: None)
+    np.testing.assert_allclose(idx.area, [40 * 60 * factor, 100.0], rtol=1e-6)
