@@ -162,3 +162,23 @@ def test_half_body_share_in_the_training_crop_operator():
     np.testing.assert_array_equal(half[eligible], (u[:, 2] < 0.3)[eligible])  # U_HALF
     share = half[eligible].mean()
     assert 0.23 < share < 0.37, share  # 200 people: +-2.3 binomial standard deviations
+
+
+def test_augment_follows_hrnets_rule_draw_by_draw():
+    """An oracle independent of geometry.augment: HRNet's training augmentation written out
+    from the rule for given draws (no half body here: no visible joints)."""
+    rng = np.random.default_rng(3)
+    kps = np.zeros((17, 3))
+    upper = np.zeros(17, np.bool_)
+    flip_p, rot_p, rf, sf, shift = 0.5, 0.6, 45.0, 0.35, 0.1
+    for _ in range(500):
+        u, n = rng.random(6), rng.standard_normal(2) * 2.0
+        c, s = rng.uniform(50, 500, 2), rng.uniform(40, 300, 2)
+        got = augment(c, s, kps, u, n, upper, flip_p, rot_p, rf, sf, 0.3, 8, shift, 0.75)
+        k = min(max(n[0] * sf + 1.0, 1.0 - sf), 1.0 + sf)  # scale: clipped N(1, sf)
+        rot = min(max(n[1] * rf, -2 * rf), 2 * rf) if u[1] < rot_p else 0.0
+        sw, sh = s[0] * k, s[1] * k
+        cx = c[0] + (2 * u[4] - 1) * shift * sw  # shift: uniform, in units of the box
+        cy = c[1] + (2 * u[5] - 1) * shift * sh
+        np.testing.assert_allclose(got[:5], [cx, cy, sw, sh, rot], rtol=1e-12, atol=1e-9)
+        assert got[5] == (u[0] < flip_p)
