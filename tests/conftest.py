@@ -76,3 +76,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how many tests skipped for want of ../shared/data (see ``shared``)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(1 for r in skipped if isinstance(r.longrepr, tuple)
+            and "real sample data not present" in str(r.longrepr[2]))
+    if n:
+        terminalreporter.write_line(f"{n} tests skipped: real sample data not present "
+                                    f"({SHARED_DATA})")

@@ -62,30 +62,48 @@ def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 
 # ------------------------------------------------------------------------------ images ---
 
-def _val_loader(cfg, warp):
-    """The loader (window decode + numba warp) or the oracle graph (full decode + DALI's
-    warp_affine, one person per image)."""
-    if warp == "numba":
-        return build_loader(cfg, "val")
+# Every decoder a loader can take: the production graph's region-of-interest decode
+# (``decoders.image_slice`` + the numba warp) for validation and for training with NODA (each
+# image decoded once for its people and their pool picks), and the oracle graph's full-image
+# decode (``decoders.image`` + DALI's ``warp_affine``, one person per image).
+EXIF_CASES = {"val": ("val", False, False), "train_noda": ("train", True, False),
+              "oracle": ("val", False, True)}
+
+
+def _exif_loader(cfg, split, oracle):
+    if not oracle:
+        return build_loader(cfg, split)
     from dali_pose.datasets import load_index
     from dali_pose.loader import PoseLoader
     from dali_pose.loader.oracle import one_person_per_image, oracle_graph
 
-    index = one_person_per_image(load_index(cfg, "val", None))
-    return PoseLoader(cfg, "val", index, "cpu", 0, 1, graph=oracle_graph)
+    index = one_person_per_image(load_index(cfg, split, None))
+    return PoseLoader(cfg, split, index, "cpu", 0, 1, graph=oracle_graph)
 
 
-@pytest.mark.parametrize("warp", ["numba", "oracle"])  # ROI decode / full decode + warp
-def test_exif_orientation_is_ignored(syn, tmp_path, warp):
+@pytest.mark.parametrize("case", list(EXIF_CASES))
+def test_exif_orientation_is_ignored(syn, tmp_path, case):
+    from dali_pose.tools.build_pool import build_pool
+
+    split, noda, oracle = EXIF_CASES[case]
     d = _copy(syn, tmp_path)
-    path, _ = _first_image(d)
-    plain = list(_val_loader(_cfg(d), warp))
+    extra = []
+    if noda:
+        pool = tmp_path / "pool.npz"
+        np.savez(pool, **build_pool(_cfg(d), level="box", verbose=False))
+        extra = ["noda.prob=1", "loader.drop_last=false", f"noda.pool={pool}"]
+    cfg = _cfg(d, *extra)
+    path, _ = _first_image(d, split)
+    loader = _exif_loader(cfg, split, oracle)
+    assert (loader.spec.noda is not None) == noda  # the graph under test
+    plain = list(loader)
     tagged = _with_exif_orientation(path.read_bytes(), 6)
     path.write_bytes(tagged)
     # the tag is real: a decoder that applies it turns the picture (OpenCV does by default)
     shape = cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR).shape
     assert shape[:2] == (640, 480)
-    again = list(_val_loader(_cfg(d), warp))
+    again = list(_exif_loader(cfg, split, oracle))
+    assert len(plain) == len(again) > 0
     for a, b in zip(plain, again):
         for key in ("image", "heatmap", "matrix", "keypoints"):
             assert torch.equal(a[key], b[key]), key

@@ -29,7 +29,10 @@ CFGS = {
     "gaussian_s3_384": ModelConfig(input_size=(288, 384), heatmap_size=(72, 96), sigma=3.0),
     "combined_384": ModelConfig(input_size=(288, 384), heatmap_size=(72, 96), target="combined"),
 }
-LIMIT = {"gaussian": 0.05, "combined": 0.1}  # crop pixels (the bounds)
+# Round-trip error bound, crop pixels: the measured maximum over the configs of each codec
+# (gaussian 3.2e-3, combined 2.9e-4; 160 samples, seeded, see test_round_trip's print) with a
+# margin of ~3x (gaussian: DARK's Taylor step is not exact) and ~3.5x (combined)
+LIMIT = {"gaussian": 0.01, "combined": 1e-3}
 
 
 @pytest.fixture(autouse=True)

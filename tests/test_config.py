@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -27,7 +29,7 @@ def test_yaml_file_roundtrip(tmp_path):
 
 def test_frozen():
     cfg = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="batch_size"):
         cfg.loader.batch_size = 3
 
 

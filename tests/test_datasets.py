@@ -110,7 +110,8 @@ def test_real_crowdpose_and_mpii():
                          log=lines.append)
     assert len(lines) == 1 and "kept" in lines[0]
     assert cp.keypoints.shape[1:] == (14, 3)
-    # No 'area' in CrowdPose json: the official convention, box w*h*0.53.
+    # No 'area' in CrowdPose json: the official convention, box w*h*0.53 (checked on
+    # synthetic files in test_area_without_an_area_field).
     m = shared("mpii-sample")
     mp = load_mpii(str(m / "test_mpii.json"), str(m / "images"), 1.0)
     raw = json.loads((m / "test_mpii.json").read_text())
@@ -121,3 +122,49 @@ def test_real_crowdpose_and_mpii():
                                               raw[0]["center"][1] + 15 * s - 1])
     np.testing.assert_allclose(mp.scale[0], [s * 200 * 1.25] * 2)
     assert mp.info is MPII
+
+
+# The joints of each dataset as its annotation format numbers them, written out here (not
+# read from dali_pose) so that a renamed, reordered or mis-paired joint fails.
+JOINT_NAMES = {
+    "coco": ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+             "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+             "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"],
+    "crowdpose": ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+                  "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle", "head", "neck"],
+    "mpii": ["right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+             "pelvis", "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow",
+             "right_shoulder", "left_shoulder", "left_elbow", "left_wrist"],
+}
+
+
+@pytest.mark.parametrize("info", [COCO, CROWDPOSE, MPII], ids=lambda i: i.name)
+def test_flip_swaps_left_and_right_by_name(info):
+    """A horizontal flip turns left_X into right_X and back; a joint without a side stays."""
+    names = JOINT_NAMES[info.name]
+    assert list(info.joints) == names
+
+    def mirror(n):
+        if n.startswith("left_"):
+            return "right_" + n[len("left_"):]
+        if n.startswith("right_"):
+            return "left_" + n[len("right_"):]
+        return n
+
+    expected = [names.index(mirror(n)) for n in names]
+    np.testing.assert_array_equal(info.flip_index, expected)
+    assert len(info.flip_pairs) == sum(n.startswith("left_") for n in names)
+
+
+@pytest.mark.parametrize("info,factor", [(CROWDPOSE, 0.53), (COCO, 1.0)],
+                         ids=["crowdpose", "coco"])
+def test_area_without_an_area_field(tmp_path, info, factor):
+    """No 'area' in the json (as in CrowdPose's): CrowdPose's official scorer uses the box's
+    w * h * 0.53, COCO the box's w * h; a given 'area' is kept."""
+    k = info.num_joints
+    kps = [20, 30, 2] + [0, 0, 0] * (k - 1)
+    bare = {key: v for key, v in _ann(bbox=(10, 10, 40, 60), kps=kps).items() if key != "area"}
+    ann, img = _write_coco(tmp_path, [bare, _ann(8, bbox=(5, 5, 30, 50), kps=kps)], k=k)
+    idx = load_coco_style(ann, img, info, 0.75, log=lambda line: None)
+    np.testing.assert_allclose(idx.area, [40 * 60 * factor, 100.0], rtol=1e-6)

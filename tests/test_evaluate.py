@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_metrics import fake_mpii_mat, gt_as_results, make_gt  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-needs = {name: pytest.mark.skipif(not (DATA / name).is_dir(), reason=f"no {name}")
+needs = {name: pytest.mark.skipif(not (DATA / name).is_dir(),
+                                  reason=f"real sample data not present: {name}")
          for name in ("coco-sample", "crowdpose-sample", "mpii-sample")}
 
 

@@ -135,3 +135,62 @@ def test_source_roi_covers_crop():
     src = apply_affine(inv, np.stack([xs.ravel(), ys.ravel()], 1))
     assert src[:, 0].min() >= x0 and np.floor(src[:, 0].max()) + 1 < x1
     assert src[:, 1].min() >= y0 and np.floor(src[:, 1].max()) + 1 < y1
+
+
+def test_half_body_share_in_the_training_crop_operator():
+    """The training graph's crop operator, run on a known set of people with the default
+    config's augmentation and the loader's draws: a person with more than
+    ``half_body_min_joints`` visible joints gets the half-body crop exactly when the draw says
+    so (share ~ half_body_prob), the others never."""
+    from dali_pose import load_config
+    from dali_pose.draws import sample_draws
+    from dali_pose.loader.graph import graph_spec
+
+    cfg = load_config(None, [])
+    assert cfg.aug.half_body_prob == 0.3 and cfg.aug.half_body_min_joints == 8
+    op = graph_spec(cfg, COCO, train=True, gpu=False).crop
+    n_people, k = 400, 17
+    rng = np.random.default_rng(0)
+    # a big box (1000 x 1333 px) around joints within 100 px: a half-body crop is far smaller
+    center = np.tile(np.float32([500, 500]), (n_people, 1))
+    scale = np.tile(np.float32([1000, 1333]), (n_people, 1))
+    kps = np.zeros((n_people, k, 3), np.float32)
+    kps[:, :, :2] = rng.uniform(450, 550, (n_people, k, 2))
+    kps[:, :, 2] = 2
+    eligible = np.arange(n_people) % 2 == 0
+    kps[~eligible, 8:, 2] = 0  # 8 visible joints: not more than half_body_min_joints
+    draws = [sample_draws(0, 0, r) for r in range(n_people)]
+    u = np.stack([d.uniform for d in draws])
+    n = np.stack([d.normal for d in draws])
+    outs = [np.zeros((n_people, 2, 3), np.float32), np.zeros((n_people, k, 3), np.float32),
+            np.zeros((n_people, 4), np.float32), np.zeros((n_people, 4), np.float32),
+            np.zeros(n_people, np.int32), np.zeros(4, np.int32)]
+    op.cpu_run(*outs, center, scale, kps, u, n, np.array([1000, 1000, 3], np.int64))
+    crop_w = outs[2][:, 2]
+    # scale augmentation keeps a whole-box crop >= 0.65 * 1000 px wide, a half-body crop of
+    # joints within 100 px is <= 1.35 * 1.5 * 133 * 0.75 px
+    half = crop_w < 450
+    assert not half[~eligible].any()
+    np.testing.assert_array_equal(half[eligible], (u[:, 2] < 0.3)[eligible])  # U_HALF
+    share = half[eligible].mean()
+    assert 0.23 < share < 0.37, share  # 200 people: +-2.3 binomial standard deviations
+
+
+def test_augment_follows_hrnets_rule_draw_by_draw():
+    """An oracle independent of geometry.augment: HRNet's training augmentation written out
+    from the rule for given draws (no half body here: no visible joints)."""
+    rng = np.random.default_rng(3)
+    kps = np.zeros((17, 3))
+    upper = np.zeros(17, np.bool_)
+    flip_p, rot_p, rf, sf, shift = 0.5, 0.6, 45.0, 0.35, 0.1
+    for _ in range(500):
+        u, n = rng.random(6), rng.standard_normal(2) * 2.0
+        c, s = rng.uniform(50, 500, 2), rng.uniform(40, 300, 2)
+        got = augment(c, s, kps, u, n, upper, flip_p, rot_p, rf, sf, 0.3, 8, shift, 0.75)
+        k = min(max(n[0] * sf + 1.0, 1.0 - sf), 1.0 + sf)  # scale: clipped N(1, sf)
+        rot = min(max(n[1] * rf, -2 * rf), 2 * rf) if u[1] < rot_p else 0.0
+        sw, sh = s[0] * k, s[1] * k
+        cx = c[0] + (2 * u[4] - 1) * shift * sw  # shift: uniform, in units of the box
+        cy = c[1] + (2 * u[5] - 1) * shift * sh
+        np.testing.assert_allclose(got[:5], [cx, cy, sw, sh, rot], rtol=1e-12, atol=1e-9)
+        assert got[5] == (u[0] < flip_p)

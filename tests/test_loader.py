@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dali_pose import build_loader, load_config
-from dali_pose.datasets import COCO, PoseIndex
+from dali_pose.datasets import COCO, DatasetError, PoseIndex
 from dali_pose.loader import PoseLoader, image_epoch, image_groups
 from dali_pose.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
@@ -186,7 +186,7 @@ def test_heatmap_peak_at_keypoint_over_stride(tmp_path):
     batch = next(iter(build_loader(cfg, "train", index=index)))
     stride = np.array([(192 - 1) / (48 - 1), (256 - 1) / (64 - 1)])
     hm = batch["heatmap"].numpy().astype(np.float64)
-    n_checked = 0
+    errs = []
     for i in range(4):
         for j in np.nonzero(batch["target_weight"][i].numpy() > 0)[0]:
             h = hm[i, j]
@@ -199,16 +199,16 @@ def test_heatmap_peak_at_keypoint_over_stride(tmp_path):
             ex = px + 0.5 * (lx[0] - lx[2]) / (lx[0] - 2 * lx[1] + lx[2])
             ey = py + 0.5 * (ly[0] - ly[2]) / (ly[0] - 2 * ly[1] + ly[2])
             kx, ky = batch["keypoints"][i, j, :2].numpy() / stride
-            assert abs(ex - kx) < 0.05 / stride[0] and abs(ey - ky) < 0.05 / stride[1]
-            n_checked += 1
-    assert n_checked >= 6
+            errs += [abs(ex - kx), abs(ey - ky)]
+    # heatmap px: float32 rounding only, measured 1.7e-7 (18 coordinates); margin ~60x
+    assert len(errs) >= 12 and max(errs) < 1e-5, max(errs)
 
 
 def test_unreadable_image_names_file_and_instance(tmp_path):
     index = _dot_dataset(tmp_path, 2)
     (tmp_path / "dots1.png").write_bytes(b"this is not an image")
     cfg = load_config(None, ["loader.batch_size=2"])
-    with pytest.raises(Exception, match=r"dots1.png \(instance 101\) is not an image DALI"):
+    with pytest.raises(DatasetError, match=r"dots1.png \(instance 101\) is not an image DALI"):
         list(build_loader(cfg, "val", index=index))
 
 

@@ -1,4 +1,5 @@
 """AID and NODA inside the DALI training pipeline, on a tiny synthetic dataset."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -28,33 +29,48 @@ def _black_pixels(image):
     return (image - black[None, :, None, None]).abs().amax(dim=1) < 1e-5
 
 
-@pytest.mark.parametrize("fused", [True, False])  # fused into the warp, or its own op
-def test_aid_blacks_out_discs_and_keeps_targets(data, fused, monkeypatch):
-    import dali_pose.loader.graph as graph
+@pytest.fixture(scope="module")
+def pool_path(data, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pool") / "pool.npz")
+    np.savez(path, **build_pool(_cfg(data, []), level="cardboard", verbose=False))
+    return path
 
-    monkeypatch.setattr(graph, "fuses_dropping", lambda gpu, noda: fused)
+
+# The information-dropping kernel runs fused into the CPU warp, or as its own operator after
+# NODA's paste: NODA in the graph (noda.prob > 0) but gated off until an epoch never reached
+# (noda.start_epoch) makes the graph run the separate dropping operator on the CPU while
+# nothing is pasted.
+@pytest.mark.parametrize("where", ["fused", "separate"])
+def test_aid_blacks_out_discs_and_keeps_targets(data, pool_path, where):
     base = ["aug.rot_prob=0", "aug.flip_prob=0", "aug.scale_factor=0",
             "aug.half_body_prob=0"]
+    if where == "separate":
+        base += ["noda.prob=1", "noda.start_epoch=1000", f"noda.pool={pool_path}"]
     plain = next(iter(build_loader(_cfg(data, base), "train")))
-    aid = next(iter(build_loader(_cfg(data, base + ["occlusion.method=aid",
-                                                    "occlusion.prob=1"]), "train")))
+    loader = build_loader(_cfg(data, base + ["occlusion.method=aid", "occlusion.prob=1"]),
+                          "train")
+    assert (loader.spec.dropping is not None) == (where == "separate")  # the op under test
+    assert (loader.spec.warp.num_draws > 0) == (where == "fused")
+    aid = next(iter(loader))
     assert torch.equal(plain["instance_id"], aid["instance_id"])
     torch.testing.assert_close(aid["heatmap"], plain["heatmap"], rtol=0, atol=0)
     torch.testing.assert_close(aid["keypoints"], plain["keypoints"], rtol=0, atol=0)
     changed = (aid["image"] != plain["image"]).any(dim=1)
     assert changed.flatten(1).any(dim=1).all()  # every crop got an occluder
     assert _black_pixels(aid["image"])[changed].all()  # and only black was written
-    # exactly one disc per crop: area within [pi (0.1 w)^2, pi (0.2 w)^2] up to pixelation,
-    # less where it is cut by the crop border or overlaps the black fill
+    # exactly one disc per crop (AID: occlusion.num = 1, radius in [0.1, 0.2] of the crop
+    # width): one connected region, no larger than the largest disc up to pixelation
     w = 192
+    for m in changed.numpy().astype(np.uint8):
+        assert cv2.connectedComponents(m, connectivity=8)[0] == 2  # background + one disc
     area = changed.flatten(1).sum(dim=1).float()
     assert (area <= np.pi * (0.2 * w + 1) ** 2).all()
+    # a disc is centred on a labelled joint inside the crop, so at least a quarter of the
+    # smallest one is inside (less only where it overlaps the black fill off the image)
+    assert (area >= np.pi * (0.1 * w - 1) ** 2 / 4).all(), area
 
 
-def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
-    cfg0 = _cfg(data, [])
-    pool_path = str(tmp_path / "pool.npz")
-    np.savez(pool_path, **build_pool(cfg0, level="cardboard", verbose=False))
+def test_noda_pastes_people_and_reports_covered_joints(data, pool_path):
     cfg = _cfg(data, ["noda.prob=1", f"noda.pool={pool_path}", "loader.pipelines=2"])
     loader = build_loader(cfg, "train")
     pools = [lane[1] for lane in loader._lanes]
@@ -66,7 +82,8 @@ def test_noda_pastes_people_and_reports_covered_joints(data, tmp_path):
         assert set(torch.unique(occ).tolist()) <= {0.0, 1.0}
         # covered joints stay supervised
         labelled = batch["keypoints"][..., 2] > 0
-        assert (batch["target_weight"][(occ > 0) & labelled] >= 0).all()
+        covered = (occ > 0) & labelled
+        assert (batch["target_weight"][covered] == 1).all()
     occ = torch.cat(occluded)
     assert occ.sum() > 0
     # COCO head joints (nose, eyes, ears) are never covered
