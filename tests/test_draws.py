@@ -1,10 +1,10 @@
 """Randomness as data: the per-sample draws and the epoch plans depend on (seed, epoch, row)
-and on nothing else (:mod:`dali_pose.draws`, :mod:`dali_pose.loader.schedule`)."""
+and on nothing else (:mod:`dali_pose.draws`, :mod:`dali_pose.loader.plan`)."""
 import numpy as np
 import pytest
 
 from dali_pose.draws import pool_pick, sample_draws
-from dali_pose.loader.schedule import image_epoch
+from dali_pose.loader.plan import image_epoch
 
 
 def _flat(d):
@@ -14,13 +14,15 @@ def _flat(d):
 
 def test_draws_follow_the_documented_generator():
     # the module docstring's rule, written out: one generator per (seed, epoch, row), in the
-    # order uniform, normal, occlusion, noda; the kernels' first draw becomes the gate
+    # order six geometry uniforms, two normals, occlusion, noda, then the seventh uniform
+    # (mmpose's shift gate, appended last); the kernels' first draw becomes the gate
     d = sample_draws(7, 3, 11, n_occlusion=4, n_noda=3, occlusion_prob=1.0, noda_prob=0.0)
     rng = np.random.default_rng([7, 3, 11])
     u = rng.random(6, dtype=np.float32)
     n = rng.standard_normal(2, dtype=np.float32)
     occ = rng.random(4, dtype=np.float32)
     nod = rng.random(3, dtype=np.float32)
+    u = np.r_[u, rng.random(dtype=np.float32)]
     np.testing.assert_array_equal(d.uniform, u)
     np.testing.assert_array_equal(d.normal, n)
     np.testing.assert_array_equal(d.occlusion, np.r_[1.0, occ[1:]].astype(np.float32))

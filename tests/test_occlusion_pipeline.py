@@ -49,7 +49,8 @@ def test_aid_blacks_out_discs_and_keeps_targets(data, pool_path, where):
     plain = next(iter(build_loader(_cfg(data, base), "train")))
     loader = build_loader(_cfg(data, base + ["occlusion.method=aid", "occlusion.prob=1"]),
                           "train")
-    assert (loader.spec.dropping is not None) == (where == "separate")  # the op under test
+    assert loader.spec.dropping is not None
+    assert loader.spec.dropping_fused == (where == "fused")  # the op under test
     assert (loader.spec.warp.num_draws > 0) == (where == "fused")
     aid = next(iter(loader))
     assert torch.equal(plain["instance_id"], aid["instance_id"])

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 from dali_pose import load_config  # noqa: E402
-from dali_pose.loader.schedule import occlusion_probs  # noqa: E402
+from dali_pose.loader.plan import occlusion_probs  # noqa: E402
 from dali_pose.tools.synthetic import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
