@@ -9,7 +9,7 @@ CPU threads: a rank owns an equal share of this machine's cores (the cores this 
 run on, divided by LOCAL_WORLD_SIZE). On the CPU, torch gets that share for the model step:
 the DALI threads fill their prefetch queue while the step runs and then sleep, and a step
 with fewer threads than cores is slower than the short overlap costs (measured in the
-README's Training section). On a GPU, torch's host threads only launch kernels: one is
+docs/training.md, CPU threads). On a GPU, torch's host threads only launch kernels: one is
 enough, and the cores go to DALI. ``train.cpu_threads`` overrides the rule.
 """
 from __future__ import annotations
