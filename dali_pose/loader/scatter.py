@@ -29,13 +29,11 @@ class Batches:
 
     def __init__(self, plan: ImageEpoch, device: torch.device):
         self.device = device
-        self.valid = plan.valid
+        self.size = [len(items) for items in plan.batches]  # padding rows included
         sizes = np.array([len(d) for d in plan.decodes], np.int64)
         self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first crop id
-        ids = [self.offset[items[:v, 0]] + items[:v, 1]
-               for items, v in zip(plan.batches, plan.valid)]
-        dest = [np.stack([np.full(v, b), np.arange(v)], 1)
-                for b, v in enumerate(plan.valid)]
+        ids = [self.offset[items[:, 0]] + items[:, 1] for items in plan.batches]
+        dest = [np.stack([np.full(n, b), np.arange(n)], 1) for b, n in enumerate(self.size)]
         ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]  # every (crop id, batch b, row k) the plan asks for, by id
@@ -49,7 +47,7 @@ class Batches:
         t = self.filling.get(b)
         if t is None:
             t = self.filling[b] = {
-                name: torch.empty((int(self.valid[b]),) + shape, dtype=dtype,
+                name: torch.empty((self.size[b],) + shape, dtype=dtype,
                                   device=self.device)
                 for name, (shape, dtype) in self.layout.items()}
         return t
@@ -115,11 +113,12 @@ class Batches:
                                                  picked.index_select(0, sel))
 
     def take(self, b: int) -> dict:
-        """field -> (valid, ...) tensor: batch ``b``, every one of its crops copied in."""
-        if self.count[b] != self.valid[b]:
+        """field -> (rows, ...) tensor: batch ``b`` (validation: padding rows included),
+        every one of its crops copied in."""
+        if self.count[b] != self.size[b]:
             raise RuntimeError(f"loader: batch {b} has {self.count[b]} of its "
-                               f"{self.valid[b]} crops (a bug in runs_needed)")
-        self.held -= int(self.valid[b])
+                               f"{self.size[b]} crops (a bug in runs_needed)")
+        self.held -= self.size[b]
         t = self._batch(b)
         del self.filling[b]
         return t
