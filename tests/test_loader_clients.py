@@ -171,3 +171,54 @@ def test_validation_ranks_yield_equal_batches_with_valid_rows(tmp_path, shards):
             seen += b["instance_id"][b["valid"]].tolist()
     assert len(counts) == 1
     assert sorted(seen) == sorted(index.instance_id.tolist())
+
+
+# ------------------------------------------------------------------ memory bound ----
+def test_held_memory_of_a_coco_like_epoch_is_the_buffer_plus_a_run():
+    """A simulated 20,000-image COCO-like epoch (batch 32, buffer 512): the crops held
+    peak at the shuffle buffer plus one run's crops; batches allocated whole at their first
+    crop would have held tens of batches (the README states both)."""
+    from test_per_image import coco_like_groups
+
+    from dali_pose.loader.plan import held_peak
+
+    groups = coco_like_groups(np.random.default_rng(0), 20000)
+    plan = image_epoch(groups, 32, train=True, seed=0, epoch=0, buffer=512)
+    crops, open_batches = held_peak(plan, 32)
+    biggest_run = max(sum(len(d) for d in plan.decodes[s:s + 32])
+                      for s in range(0, len(plan.decodes), 32))
+    assert 512 <= crops <= 512 + biggest_run
+    crop_bytes = (3 * 256 * 192 + 17 * 64 * 48) * 4  # float32 crop + its heatmaps
+    assert crops * crop_bytes < 0.5 * 2 ** 30  # measured: 610 crops, 0.45 GiB
+    assert open_batches * 32 > 3 * crops  # measured: 74 batches, 1.8 GiB
+
+
+def test_a_paused_epoch_holds_only_the_crops_waiting(train_loader, monkeypatch):
+    import dali_pose.loader.iterator as iterator
+
+    made = []
+
+    class Recorded(iterator.Batches):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(iterator, "Batches", Recorded)
+    loader = train_loader
+    loader.set_epoch(2)
+    plan = loader._plan(2)
+    it = iter(loader)
+    next(it)  # paused after one batch, as Lightning pauses for validation
+    allocated = sum(len(rows) for parts in made[-1].filling.values() for rows, _ in parts)
+    assert allocated == made[-1].held > 0
+    assert sum(len(t["image"]) for parts in made[-1].filling.values()
+               for _, t in parts) == allocated
+    rest = list(it)
+    assert made[-1].peak == held_peak_of(plan, loader.batch_size) and not made[-1].filling
+    assert len(rest) == len(plan.batches) - 1
+
+
+def held_peak_of(plan, run_size):
+    from dali_pose.loader.plan import held_peak
+
+    return held_peak(plan, run_size)[0]

@@ -172,3 +172,26 @@ def skip_batches(plan: ImageEpoch, k: int) -> ImageEpoch:
     new[used] = np.arange(len(used))
     batches = [np.stack([new[b[:, 0]], b[:, 1]], 1) for b in rest]
     return ImageEpoch([plan.decodes[d] for d in used.tolist()], batches, list(plan.valid[k:]))
+
+
+def held_peak(plan: ImageEpoch, run_size: int) -> Tuple[int, int]:
+    """(crops, batches): the most crops decoded and not yet handed out in a batch, and the
+    most batches with a crop decoded and not yet handed out, over the epoch, when the
+    runs of ``run_size`` decodes are done one after another and each batch is handed out
+    as soon as its runs are. The loader holds the first (:class:`.scatter.Batches` keeps
+    crops in groups); a loader allocating each batch whole at its first crop would hold
+    the second times ``batch_size`` crops."""
+    sizes = np.array([len(d) for d in plan.decodes], np.int64)
+    per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size)) if len(sizes) \
+        else np.zeros(0, np.int64)
+    first = np.array([int(bt[:, 0].min()) // run_size for bt in plan.batches], np.int64)
+    need = runs_needed(plan, run_size)
+    held = peak = done = open_peak = 0
+    for b in range(len(plan.batches)):
+        while done < need[b]:
+            held += int(per_run[done])
+            done += 1
+        peak = max(peak, held)
+        open_peak = max(open_peak, int(((first < done) & (np.arange(len(first)) >= b)).sum()))
+        held -= len(plan.batches[b])
+    return peak, open_peak
