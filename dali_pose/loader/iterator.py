@@ -12,7 +12,8 @@ same bit for bit).
 
 Epochs (the contract trainers rely on): each new ``iter()`` starts the next epoch (the
 first: epoch 0), unless :meth:`PoseLoader.set_epoch` was called since the last one started;
-then it starts that epoch. So ``itertools.islice(loader, len(loader))``, a trainer that
+then it starts that epoch (a ``set_epoch`` between ``iter()`` and its first batch also
+counts: Lightning calls them in that order). So ``itertools.islice(loader, len(loader))``, a trainer that
 stops after ``len()`` batches and one that breaks off early all move on, and
 ``set_epoch(e)`` always wins. An epoch whose last batch was handed out counts as finished
 (``state_dict()`` then says the next epoch, batch 0). ``loader.sampler.set_epoch`` is the
@@ -69,7 +70,9 @@ class PoseLoader:
         self._running: Optional[int] = None  # the epoch of an unfinished iteration
         self._handed = 0  # ... and how many of its batches were handed out
         self._resume: Optional[tuple] = None  # (epoch, batch) from load_state_dict
+        self._begun = True  # the latest iter() has produced its first batch
         self.sampler = EpochSampler(self)
+        self.batch_sampler = None  # Lightning reads it next to sampler (the loader batches)
         self._prob = {}  # set_prob overrides
         self._generation = 0  # which iter() owns the pipelines
         self._dirty = False  # the pipelines hold what an unfinished epoch prefetched
@@ -186,9 +189,11 @@ class PoseLoader:
                                  f"has {len(self._plan(epoch).batches)}")
             if batch == len(self._plan(epoch).batches):  # that epoch was done
                 epoch, batch = epoch + 1, 0
-        self._running = None
-        self._next_epoch = epoch
         self._resume = (epoch, batch) if batch else None
+        if not self._begun:  # an iter() that has not begun yet resumes there
+            self._running, self._next_epoch, self._handed = epoch, epoch + 1, batch
+        else:
+            self._running, self._next_epoch = None, epoch
 
     @property
     def skipped_images(self) -> dict:
@@ -203,8 +208,13 @@ class PoseLoader:
         epoch = int(epoch)
         if self._resume is not None and self._resume[0] != epoch:
             self._resume = None
-        self._running = None
-        self._next_epoch = epoch
+        if not self._begun:  # an iter() that has not begun takes this epoch (Lightning
+            # calls iter() before set_epoch in its first epoch)
+            self._running, self._next_epoch = epoch, epoch + 1
+            self._handed = self._resume[1] if self._resume else 0
+        else:
+            self._running = None
+            self._next_epoch = epoch
 
     def set_prob(self, occlusion: Optional[float] = None, noda: Optional[float] = None):
         """Override the scheduled occlusion / NODA probability from the next epoch on
@@ -224,15 +234,18 @@ class PoseLoader:
         """Start the next epoch (see the module docstring); the batches come from the
         returned generator."""
         self._generation += 1
-        epoch, start = self._next_epoch, 0
-        if self._resume is not None and self._resume[0] == epoch:
-            start = self._resume[1]
-        self._resume = None
+        epoch = self._next_epoch
         self._next_epoch = epoch + 1
-        self._running, self._handed = epoch, start
-        return self._batches(self._generation, epoch, start)
+        self._running, self._begun = epoch, False
+        self._handed = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        return self._batches(self._generation)
 
-    def _batches(self, generation: int, epoch: int, start: int):
+    def _batches(self, generation: int):
+        if generation != self._generation:  # a newer iter() came before the first batch
+            return
+        # the epoch is settled at the first next(): set_epoch may retarget a fresh iter()
+        epoch, start, self._begun = self._running, self._handed, True
+        self._resume = None
         if self._dirty:  # an earlier iteration was abandoned part-way, or failed
             self._drain()
         plan = self._plan(epoch)
