@@ -81,9 +81,17 @@ def _check_range(key: str, pair, low: float = 0.0, strict: bool = True,
     _require(ok, key, f"need {bound}, got {list(pair)}")
 
 
+# the data paths data.root applies to
+_DATA_PATHS = ("train_ann", "train_images", "val_ann", "val_images", "det_file", "val_gt")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     format: str = "coco"  # coco | mpii | crowdpose
+    # the dataset's folder: the relative paths below (train_ann ... val_gt) are relative to
+    # it (mmpose's data_root); None: relative to where you run. Resolved once, at load: the
+    # loaded config holds the joined paths and root None (so a saved config reloads the same)
+    root: Optional[str] = None
     train_ann: str = "data/synthetic/annotations/person_keypoints_train.json"
     train_images: str = "data/synthetic/images/train"
     val_ann: str = "data/synthetic/annotations/person_keypoints_val.json"
@@ -105,6 +113,14 @@ class DataConfig:
     allow_outside_paths: bool = False
 
     def __post_init__(self):
+        if self.root is not None:
+            _require(isinstance(self.root, str) and self.root != "", "data.root",
+                     f"must be a folder path, got {show(self.root)}")
+            for key in _DATA_PATHS:
+                value = getattr(self, key)
+                if isinstance(value, str) and value and not os.path.isabs(value):
+                    object.__setattr__(self, key, os.path.join(self.root, value))
+            object.__setattr__(self, "root", None)
         _require(self.format in _CHOICES["data.format"], "data.format",
                  f"{show(self.format)} is not one of {_CHOICES['data.format']}")
         _require(0 < self.padding < float("inf"), "data.padding",

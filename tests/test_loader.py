@@ -163,8 +163,9 @@ def test_validation_batch_keys_and_flip_copy(tmp_path):
     loader = build_loader(cfg, "val", index=index)
     assert len(loader) == 3
     batches = list(loader)
-    assert [b["image"].shape[0] for b in batches] == [2, 2, 1]
-    ids = torch.cat([b["instance_id"] for b in batches]).tolist()
+    assert [b["image"].shape[0] for b in batches] == [2, 2, 2]  # the last one padded
+    assert [b["valid"].tolist() for b in batches] == [[True, True]] * 2 + [[True, False]]
+    ids = torch.cat([b["instance_id"][b["valid"]] for b in batches]).tolist()
     assert ids == [100, 101, 102, 103, 104]
     b = batches[0]
     assert b["image"].shape == (2, 3, 256, 192) and b["image"].dtype == torch.float32

@@ -247,7 +247,7 @@ def test_loader_val_every_instance_once_and_train_every_person(tmp_path, shards)
         batches = list(loader)
         assert len(batches) == len(loader)
         for b in batches:
-            ids += b["instance_id"].tolist()
+            ids += b["instance_id"][b["valid"]].tolist()  # padding rows repeat a real one
             # validation crops: the annotated box, unaugmented
             np.testing.assert_allclose(b["center"].numpy(),
                                        index.center[b["row"].numpy()], rtol=1e-6)
@@ -302,6 +302,6 @@ def test_skipped_image_drops_all_its_people(tmp_path):
     (tmp_path / "crowd0.png").write_bytes(b"not an image")
     cfg = load_config(None, ["loader.batch_size=4", "data.on_bad_image=skip"])
     loader = build_loader(cfg, "val", index=index, log=None)
-    ids = [i for b in loader for i in b["instance_id"].tolist()]
+    ids = [i for b in loader for i in b["instance_id"][b["valid"]].tolist()]
     assert sorted(ids) == list(range(103, 111))  # image 0 held instances 100..102
     assert list(loader.skipped_images) == [str(tmp_path / "crowd0.png")]

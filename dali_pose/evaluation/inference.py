@@ -88,8 +88,9 @@ def predict(cfg: Config, model: torch.nn.Module, device: torch.device,
         if "image_flipped" in batch:
             flipped = model(normalize_images(batch["image_flipped"].to(device))).float()
         kps = codec.decode(output, batch["matrix"], flipped, info.flip_index).cpu().numpy()
-        rows = batch["row"].cpu().numpy()
-        preds[rows] = kps
+        valid = batch["valid"].cpu().numpy()  # the rows that pad equal shards are copies
+        rows = batch["row"].cpu().numpy()[valid]
+        preds[rows] = kps[valid]
         done[rows] = True
         if max_batches is not None and b + 1 >= max_batches:
             break

@@ -61,14 +61,21 @@ BATCH: Tuple[Key, ...] = (
     Key("flipped", "(N,)", "bool", "the crop was flipped", lambda c, i: c["flipped"].bool()),
     Key("occluded", "(N,K)", "float32", "joints covered by a NODA occluder",
         lambda c, i: c["occluded"]),
+    Key("valid", "(N,)", "bool", "False for the rows that pad validation batches to the same "
+        "count and size on every rank (copies of a real row): score and gather only the "
+        "True rows; training: all True", lambda c, i: c["valid"]),
 )
 
 
 def make_batch(crops: dict, index, flip_test: bool,
-               keys: Optional[Tuple[Key, ...]] = None) -> dict:
+               keys: Optional[Tuple[Key, ...]] = None, valid: Optional[int] = None) -> dict:
     """The batch dict of ``crops`` (graph output name -> tensor, one row per crop) from
     ``index`` (a :class:`~dali_pose.datasets.PoseIndex`); the crops of skipped images
-    (row -1) left out; ``image_flipped`` only with ``flip_test``."""
+    (row -1) left out; ``image_flipped`` only with ``flip_test``; the first ``valid`` rows
+    (default: all) are real, the rest padding."""
+    n = len(crops["row"])
+    crops = dict(crops, valid=torch.arange(n, device=crops["row"].device)
+                 < (n if valid is None else valid))
     rows = crops["row"].cpu().numpy()
     if (rows < 0).any():  # -1: a skipped image's crop
         keep = torch.from_numpy(np.flatnonzero(rows >= 0)).to(crops["row"].device)

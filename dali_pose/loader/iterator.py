@@ -8,7 +8,22 @@ people and the same number of batches, and ``len()`` is exact. Augmentation: eve
 draw of a training crop is a pure function of (loader.seed, epoch, row)
 (:mod:`dali_pose.draws`), so an epoch's batches do not depend on what ran before it, and a
 person's crop does not depend on which other people its image has (the crops are the
-same bit for bit). Occlusion and NODA switch on at ``occlusion.start_epoch`` /
+same bit for bit).
+
+Epochs (the contract trainers rely on): each new ``iter()`` starts the next epoch (the
+first: epoch 0), unless :meth:`PoseLoader.set_epoch` was called since the last one started;
+then it starts that epoch (a ``set_epoch`` between ``iter()`` and its first batch also
+counts: Lightning calls them in that order). So ``itertools.islice(loader, len(loader))``, a trainer that
+stops after ``len()`` batches and one that breaks off early all move on, and
+``set_epoch(e)`` always wins. An epoch whose last batch was handed out counts as finished
+(``state_dict()`` then says the next epoch, batch 0). ``loader.sampler.set_epoch`` is the
+same call where Lightning and accelerate look for it. ``state_dict()`` /
+``load_state_dict()`` (the stateful-dataloader protocol of Lightning and accelerate): a
+loader loaded with the state taken after ``k`` batches of epoch ``e`` yields batches
+``k``.. of epoch ``e`` on its next ``iter()`` (unless ``set_epoch`` picks another epoch),
+the same bit for bit, decoding only the images those batches read (:func:`.plan.skip_batches`).
+Validation: every rank yields the same number of batches of ``batch_size`` rows; the rows
+that pad the last ones have ``batch["valid"]`` False. Occlusion and NODA switch on at ``occlusion.start_epoch`` /
 ``noda.start_epoch`` with their configured probabilities, or as :meth:`PoseLoader.set_prob`
 says; the probability reaches the kernels as data, so changing it rebuilds nothing.
 """
@@ -24,7 +39,8 @@ from ..errors import NoGpuError
 from .batch import make_batch
 from .failures import run_failure
 from .graph import Outputs, build_graph, graph_spec, make_pipeline
-from .plan import ImageEpoch, image_epoch, image_groups, occlusion_probs, runs, runs_needed
+from .plan import (ImageEpoch, image_epoch, image_groups, occlusion_probs, runs, runs_needed,
+                   skip_batches)
 from .scatter import Batches
 from .sources import BatchSource, PoolSource, upload_pool
 
@@ -50,7 +66,13 @@ class PoseLoader:
         self.device = device
         self.shard_id, self.num_shards = shard_id, num_shards
         self.batch_size = cfg.loader.batch_size
-        self.epoch = 0
+        self._next_epoch = 0  # the epoch the next iter() starts
+        self._running: Optional[int] = None  # the epoch of an unfinished iteration
+        self._handed = 0  # ... and how many of its batches were handed out
+        self._resume: Optional[tuple] = None  # (epoch, batch) from load_state_dict
+        self._begun = True  # the latest iter() has produced its first batch
+        self.sampler = EpochSampler(self)
+        self.batch_sampler = None  # Lightning reads it next to sampler (the loader batches)
         self._prob = {}  # set_prob overrides
         self._generation = 0  # which iter() owns the pipelines
         self._dirty = False  # the pipelines hold what an unfinished epoch prefetched
@@ -108,19 +130,70 @@ class PoseLoader:
                                f"batch of loader.batch_size={self.batch_size} "
                                f"(loader.drop_last drops it): no training step")
 
-    def _plan(self) -> ImageEpoch:
-        """This epoch's plan for this rank (cached: ``len()`` and ``iter()`` share it)."""
-        if self._plan_of[0] == self.epoch:
+    @property
+    def epoch(self) -> int:
+        """The epoch of the unfinished iteration, if one is running; else the epoch the
+        next ``iter()`` starts."""
+        return self._next_epoch if self._running is None else self._running
+
+    def _plan(self, epoch: Optional[int] = None) -> ImageEpoch:
+        """``epoch``'s plan for this rank (default :attr:`epoch`; cached: ``len()`` and
+        ``iter()`` share it)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._plan_of[0] == epoch:
             return self._plan_of[1]
         c = self.cfg.loader
-        kw = dict(train=self.train, seed=c.seed, epoch=self.epoch, shard_id=self.shard_id,
+        kw = dict(train=self.train, seed=c.seed, epoch=epoch, shard_id=self.shard_id,
                   num_shards=self.num_shards, drop_last=c.drop_last)
         plan = image_epoch(self._groups, self.batch_size, buffer=c.shuffle_buffer, **kw)
-        self._plan_of = (self.epoch, plan)
+        self._plan_of = (epoch, plan)
         return plan
 
     def __len__(self) -> int:
+        """Batches of :attr:`epoch` (the whole epoch, also when resuming part-way)."""
         return len(self._plan().batches)
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: ``epoch`` and ``batch`` (batches of it handed out) of
+        the unfinished iteration, else the next epoch and 0; with the seed and shard it
+        holds for (a plain dict of ints: save it with the model)."""
+        if self._running is not None:
+            epoch, batch = self._running, self._handed
+        elif self._resume is not None:
+            epoch, batch = self._resume
+        else:
+            epoch, batch = self._next_epoch, 0
+        return {"epoch": int(epoch), "batch": int(batch), "seed": int(self.cfg.loader.seed),
+                "shard_id": self.shard_id, "num_shards": self.num_shards,
+                "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` (from :meth:`state_dict`) stood: the next ``iter()``
+        yields batch ``state["batch"]``.. of ``state["epoch"]``. A part-way state taken
+        with another seed, shard or batch size is a ``ValueError`` (its epoch's plan is
+        another: the rest of it cannot be told)."""
+        try:
+            epoch, batch = int(state["epoch"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"load_state_dict: not a loader state ({e!r})") from None
+        if batch:
+            mine = self.state_dict()
+            for key in ("seed", "shard_id", "num_shards", "batch_size"):
+                if key in state and int(state[key]) != mine[key]:
+                    raise ValueError(
+                        f"load_state_dict: the state stopped part-way through epoch {epoch} "
+                        f"with {key}={state[key]}, this loader has {key}={mine[key]}: "
+                        f"resume with the same {key}, or from the start of an epoch")
+            if batch > len(self._plan(epoch).batches):
+                raise ValueError(f"load_state_dict: batch {batch} of epoch {epoch}, which "
+                                 f"has {len(self._plan(epoch).batches)}")
+            if batch == len(self._plan(epoch).batches):  # that epoch was done
+                epoch, batch = epoch + 1, 0
+        self._resume = (epoch, batch) if batch else None
+        if not self._begun:  # an iter() that has not begun yet resumes there
+            self._running, self._next_epoch, self._handed = epoch, epoch + 1, batch
+        else:
+            self._running, self._next_epoch = None, epoch
 
     @property
     def skipped_images(self) -> dict:
@@ -129,8 +202,19 @@ class PoseLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle and augmentation of ``epoch`` for the next iteration (like
-        DistributedSampler)."""
-        self.epoch = int(epoch)
+        DistributedSampler). A part-way state loaded for this very epoch is kept (Lightning
+        calls this on a restart too); any other epoch drops it. An unfinished iteration
+        counts as abandoned."""
+        epoch = int(epoch)
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None
+        if not self._begun:  # an iter() that has not begun takes this epoch (Lightning
+            # calls iter() before set_epoch in its first epoch)
+            self._running, self._next_epoch = epoch, epoch + 1
+            self._handed = self._resume[1] if self._resume else 0
+        else:
+            self._running = None
+            self._next_epoch = epoch
 
     def set_prob(self, occlusion: Optional[float] = None, noda: Optional[float] = None):
         """Override the scheduled occlusion / NODA probability from the next epoch on
@@ -147,16 +231,32 @@ class PoseLoader:
                      for k, s in zip(("occlusion", "noda"), scheduled))
 
     def __iter__(self):
+        """Start the next epoch (see the module docstring); the batches come from the
+        returned generator."""
         self._generation += 1
-        generation = self._generation
+        epoch = self._next_epoch
+        self._next_epoch = epoch + 1
+        self._running, self._begun = epoch, False
+        self._handed = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        return self._batches(self._generation)
+
+    def _batches(self, generation: int):
+        if generation != self._generation:  # a newer iter() came before the first batch
+            return
+        # the epoch is settled at the first next(): set_epoch may retarget a fresh iter()
+        epoch, start, self._begun = self._running, self._handed, True
+        self._resume = None
         if self._dirty:  # an earlier iteration was abandoned part-way, or failed
             self._drain()
-        plan = self._plan()
-        occlusion, noda = self.prob()
+        plan = self._plan(epoch)
+        n_batches = len(plan.batches)
+        if start:
+            plan = skip_batches(plan, start)
+        occlusion, noda = self.prob(epoch)
         n_lanes = len(self._lanes)
         all_runs = runs(plan, self.batch_size)
         for lane, (source, pool_source, _) in enumerate(self._lanes):
-            source.start(all_runs[lane::n_lanes], self.epoch, occlusion, noda)
+            source.start(all_runs[lane::n_lanes], epoch, occlusion, noda)
             if pool_source is not None:
                 pool_source.start()
         self._dirty = True
@@ -172,13 +272,17 @@ class PoseLoader:
                 while done < need[b]:
                     filling.put(self._run(done), done * self.batch_size)
                     done += 1
-                yield make_batch(filling.take(b), self.index, flip_test)
+                batch = make_batch(filling.take(b), self.index, flip_test,
+                                   valid=plan.valid[b])
+                if generation == self._generation:  # count it before the caller has it
+                    self._handed = start + b + 1
+                    if self._handed == n_batches:  # the last batch: the epoch is done
+                        self._running = None
+                yield batch
         finally:  # an abandoned or failed epoch: free the batches it was filling
             filling.clear()
         if generation == self._generation:
             self._drain()
-            if self.train:  # without set_epoch, the next epoch still gets a new shuffle
-                self.epoch += 1
 
     def _run(self, k: int) -> Outputs:
         """The outputs of run ``k`` of the epoch (its lane's next); a failure ends the
@@ -213,6 +317,25 @@ class PoseLoader:
             if self._failed:
                 lane[2] = self._pipeline(source, pool_source)
         self._failed = self._dirty = False
+
+
+class EpochSampler:
+    """``loader.sampler``: where Lightning and accelerate look for ``set_epoch`` (they call
+    it at every epoch start, restarts included); it sets the loader's epoch. ``len()``: the
+    loader's batches; ``epoch``: the loader's."""
+
+    def __init__(self, loader: PoseLoader):
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._loader.epoch
+
+    def __len__(self) -> int:
+        return len(self._loader)
 
 
 def build_loader(cfg, split: str, *, device: Optional[str] = None, shard_id: int = 0,

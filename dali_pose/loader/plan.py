@@ -72,18 +72,23 @@ def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed:
     buffer is drawn down by whole batches: a pure function of (seed, epoch, shard). So every
     person comes once (drop_last: but for fewer than a batch and an image per rank; else
     all, some twice to fill). Validation: each rank takes every
-    num_shards-th image; crops go out in decode order, the last batch padded.
+    num_shards-th image; crops go out in decode order; every rank makes as many batches as
+    the rank with the most people, its last ones padded (``valid[b]`` < batch_size; the
+    padding rows repeat the rank's last crop).
     """
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id {shard_id} not in [0, {num_shards})")
     if not train:
         mine = groups[shard_id::num_shards]
         items = [(d, j) for d, g in enumerate(mine) for j in range(len(g))]
+        # every rank yields as many batches as the fullest one (gathers need equal counts)
+        most = max(sum(len(g) for g in groups[r::num_shards]) for r in range(num_shards))
         batches, valid = [], []
-        for s in range(0, len(items), batch_size):
+        for s in range(0, -(-most // batch_size) * batch_size, batch_size):
             chunk = items[s:s + batch_size]
             valid.append(len(chunk))
-            chunk += [chunk[-1]] * (batch_size - len(chunk))
+            # padding rows repeat the rank's last real crop (already decoded: no extra work)
+            chunk += [chunk[-1] if chunk else items[-1]] * (batch_size - len(chunk))
             batches.append(np.array(chunk, np.int64))
         return ImageEpoch(list(mine), batches, valid)
     perm = np.random.default_rng([seed, epoch]).permutation(len(groups))
@@ -151,3 +156,42 @@ def runs_needed(plan: ImageEpoch, run_size: int) -> np.ndarray:
     need = [int(bt[:v, 0].max()) // run_size + 1 if v else 0
             for bt, v in zip(plan.batches, plan.valid)]
     return np.maximum.accumulate(np.array(need, np.int64)) if need else np.zeros(0, np.int64)
+
+
+def skip_batches(plan: ImageEpoch, k: int) -> ImageEpoch:
+    """The plan of batches ``k``.. of ``plan`` (a resumed epoch): only the decodes those
+    batches read, in their order, so the images that fed only batches before ``k`` are not
+    decoded. A decode's crops do not depend on the other decodes of its run, so the
+    batches are the same as the uninterrupted epoch's, bit for bit."""
+    if not 0 <= k <= len(plan.batches):
+        raise ValueError(f"skip_batches: batch {k} of an epoch of {len(plan.batches)}")
+    rest = plan.batches[k:]
+    used = np.unique(np.concatenate([b[:, 0] for b in rest])) if rest else \
+        np.zeros(0, np.int64)
+    new = np.full(len(plan.decodes), -1, np.int64)
+    new[used] = np.arange(len(used))
+    batches = [np.stack([new[b[:, 0]], b[:, 1]], 1) for b in rest]
+    return ImageEpoch([plan.decodes[d] for d in used.tolist()], batches, list(plan.valid[k:]))
+
+
+def held_peak(plan: ImageEpoch, run_size: int) -> Tuple[int, int]:
+    """(crops, batches): the most crops decoded and not yet handed out in a batch, and the
+    most batches with a crop decoded and not yet handed out, over the epoch, when the
+    runs of ``run_size`` decodes are done one after another and each batch is handed out
+    as soon as its runs are. The loader holds the first (:class:`.scatter.Batches` keeps
+    crops in groups); a loader allocating each batch whole at its first crop would hold
+    the second times ``batch_size`` crops."""
+    sizes = np.array([len(d) for d in plan.decodes], np.int64)
+    per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size)) if len(sizes) \
+        else np.zeros(0, np.int64)
+    first = np.array([int(bt[:, 0].min()) // run_size for bt in plan.batches], np.int64)
+    need = runs_needed(plan, run_size)
+    held = peak = done = open_peak = 0
+    for b in range(len(plan.batches)):
+        while done < need[b]:
+            held += int(per_run[done])
+            done += 1
+        peak = max(peak, held)
+        open_peak = max(open_peak, int(((first < done) & (np.arange(len(first)) >= b)).sum()))
+        held -= len(plan.batches[b])
+    return peak, open_peak

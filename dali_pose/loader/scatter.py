@@ -1,10 +1,15 @@
 """Copying DALI's per-image outputs into batches: each crop once, straight to its row.
 
 A run (one DALI batch of decodes, each an image and its P people) yields crops for many
-batches (the plan's shuffle buffer mixes photos). :class:`Batches` keeps the epoch's
-batches being filled: on the CPU each crop image / heatmap is copied from DALI's buffers
-to its row and the small fields go through one array per run; on the GPU the run goes to
-one temporary on DALI's stream and is gathered into each batch it feeds.
+batches (the plan's shuffle buffer mixes photos). :class:`Batches` keeps the crops waiting
+for their batches, in *groups* (the crops of one run for one batch, allocated as they
+arrive): on the CPU each crop image / heatmap is copied from DALI's buffers to its group
+and the small fields go through one array per run; on the GPU the run goes to one
+temporary on DALI's stream and is gathered into each group. A batch is assembled from its
+groups when it is handed out (one more copy, but for a batch made by a single run).
+Memory: only the crops decoded and not yet handed out are held, at most about the
+shuffle buffer plus the runs in flight (:func:`.plan.held_peak`); a batch allocated whole
+at its first crop would hold, for a 20,000-image COCO-like epoch, tens of batches open.
 """
 from __future__ import annotations
 
@@ -21,37 +26,33 @@ _BIG_FIELDS = ("image", "heatmap")
 
 class Batches:
     """The batches of one epoch being filled. The crops of a run's decodes go to many
-    batches (the shuffle buffer mixes photos): each crop is copied once, from DALI's output
-    straight to its row of its batch, whose tensors are allocated when its first crop
-    arrives; :meth:`take` hands a batch out once its runs are done, :meth:`clear` frees the
-    rest. ``held`` / ``peak``: crops waiting for their batch now / at most this epoch (the
-    plan bounds it: about the shuffle buffer plus two runs' crops)."""
+    batches (the shuffle buffer mixes photos): the crops of a run for one batch are copied
+    from DALI's output into a group allocated for them; :meth:`take` assembles a batch
+    from its groups once its runs are done, :meth:`clear` frees the rest. ``held`` /
+    ``peak``: crops held (in groups, waiting for their batch) now / at most this epoch
+    (the plan bounds it: :func:`.plan.held_peak`)."""
 
     def __init__(self, plan: ImageEpoch, device: torch.device):
         self.device = device
-        self.valid = plan.valid
+        self.size = [len(items) for items in plan.batches]  # padding rows included
         sizes = np.array([len(d) for d in plan.decodes], np.int64)
         self.offset = np.concatenate([[0], np.cumsum(sizes)])  # decode d's first crop id
-        ids = [self.offset[items[:v, 0]] + items[:v, 1]
-               for items, v in zip(plan.batches, plan.valid)]
-        dest = [np.stack([np.full(v, b), np.arange(v)], 1)
-                for b, v in enumerate(plan.valid)]
+        ids = [self.offset[items[:, 0]] + items[:, 1] for items in plan.batches]
+        dest = [np.stack([np.full(n, b), np.arange(n)], 1) for b, n in enumerate(self.size)]
         ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]  # every (crop id, batch b, row k) the plan asks for, by id
         self.dest = (np.concatenate(dest) if dest else np.zeros((0, 2), np.int64))[order]
-        self.filling = {}  # b -> field -> tensor
+        self.filling = {}  # b -> [(rows of the batch (n,) int64, field -> (n, ...) tensor)]
         self.count = np.zeros(len(plan.batches), np.int64)
         self.layout = None  # field -> (per-crop shape, torch dtype), from the first run
         self.held = self.peak = 0
 
-    def _batch(self, b: int) -> dict:
-        t = self.filling.get(b)
-        if t is None:
-            t = self.filling[b] = {
-                name: torch.empty((int(self.valid[b]),) + shape, dtype=dtype,
-                                  device=self.device)
-                for name, (shape, dtype) in self.layout.items()}
+    def _group(self, b: int, rows: np.ndarray) -> dict:
+        """A new group of batch ``b``: field -> (len(rows), ...) tensor, for its ``rows``."""
+        t = {name: torch.empty((len(rows),) + shape, dtype=dtype, device=self.device)
+             for name, (shape, dtype) in self.layout.items()}
+        self.filling.setdefault(b, []).append((rows, t))
         return t
 
     def clear(self) -> None:
@@ -81,20 +82,25 @@ class Batches:
             self._put_gpu(outs, at, dest, groups, feed_ndarray)
             return
         # CPU: views of DALI's buffers (valid until the pipeline runs again). The crop
-        # images and heatmaps (~0.8 MB a crop in float32) are copied once each, straight to
-        # their rows; the small fields go through one array per run and field, scattered
-        # to each batch in one assignment (Python per batch, not per crop and field).
-        batches = {b: {name: t.numpy() for name, t in self._batch(b).items()}
-                   for b, _ in groups}
+        # images and heatmaps (~0.8 MB a crop in float32) are copied once each to their
+        # group; the small fields go through one array per run and field, one assignment
+        # per group (Python per group, not per crop and field).
+        made = [{name: t.numpy() for name, t in self._group(b, dest[sel, 1]).items()}
+                for b, sel in groups]
+        place = np.empty(len(dest), np.int64)  # each crop's place in its group
+        which = np.empty(len(dest), np.int64)  # ... and the group
+        for g, (_, sel) in enumerate(groups):
+            place[sel], which[sel] = np.arange(len(sel)), g
         for name in _BIG_FIELDS:
             src = [np.asarray(t) for t in getattr(outs, name)]
-            for (b, k), i, j in zip(dest.tolist(), sample.tolist(), crop.tolist()):
-                batches[b][name][k] = src[i][j]
+            for g, k, i, j in zip(which.tolist(), place.tolist(), sample.tolist(),
+                                  crop.tolist()):
+                made[g][name][k] = src[i][j]
         for name in CROP_FIELDS:
             if name not in _BIG_FIELDS:
                 run = np.concatenate([np.asarray(t) for t in getattr(outs, name)])[at]
-                for b, sel in groups:
-                    batches[b][name][dest[sel, 1]] = run[sel]
+                for g, (_, sel) in enumerate(groups):
+                    made[g][name][:] = run[sel]
 
     def _put_gpu(self, outs, at, dest, groups, feed_ndarray) -> None:
         """The run's crops, field by field, into one temporary on DALI's stream, then
@@ -103,23 +109,31 @@ class Batches:
         counts = [int(t.shape()[0]) for t in outs.row]
         start = np.concatenate([[0], np.cumsum(counts)])
         at = torch.from_numpy(at).to(self.device)
-        rows = torch.from_numpy(dest[:, 1]).to(self.device)
-        groups = [(b, torch.from_numpy(sel).to(self.device)) for b, sel in groups]
+        made = [self._group(b, dest[sel, 1]) for b, sel in groups]
+        groups = [torch.from_numpy(sel).to(self.device) for _, sel in groups]
         for name, (shape, dtype) in self.layout.items():
             tmp = torch.empty((int(start[-1]),) + shape, dtype=dtype, device=self.device)
             for i, t in enumerate(getattr(outs, name)):
                 feed_ndarray(t, tmp[start[i]:start[i + 1]], cuda_stream=stream)
             picked = tmp.index_select(0, at)
-            for b, sel in groups:
-                self._batch(b)[name].index_copy_(0, rows.index_select(0, sel),
-                                                 picked.index_select(0, sel))
+            for t, sel in zip(made, groups):
+                torch.index_select(picked, 0, sel, out=t[name])
 
     def take(self, b: int) -> dict:
-        """field -> (valid, ...) tensor: batch ``b``, every one of its crops copied in."""
-        if self.count[b] != self.valid[b]:
+        """field -> (rows, ...) tensor: batch ``b`` (validation: padding rows included),
+        every one of its crops copied in."""
+        if self.count[b] != self.size[b]:
             raise RuntimeError(f"loader: batch {b} has {self.count[b]} of its "
-                               f"{self.valid[b]} crops (a bug in runs_needed)")
-        self.held -= int(self.valid[b])
-        t = self._batch(b)
-        del self.filling[b]
-        return t
+                               f"{self.size[b]} crops (a bug in runs_needed)")
+        self.held -= self.size[b]
+        parts = self.filling.pop(b)
+        rows, t = parts[0]
+        if len(parts) == 1 and (rows == np.arange(self.size[b])).all():
+            return t  # made by one run, in order: no copy
+        out = {name: torch.empty((self.size[b],) + shape, dtype=dtype, device=self.device)
+               for name, (shape, dtype) in self.layout.items()}
+        for rows, t in parts:
+            at = torch.from_numpy(rows).to(self.device)
+            for name, v in t.items():
+                out[name].index_copy_(0, at, v)
+        return out

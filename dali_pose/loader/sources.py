@@ -53,6 +53,7 @@ class BatchSource:
         self.n_occlusion, self.n_noda = n_occlusion, n_noda
         self.runs: List[List[np.ndarray]] = []
         self.cursor = 0
+        self.decoded = 0  # decodes served so far (all epochs): what resuming saves shows here
         self.epoch = 0
         self.occlusion_prob = self.noda_prob = 0.0
 
@@ -129,6 +130,7 @@ class BatchSource:
         self.cursor += 1
         ix = self.index
         cols = [[] for _ in self.fields]
+        self.decoded += len(run)
         for rows in run:
             data, ok = self.read(rows[0])  # the rows of a decode share their image
             p = len(rows)

@@ -1,0 +1,103 @@
+"""PyTorch Lightning with the loader and no glue: the epoch comes from the trainer, a run
+stopped mid-epoch and resumed from its checkpoint trains the very batches of the
+uninterrupted run, validation gathers every instance once. Skips without Lightning."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+pytest.importorskip("nvidia.dali")
+
+import lightning.pytorch as pl  # noqa: E402
+
+from dali_pose import load_config  # noqa: E402
+from dali_pose.integrations.lightning import PoseDataModule, PoseModule  # noqa: E402
+
+
+class Tiny(torch.nn.Module):
+    """(N,3,256,192) -> (N,17,64,48): one strided conv, enough to take a step."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 17, 4, stride=4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Recorder(PoseModule):
+    def __init__(self, cfg):
+        super().__init__(cfg, model=Tiny())
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((self.current_epoch, batch["row"].tolist()))
+        return super().training_step(batch, batch_idx)
+
+
+class Crash(pl.Callback):
+    """Stops the run (as a kill would) before step ``at`` starts."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from test_per_image import crowd_dataset
+
+    index = crowd_dataset(tmp_path_factory.mktemp("lightning"),
+                          people=(3, 2, 1, 3, 2, 4, 1, 2))
+    cfg = load_config(None, ["loader.batch_size=3", "loader.shuffle_buffer=4",
+                             "loader.drop_last=false", "loader.image_dtype=uint8",
+                             "loader.pipelines=1"])
+    return cfg, PoseDataModule(cfg, device="cpu", train_index=index, val_index=index,
+                               log=None)
+
+
+def trainer(tmp_path, epochs, callbacks=(), **kw):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, callbacks=list(callbacks),
+                      default_root_dir=str(tmp_path), **kw)
+
+
+def test_epochs_advance_and_validation_gathers_every_instance(data, tmp_path):
+    cfg, dm = data
+    module = Recorder(cfg)
+    trainer(tmp_path, 2, enable_checkpointing=False).fit(module, datamodule=dm)
+    loader = dm.train_dataloader()
+    for epoch in (0, 1):
+        plan = loader._plan(epoch)
+        assert [rows for e, rows in module.seen if e == epoch] == \
+            [plan.batch_rows(k).tolist() for k in range(len(plan.batches))]
+    assert module.seen[0][1] != [r for e, r in module.seen if e == 1][0]
+    preds = module.predictions
+    assert preds.done.all() and np.isfinite(preds.keypoints).all()
+
+
+@pytest.mark.parametrize("stop", ["mid", "last"])
+def test_resume_mid_epoch_trains_the_batches_of_the_uninterrupted_run(data, tmp_path, stop):
+    cfg, dm = data
+    whole = Recorder(cfg)
+    trainer(tmp_path / "a", 2, enable_checkpointing=False, limit_val_batches=0).fit(
+        whole, datamodule=dm)
+    n = len(dm.train_dataloader()._plan(0).batches)
+    k = 2 if stop == "mid" else n - 1  # steps done before the kill (epoch 0)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ck"), every_n_train_steps=k,
+                                        save_top_k=-1)
+    first = Recorder(cfg)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer(tmp_path / "b", 2, [ckpt, Crash(k)], limit_val_batches=0).fit(
+            first, datamodule=dm)
+    assert len(first.seen) == k
+    path = sorted((tmp_path / "ck").glob(f"*step={k}*.ckpt"))[0]
+    rest = Recorder(cfg)
+    trainer(tmp_path / "c", 2, limit_val_batches=0, enable_checkpointing=False).fit(
+        rest, datamodule=dm, ckpt_path=str(path))
+    assert first.seen + rest.seen == whole.seen
