@@ -127,6 +127,9 @@ def test_reference_matches_dali_cpu_on_validation(tiny):
     std = np.array(IMAGENET_STD)[:, None, None]
     diffs = []
     for r, d in zip(ref, dali):
+        # the DALI loader pads its last validation batch (rows marked in ``valid``); the
+        # classic loader's is short
+        d = {k: v[d["valid"]] for k, v in d.items() if k != "valid"}
         assert set(r) == set(d)
         for key in ("image_id", "instance_id", "flipped", "target_weight"):
             assert torch.equal(r[key], d[key]), key

@@ -2,9 +2,8 @@
 import glob
 
 import pytest
-import yaml
 
-from dali_pose.config import ConfigError, config_from_dict, load_config, to_dict
+from dali_pose.config import ConfigError, config_from_dict, load_config, read_tree, to_dict
 
 PATHS = ("train_ann", "train_images", "val_ann", "val_images", "det_file", "val_gt")
 
@@ -13,8 +12,7 @@ PATHS = ("train_ann", "train_images", "val_ann", "val_images", "det_file", "val_
 def test_root_moves_every_path_of_a_shipped_config(path):
     here = load_config(path).data
     moved = load_config(path, ["data.root=/mnt/datasets/x"]).data
-    with open(path) as f:
-        root = yaml.safe_load(f)["data"]["root"]
+    root = read_tree(path)["data"]["root"]  # the file's, or its base's
     for key in PATHS:
         a, b = getattr(here, key), getattr(moved, key)
         if a is None:
