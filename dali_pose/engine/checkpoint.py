@@ -65,7 +65,12 @@ class CheckpointWriteError(OSError):
 
 
 def save_atomic(obj, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same directory,
+    """``torch.save(obj)`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: str, write, binary: bool = True) -> None:
+    """``write(file)`` to ``path`` atomically: a temporary file in the same directory,
     flushed and fsync'd, ``os.replace``d over ``path``, the directory fsync'd; a crash or a
     failed write at any moment leaves the old file or the new one, never a torn one. A
     failed write (torch wraps the ``OSError`` of a full disk in a ``RuntimeError``) is a
@@ -74,8 +79,8 @@ def save_atomic(obj, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_TEMP,
                                dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -204,7 +209,8 @@ def complete_epoch(state: dict, out_dir: str, metrics_path: str,
         if not have:
             lines.append(record)
             done.append(f"metrics.jsonl line of epoch {record['epoch']}")
-        _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in lines))
+        text = "".join(json.dumps(r) + "\n" for r in lines)
+        write_atomic(metrics_path, lambda f: f.write(text), binary=False)
     if record.get("best"):
         best_path = os.path.join(out_dir, "best.pt")
         try:
@@ -219,26 +225,6 @@ def complete_epoch(state: dict, out_dir: str, metrics_path: str,
             f"its writes)")
     return done
 
-
-def _write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_TEMP,
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CheckpointWriteError(path, e) from e
-        raise
-
-
-# ---------------------------------------------------------------------- model files --
 
 def save_model(path: str, model: torch.nn.Module, cfg, epoch: int) -> None:
     """A model file ``evaluate.py --checkpoint`` and ``model.weights`` read: ``{"model":
