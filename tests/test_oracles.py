@@ -16,6 +16,7 @@ draw by draw and ``test_recipes.py`` in distribution, half body included; the dr
 ``test_draws.py::test_draws_follow_the_documented_generator``.)
 """
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -292,10 +293,26 @@ def test_score_against_cocoeval_run_here(tmp_path):
     assert n == 12
     kps = index.keypoints.astype(np.float64).copy()
     size = np.sqrt(index.scale[:, 0] * index.scale[:, 1])[:, None, None]
-    kps[:, :, :2] += rng.normal(0, 1, (n, 17, 2)) * size * rng.uniform(0.005, 0.08, (n, 1, 1))
+    kps[:, :, :2] += rng.normal(0, 1, (n, 17, 2)) * size * rng.uniform(0.005, 0.04, (n, 1, 1))
     kps[:, :, 2] = rng.uniform(0, 1, (n, 17))
+    # detector-like box scores (ground-truth boxes score 1), so that rescoring uses them
+    index = dataclasses.replace(index, score=rng.uniform(0.3, 1.0, n).astype(np.float32))
+    assert (index.image_id[:2] == 10).all() and (index.image_id[3:6] == 11).all()
     kps[1, :, :2] = kps[0, :, :2] + 0.5  # a near-duplicate of row 0 (same image): NMS'd
-    kps[1, :, 2] = kps[0, :, 2] * 0.9
+    kps[1, :, 2] = kps[0, :, 2]
+    index.score[1] = index.score[0] * 0.9
+    # row 4: row 3 moved by d px, d such that the OKS on the crop boxes' areas (the rule's)
+    # is 0.93 (suppressed) while on the annotations' areas it is < 0.9 (kept)
+    sig2 = (2 * np.asarray(COCO.sigmas)) ** 2
+    box_area = (index.scale[3].prod() + index.scale[4].prod()) / 2
+    lo, hi = 0.0, 100.0
+    for _ in range(60):
+        d = (lo + hi) / 2
+        lo, hi = (d, hi) if np.mean(np.exp(-d * d / (2 * box_area * sig2))) > 0.93 else (lo, d)
+    assert np.mean(np.exp(-d * d / (2 * (index.area[3] + index.area[4]) / 2 * sig2))) < 0.9
+    kps[4, :, :2] = kps[3, :, :2] + [d, 0.0]
+    kps[4, :, 2] = kps[3, :, 2]
+    index.score[4] = index.score[3] * 0.9
     done = np.ones(n, bool)
     done[7] = False  # not predicted: counts as missed
     preds = Predictions(index, np.where(done[:, None, None], kps, np.nan).astype(np.float32),
@@ -307,7 +324,7 @@ def test_score_against_cocoeval_run_here(tmp_path):
     k32 = preds.keypoints.astype(np.float64)
     want = _results_by_the_rule(rows, index.image_id, k32, index.score,
                                 index.scale[:, 0] * index.scale[:, 1], COCO.sigmas)
-    assert len(want) == n - 2  # the duplicate and the missing one
+    assert len(want) == n - 3  # the two suppressed and the missing one
     written = json.loads((tmp_path / "out" / "val_results.json").read_text())
     assert [(r["image_id"], r["score"]) for r in written] == pytest.approx(
         [(r["image_id"], r["score"]) for r in want], rel=1e-12)
@@ -321,4 +338,5 @@ def test_score_against_cocoeval_run_here(tmp_path):
         e.summarize()
     keys = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
     assert [got[k] for k in keys] == pytest.approx([float(v) for v in e.stats], abs=1e-12)
-    assert 0.2 < got["AP"] < 0.95  # neither perfect nor empty: the comparison means something
+    # neither perfect nor empty (0.41 here): the comparison means something
+    assert 0.2 < got["AP"] < 0.95
