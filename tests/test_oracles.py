@@ -301,18 +301,26 @@ def test_score_against_cocoeval_run_here(tmp_path):
     kps[1, :, :2] = kps[0, :, :2] + 0.5  # a near-duplicate of row 0 (same image): NMS'd
     kps[1, :, 2] = kps[0, :, 2]
     index.score[1] = index.score[0] * 0.9
-    # row 4: row 3 moved by d px, d such that the OKS on the crop boxes' areas (the rule's)
-    # is 0.93 (suppressed) while on the annotations' areas it is < 0.9 (kept)
     sig2 = (2 * np.asarray(COCO.sigmas)) ** 2
-    box_area = (index.scale[3].prod() + index.scale[4].prod()) / 2
-    lo, hi = 0.0, 100.0
-    for _ in range(60):
-        d = (lo + hi) / 2
-        lo, hi = (d, hi) if np.mean(np.exp(-d * d / (2 * box_area * sig2))) > 0.93 else (lo, d)
-    assert np.mean(np.exp(-d * d / (2 * (index.area[3] + index.area[4]) / 2 * sig2))) < 0.9
-    kps[4, :, :2] = kps[3, :, :2] + [d, 0.0]
-    kps[4, :, 2] = kps[3, :, 2]
-    index.score[4] = index.score[3] * 0.9
+
+    def oks_of_shift(d, area):  # all joints moved by d px
+        return np.mean(np.exp(-d * d / (2 * area * sig2)))
+
+    def shift_for(oks, i, j):  # on the crop boxes' areas, the rule's
+        lo, hi, area = 0.0, 1000.0, (index.scale[i].prod() + index.scale[j].prod()) / 2
+        for _ in range(60):
+            d = (lo + hi) / 2
+            lo, hi = (d, hi) if oks_of_shift(d, area) > oks else (lo, d)
+        return d
+
+    # row 4: row 3 moved so that the OKS is 0.93 (suppressed) while on the annotations'
+    # areas it is < 0.9 (kept); row 2: row 0 moved to OKS 0.7 (kept at 0.9, not at 0.5)
+    d = shift_for(0.93, 3, 4)
+    assert oks_of_shift(d, (index.area[3] + index.area[4]) / 2) < 0.9
+    for i, j, d in ((3, 4, d), (0, 2, shift_for(0.7, 0, 2))):
+        kps[j, :, :2] = kps[i, :, :2] + [d, 0.0]
+        kps[j, :, 2] = kps[i, :, 2]
+        index.score[j] = index.score[i] * 0.9
     done = np.ones(n, bool)
     done[7] = False  # not predicted: counts as missed
     preds = Predictions(index, np.where(done[:, None, None], kps, np.nan).astype(np.float32),
