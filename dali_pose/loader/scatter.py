@@ -133,7 +133,16 @@ class Batches:
         out = {name: torch.empty((self.size[b],) + shape, dtype=dtype, device=self.device)
                for name, (shape, dtype) in self.layout.items()}
         for rows, t in parts:
-            at = torch.from_numpy(rows).to(self.device)
-            for name, v in t.items():
-                out[name].index_copy_(0, at, v)
+            if self.device.type == "cpu":
+                # NumPy, one row at a time (a memcpy each): torch's index_copy_ costs ~10x
+                # the CPU time on a crop image (0.7-1.0 ms against 0.08), which doubled
+                # the loader's CPU time per crop
+                for name, v in t.items():
+                    dst, src = out[name].numpy(), v.numpy()
+                    for k, r in enumerate(rows.tolist()):
+                        dst[r] = src[k]
+            else:
+                at = torch.from_numpy(rows).to(self.device)
+                for name, v in t.items():
+                    out[name].index_copy_(0, at, v)
         return out
