@@ -120,7 +120,9 @@ class PoseIndex:
     image_id (N,) i64; instance_id (N,) i64 (annotation id, or detection row for det boxes);
     score (N,) f32 (1 for ground truth, detector score for det boxes); image_size (N, 2) i64
     (w, h) of the stored image as the annotations give it (MPII: as its file's header says;
-    0, 0 where that is unreadable: the loader then names the file).
+    0, 0 where that is unreadable: the loader then names the file); box_size (N, 2) f64 px:
+    the padded box (w, h) *before* the aspect fix (mmpose's ``bbox_scale``, of which the
+    mmpose recipe's shift is a fraction; None: ``scale``, see :meth:`box_sizes`).
     ``skipped`` counts rows left out, by reason; ``unlabelled`` the keypoints set unlabelled
     because they lie far outside their image (``KEYPOINT_MARGIN``).
     """
@@ -135,12 +137,17 @@ class PoseIndex:
     instance_id: np.ndarray
     score: np.ndarray
     image_size: Optional[np.ndarray] = None
+    box_size: Optional[np.ndarray] = None
     skipped: Dict[str, int] = field(default_factory=dict)
     unlabelled: int = 0
     source: str = ""
 
     def __len__(self) -> int:
         return len(self.image_paths)
+
+    def box_sizes(self) -> np.ndarray:
+        """(N, 2) f64: ``box_size``, or ``scale`` for an index built without it."""
+        return self.scale if self.box_size is None else self.box_size
 
 
 def box_to_center_scale(x, y, w, h, aspect_ratio: float, padding: float):
@@ -361,8 +368,9 @@ class _Rows:
 
     def __init__(self, info: DatasetInfo, source: str):
         self.info, self.source = info, source
-        self.cols = {k: [] for k in ("image_paths", "center", "scale", "keypoints", "area",
-                                     "image_id", "instance_id", "score", "image_size")}
+        self.cols = {k: [] for k in ("image_paths", "center", "scale", "box_size",
+                                     "keypoints", "area", "image_id", "instance_id", "score",
+                                     "image_size")}
         self.skipped: Dict[str, int] = {}
         self.names: Dict[str, List[str]] = {}
         self.unlabelled = 0
@@ -401,6 +409,7 @@ class _Rows:
             image_paths=np.array(c["image_paths"], dtype=object),
             center=np.array(c["center"], dtype=np.float64).reshape(-1, 2),
             scale=np.array(c["scale"], dtype=np.float64).reshape(-1, 2),
+            box_size=np.array(c["box_size"], dtype=np.float64).reshape(-1, 2),
             keypoints=np.array(c["keypoints"], dtype=np.float32).reshape(-1, k, 3),
             area=np.array(c["area"], dtype=np.float32),
             image_id=np.array(c["image_id"], dtype=np.int64),
@@ -441,11 +450,26 @@ def _parse_box(box, path: str, what: str):
     return x, y, w, h
 
 
-def _clip_box(x, y, w, h, width, height):
-    """HRNet's box sanitising: clip to the image; None if nothing is left."""
-    x1, y1 = max(0.0, x), max(0.0, y)
-    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+BOX_RULES = ("hrnet", "mmpose")  # how ground-truth boxes are clipped: aug.recipe's
+
+
+def clip_box(x, y, w, h, width, height, rule: str = "hrnet"):
+    """A ground-truth box (x, y, w, h) clipped to a (width, height) image by the recipe
+    ``rule``, as (x, y, w, h); None if nothing of it is left (no area).
+
+    hrnet (HRNet / UDP-Pose's COCO loader): the top-left corner clipped to >= 0, the width
+    counted in pixels (w - 1) from that corner and clipped to the last pixel, so a box that
+    starts left of the image slides in. mmpose (1.x COCO-style loader): each corner,
+    (x, y) and (x + w, y + h), clipped to [0, width - 1] x [0, height - 1] on its own.
+    """
+    if rule == "mmpose":
+        x1, y1 = min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
+        x2 = min(max(x + w, 0.0), width - 1.0)
+        y2 = min(max(y + h, 0.0), height - 1.0)
+    else:
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
     if x2 < x1 or y2 < y1 or (x2 - x1) * (y2 - y1) <= 0:
         return None
     return x1, y1, x2 - x1, y2 - y1
@@ -471,7 +495,8 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                     padding: float = 1.25, det_file: Optional[str] = None,
                     det_score_min: float = 0.0, log: Optional[Callable] = print, *,
                     max_image_pixels: int = 50_000_000,
-                    allow_outside_paths: bool = False, scoring: bool = False) -> PoseIndex:
+                    allow_outside_paths: bool = False, scoring: bool = False,
+                    box_rule: str = "hrnet") -> PoseIndex:
     """COCO or CrowdPose keypoint json -> PoseIndex.
 
     The json passes :func:`check_coco_gt` (the scorer's check too; ``scoring``: with what
@@ -480,12 +505,15 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
     a ``file_name`` inside ``images_dir`` (unless ``allow_outside_paths``) that no other
     image id names. Ground-truth boxes (``det_file=None``): crowd and zero-keypoint people
     are skipped (as HRNet does), boxes far outside their image (:func:`box_far_outside`)
-    skipped, the others clipped to the image and empty ones skipped, labelled keypoints far
+    skipped, the others clipped to the image by ``box_rule`` (:func:`clip_box`: the
+    training recipe's) and empty ones skipped, labelled keypoints far
     outside the image set unlabelled, all counted and reported through ``log``. Detection
     boxes: one row per detection of category 1 with score >= ``det_score_min``, the box
     used as given (as HRNet and mmpose do) unless it is far outside its image (skipped,
     counted); keypoints are zeros.
     """
+    if box_rule not in BOX_RULES:
+        raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
     data = read_json(ann_path)
     if det_file is not None and isinstance(data, dict) and "annotations" not in data:
         data = {**data, "annotations": []}  # an image-info file (COCO test-dev) will do
@@ -510,7 +538,7 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
         _check_image(img_path, ann_path, what)
         x, y, w, h = box
         size = sizes[iid]
-        clipped = _clip_box(x, y, w, h, float(size[0]), float(size[1]))
+        clipped = clip_box(x, y, w, h, float(size[0]), float(size[1]), box_rule)
         if det_file is None and clipped is None:
             rows.skip("boxes empty after clipping to the image", what)
             return
@@ -521,7 +549,8 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
         if det_file is None:
             x, y, w, h = clipped
         c, s = box_to_center_scale(x, y, w, h, aspect_ratio, padding)
-        rows.add(image_paths=img_path, center=c, scale=s, keypoints=kps, area=area,
+        rows.add(image_paths=img_path, center=c, scale=s, box_size=(w * padding, h * padding),
+                 keypoints=kps, area=area,
                  image_id=iid, instance_id=inst_id, score=score, image_size=size)
 
     if det_file is None:
@@ -645,7 +674,8 @@ def load_mpii(ann_path: str, images_dir: str, aspect_ratio: float,
         kps[:, 2] = np.where(vis > 0, 2.0, 0.0)
         kps[vis <= 0, :2] = 0.0
         kps = rows.keypoints_in_image(kps, size, what)
-        rows.add(image_paths=img_path, center=(cx, cy), scale=wh, keypoints=kps,
+        rows.add(image_paths=img_path, center=(cx, cy), scale=wh,
+                 box_size=(side * padding, side * padding), keypoints=kps,
                  area=wh[0] * wh[1] / padding ** 2, image_id=i, instance_id=i, score=1.0,
                  image_size=size)
     return rows.freeze(log)
@@ -667,4 +697,5 @@ def load_index(cfg, split: str, log: Optional[Callable] = print) -> PoseIndex:
         return load_mpii(ann, images, aspect, d.padding, log, **limits)
     det = d.det_file if split == "val" else None
     return load_coco_style(ann, images, DATASETS[d.format], aspect, d.padding, det,
-                           d.det_score_min, log, scoring=split == "val", **limits)
+                           d.det_score_min, log, scoring=split == "val",
+                           box_rule=cfg.aug.recipe, **limits)
