@@ -269,6 +269,10 @@ class NodaConfig:
     scale_range: Tuple[float, float] = (0.8, 1.2)
     max_tries: int = 10
     start_epoch: int = 0  # NODA is off before this epoch
+    # the pool's edge smoothing, which build_pool applies and records (--no-smooth: none):
+    # true / false make the loader refuse a pool built the other way (NODA Table I compares
+    # them); null accepts either
+    smooth_edges: Optional[bool] = None
 
     def __post_init__(self):
         _check_prob("noda", self, "prob")

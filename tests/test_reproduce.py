@@ -48,6 +48,26 @@ def test_list_and_json_cover_every_row():
     assert "E3: S2, no OA" in text and "not provided" in text
 
 
+def test_noda_pools_are_built_as_their_configs_ask():
+    """Each NODA config states the pool's edge smoothing (noda.smooth_edges, checked against
+    the pool at load) and its comment gives the pool's build command; both agree with the
+    command ``--list`` prints (Table I's smoothing rows differ only by it)."""
+    seen = set()
+    for r in rp.as_json():
+        if "pool" not in r.get("commands", {}):
+            continue
+        path = os.path.join(rp.CONFIG_ROOT, r["config"])
+        cfg = load_config(path)
+        command = r["commands"]["pool"]
+        assert cfg.noda.smooth_edges is not None, r["config"]
+        assert ("--no-smooth" in command) == (cfg.noda.smooth_edges is False), r["config"]
+        comment = " ".join(line.strip().lstrip("# ").rstrip(" \\") for line in open(path)
+                           if line.startswith("#"))
+        assert command in " ".join(comment.split()), r["config"]
+        seen.add(cfg.noda.smooth_edges)
+    assert seen == {True, False}
+
+
 def test_cli_json(capsys):
     assert rp.main(["--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(rp.EXPERIMENTS)
