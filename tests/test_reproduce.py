@@ -191,6 +191,14 @@ def test_noda_raises_limb_occlusion_on_synthetic_people(tmp_path):
     limbs = ("left_wrist", "right_wrist", "left_elbow", "right_elbow", "left_knee",
              "right_knee", "left_ankle", "right_ankle")
     assert sum(on[j]["occluded"] for j in limbs) > sum(off[j]["occluded"] for j in limbs)
+    # --epochs: the counts of consecutive epochs add up (each epoch draws its own pastes)
+    noda = load_config(None, base + ["noda.prob=1", f"noda.pool={pool}"])
+    second = rp.visibility_counts(noda, loader_epoch=1)
+    both = rp.visibility_counts(noda, loader_epoch=0, epochs=2)
+    for j in on:
+        for key in ("labelled", "occluded"):
+            assert both[j][key] == on[j][key] + second[j][key], (j, key)
+    assert any(second[j]["occluded"] != on[j]["occluded"] for j in limbs)
 
 
 def test_mask_levels_tighten_on_synthetic_silhouettes():
