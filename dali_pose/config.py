@@ -194,7 +194,8 @@ class AugConfig:
     half_body_min_lower: int = 3  # visible lower joints a half-body crop needs (>=)
     half_body_padding: float = 1.5  # half-body box = joint extent * this
     # hrnet: centre += U(-1, 1) * shift_factor * box size (0: the official recipes);
-    # mmpose: centre += T * shift_factor * box size with probability shift_prob
+    # mmpose: centre += T * shift_factor * box size with probability shift_prob, the box
+    # before the aspect fix (PoseIndex.box_size, or the half-body box), as mmpose's
     shift_factor: float = 0.0
     shift_prob: float = 1.0
 
@@ -212,7 +213,9 @@ class AugConfig:
 
 
 # The values a recipe's keys take when a config leaves them out (aug.recipe: mmpose fills
-# these; hrnet's are the AugConfig field defaults). mmpose 1.x: RandomFlip(0.5),
+# these; hrnet's are the AugConfig field defaults). The recipe also chooses how the index
+# clips ground-truth boxes to their image (dali_pose.datasets.clip_box: HRNet's w - 1 rule
+# or mmpose's corner clipping), for both splits. mmpose 1.x: RandomFlip(0.5),
 # RandomHalfBody(min_total_keypoints=9, min_upper_keypoints=2, min_lower_keypoints=3,
 # padding=1.5, prob=0.3, upper_prioritized_prob=0.7), RandomBBoxTransform(shift 0.16 with
 # p 0.3, scale [0.5, 1.5], rotate 80 with p 0.6).
@@ -266,6 +269,10 @@ class NodaConfig:
     scale_range: Tuple[float, float] = (0.8, 1.2)
     max_tries: int = 10
     start_epoch: int = 0  # NODA is off before this epoch
+    # the pool's edge smoothing, which build_pool applies and records (--no-smooth: none):
+    # true / false make the loader refuse a pool built the other way (NODA Table I compares
+    # them); null accepts either
+    smooth_edges: Optional[bool] = None
 
     def __post_init__(self):
         _check_prob("noda", self, "prob")

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -120,7 +120,9 @@ class PoseIndex:
     image_id (N,) i64; instance_id (N,) i64 (annotation id, or detection row for det boxes);
     score (N,) f32 (1 for ground truth, detector score for det boxes); image_size (N, 2) i64
     (w, h) of the stored image as the annotations give it (MPII: as its file's header says;
-    0, 0 where that is unreadable: the loader then names the file).
+    0, 0 where that is unreadable: the loader then names the file); box_size (N, 2) f64 px:
+    the padded box (w, h) *before* the aspect fix (mmpose's ``bbox_scale``, of which the
+    mmpose recipe's shift is a fraction; None: ``scale``, see :meth:`box_sizes`).
     ``skipped`` counts rows left out, by reason; ``unlabelled`` the keypoints set unlabelled
     because they lie far outside their image (``KEYPOINT_MARGIN``).
     """
@@ -135,12 +137,17 @@ class PoseIndex:
     instance_id: np.ndarray
     score: np.ndarray
     image_size: Optional[np.ndarray] = None
+    box_size: Optional[np.ndarray] = None
     skipped: Dict[str, int] = field(default_factory=dict)
     unlabelled: int = 0
     source: str = ""
 
     def __len__(self) -> int:
         return len(self.image_paths)
+
+    def box_sizes(self) -> np.ndarray:
+        """(N, 2) f64: ``box_size``, or ``scale`` for an index built without it."""
+        return self.scale if self.box_size is None else self.box_size
 
 
 def box_to_center_scale(x, y, w, h, aspect_ratio: float, padding: float):
@@ -361,8 +368,9 @@ class _Rows:
 
     def __init__(self, info: DatasetInfo, source: str):
         self.info, self.source = info, source
-        self.cols = {k: [] for k in ("image_paths", "center", "scale", "keypoints", "area",
-                                     "image_id", "instance_id", "score", "image_size")}
+        self.cols = {k: [] for k in ("image_paths", "center", "scale", "box_size",
+                                     "keypoints", "area", "image_id", "instance_id", "score",
+                                     "image_size")}
         self.skipped: Dict[str, int] = {}
         self.names: Dict[str, List[str]] = {}
         self.unlabelled = 0
@@ -401,6 +409,7 @@ class _Rows:
             image_paths=np.array(c["image_paths"], dtype=object),
             center=np.array(c["center"], dtype=np.float64).reshape(-1, 2),
             scale=np.array(c["scale"], dtype=np.float64).reshape(-1, 2),
+            box_size=np.array(c["box_size"], dtype=np.float64).reshape(-1, 2),
             keypoints=np.array(c["keypoints"], dtype=np.float32).reshape(-1, k, 3),
             area=np.array(c["area"], dtype=np.float32),
             image_id=np.array(c["image_id"], dtype=np.int64),
@@ -441,11 +450,26 @@ def _parse_box(box, path: str, what: str):
     return x, y, w, h
 
 
-def _clip_box(x, y, w, h, width, height):
-    """HRNet's box sanitising: clip to the image; None if nothing is left."""
-    x1, y1 = max(0.0, x), max(0.0, y)
-    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+BOX_RULES = ("hrnet", "mmpose")  # how ground-truth boxes are clipped: aug.recipe's
+
+
+def clip_box(x, y, w, h, width, height, rule: str = "hrnet"):
+    """A ground-truth box (x, y, w, h) clipped to a (width, height) image by the recipe
+    ``rule``, as (x, y, w, h); None if nothing of it is left (no area).
+
+    hrnet (HRNet / UDP-Pose's COCO loader): the top-left corner clipped to >= 0, the width
+    counted in pixels (w - 1) from that corner and clipped to the last pixel, so a box that
+    starts left of the image slides in. mmpose (1.x COCO-style loader): each corner,
+    (x, y) and (x + w, y + h), clipped to [0, width - 1] x [0, height - 1] on its own.
+    """
+    if rule == "mmpose":
+        x1, y1 = min(max(x, 0.0), width - 1.0), min(max(y, 0.0), height - 1.0)
+        x2 = min(max(x + w, 0.0), width - 1.0)
+        y2 = min(max(y + h, 0.0), height - 1.0)
+    else:
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
     if x2 < x1 or y2 < y1 or (x2 - x1) * (y2 - y1) <= 0:
         return None
     return x1, y1, x2 - x1, y2 - y1
@@ -467,30 +491,17 @@ def _image_size(img: dict, path: str, max_pixels: int) -> Tuple[int, int]:
     return size[0], size[1]
 
 
-def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ratio: float,
-                    padding: float = 1.25, det_file: Optional[str] = None,
-                    det_score_min: float = 0.0, log: Optional[Callable] = print, *,
-                    max_image_pixels: int = 50_000_000,
-                    allow_outside_paths: bool = False, scoring: bool = False) -> PoseIndex:
-    """COCO or CrowdPose keypoint json -> PoseIndex.
+class _CocoImages(NamedTuple):
+    """A COCO-style json's images, checked: {image id: (w, h)} and {image id: file path}."""
 
-    The json passes :func:`check_coco_gt` (the scorer's check too; ``scoring``: with what
-    only the scorer needs, for a validation split); each image entry needs
-    a positive integer ``width`` and ``height`` (at most ``max_image_pixels`` together) and
-    a ``file_name`` inside ``images_dir`` (unless ``allow_outside_paths``) that no other
-    image id names. Ground-truth boxes (``det_file=None``): crowd and zero-keypoint people
-    are skipped (as HRNet does), boxes far outside their image (:func:`box_far_outside`)
-    skipped, the others clipped to the image and empty ones skipped, labelled keypoints far
-    outside the image set unlabelled, all counted and reported through ``log``. Detection
-    boxes: one row per detection of category 1 with score >= ``det_score_min``, the box
-    used as given (as HRNet and mmpose do) unless it is far outside its image (skipped,
-    counted); keypoints are zeros.
-    """
-    data = read_json(ann_path)
-    if det_file is not None and isinstance(data, dict) and "annotations" not in data:
-        data = {**data, "annotations": []}  # an image-info file (COCO test-dev) will do
-    images = check_coco_gt(data, info, ann_path, scoring=scoring)
-    k = info.num_joints
+    sizes: Dict[int, Tuple[int, int]]
+    paths: Dict[int, str]
+
+
+def _coco_images(images: Dict[int, dict], ann_path: str, images_dir: str,
+                 max_image_pixels: int, allow_outside_paths: bool) -> _CocoImages:
+    """Each image entry's size (:func:`_image_size`) and file path (:func:`image_path`);
+    two ids naming one file are an error."""
     sizes, paths, owner = {}, {}, {}
     for iid, img in images.items():
         sizes[iid] = _image_size(img, ann_path, max_image_pixels)
@@ -503,74 +514,148 @@ def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ra
                                f"{show(name, 60)} (their people would be cropped from one "
                                f"photo)")
         owner[key] = iid
-    rows = _Rows(info, ann_path if det_file is None else det_file)
+    return _CocoImages(sizes, paths)
 
-    def add_box(box, iid, kps, area, inst_id, score, what):
-        img_path = paths[iid]
-        _check_image(img_path, ann_path, what)
-        x, y, w, h = box
-        size = sizes[iid]
-        clipped = _clip_box(x, y, w, h, float(size[0]), float(size[1]))
-        if det_file is None and clipped is None:
-            rows.skip("boxes empty after clipping to the image", what)
-            return
-        # HRNet's clipping would turn a box far outside into one at the image's corner
-        if box_far_outside((x + w / 2, y + h / 2), (w, h), size):
-            rows.skip(FAR_BOX if det_file is None else f"detection {FAR_BOX}", what)
-            return
-        if det_file is None:
-            x, y, w, h = clipped
-        c, s = box_to_center_scale(x, y, w, h, aspect_ratio, padding)
-        rows.add(image_paths=img_path, center=c, scale=s, keypoints=kps, area=area,
-                 image_id=iid, instance_id=inst_id, score=score, image_size=size)
 
+def _add_box(rows: _Rows, box, img_path: str, size, aspect_ratio: float, padding: float,
+             **row) -> None:
+    """One index row for the box (x, y, w, h) px: its centre, its padded size before
+    (``box_size``) and after the aspect fix (``scale``)."""
+    x, y, w, h = box
+    c, s = box_to_center_scale(x, y, w, h, aspect_ratio, padding)
+    rows.add(image_paths=img_path, center=c, scale=s, box_size=(w * padding, h * padding),
+             image_size=size, **row)
+
+
+def load_coco_style(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ratio: float,
+                    padding: float = 1.25, det_file: Optional[str] = None,
+                    det_score_min: float = 0.0, log: Optional[Callable] = print, *,
+                    max_image_pixels: int = 50_000_000,
+                    allow_outside_paths: bool = False, scoring: bool = False,
+                    box_rule: str = "hrnet") -> PoseIndex:
+    """COCO or CrowdPose keypoint json -> PoseIndex: the ground-truth people
+    (:func:`load_coco_people`), or the detection boxes of ``det_file`` on its images
+    (:func:`load_coco_detections`)."""
+    limits = dict(max_image_pixels=max_image_pixels, allow_outside_paths=allow_outside_paths,
+                  scoring=scoring)
     if det_file is None:
-        for ann in data["annotations"]:
-            aid = ann["id"]
-            what = f"annotation {aid}"
-            iid = ann["image_id"]
-            if ann.get("category_id", 1) != 1:
-                rows.skip("non-person annotations", what)
-                continue
-            if ann.get("iscrowd", 0):
-                rows.skip("crowd annotations", what)
-                continue
-            kps = _parse_keypoints(ann, k)
-            box = _parse_box(ann["bbox"], ann_path, what)
-            kps = rows.keypoints_in_image(kps, sizes[iid], what)
-            if not (kps[:, 2] > 0).any():
-                rows.skip("people with no labelled keypoints", what)
-                continue
-            if "area" in ann:
-                area = float(ann["area"])
-            elif info.name == "crowdpose":
-                area = box[2] * box[3] * CROWDPOSE_AREA_FACTOR
-            else:
-                area = box[2] * box[3]
-            add_box(box, iid, kps, area, aid, 1.0, what)
-    else:
-        dets = read_json(det_file, "detection file")
-        if not isinstance(dets, list):
-            raise DatasetError(f"{det_file}: a detection file is a list of results")
-        zeros = np.zeros((k, 3))
-        for i, det in enumerate(dets):
-            what = f"detection {i}"
-            iid = _require(det, "image_id", det_file, what)
-            if not is_integer(iid) or iid not in images:
-                raise DatasetError(f"{det_file}: {what} refers to image_id {show(iid, 60)}, "
-                                   f"which is not in {ann_path}")
-            if det.get("category_id", 1) != 1:
-                rows.skip("non-person detections")
-                continue
-            score = _require(det, "score", det_file, what)
-            if not is_number(score) or not math.isfinite(score):
-                raise DatasetError(f"{det_file}: {what} has score {show(score, 60)}: "
-                                   f"expected a finite number")
-            if score < det_score_min:
-                rows.skip(f"detections below score {det_score_min}")
-                continue
-            box = _parse_box(_require(det, "bbox", det_file, what), det_file, what)
-            add_box(box, iid, zeros, box[2] * box[3], i, float(score), what)
+        return load_coco_people(ann_path, images_dir, info, aspect_ratio, padding, log,
+                                box_rule=box_rule, **limits)
+    return load_coco_detections(ann_path, images_dir, det_file, info, aspect_ratio, padding,
+                                det_score_min, log, **limits)
+
+
+def load_coco_people(ann_path: str, images_dir: str, info: DatasetInfo, aspect_ratio: float,
+                     padding: float = 1.25, log: Optional[Callable] = print, *,
+                     max_image_pixels: int = 50_000_000, allow_outside_paths: bool = False,
+                     scoring: bool = False, box_rule: str = "hrnet") -> PoseIndex:
+    """The ground-truth people of a COCO or CrowdPose keypoint json -> PoseIndex.
+
+    The json passes :func:`check_coco_gt` (the scorer's check too; ``scoring``: with what
+    only the scorer needs, for a validation split); each image entry needs a positive
+    integer ``width`` and ``height`` (at most ``max_image_pixels`` together) and a
+    ``file_name`` inside ``images_dir`` (unless ``allow_outside_paths``) that no other image
+    id names. Crowd and zero-keypoint people are skipped (as HRNet does), boxes far outside
+    their image (:func:`box_far_outside`) skipped, the others clipped to the image by
+    ``box_rule`` (:func:`clip_box`: the training recipe's) and empty ones skipped, labelled
+    keypoints far outside the image set unlabelled, all counted and reported through
+    ``log``.
+    """
+    if box_rule not in BOX_RULES:
+        raise ValueError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
+    data = read_json(ann_path)
+    images = check_coco_gt(data, info, ann_path, scoring=scoring)
+    found = _coco_images(images, ann_path, images_dir, max_image_pixels, allow_outside_paths)
+    k = info.num_joints
+    rows = _Rows(info, ann_path)
+    for ann in data["annotations"]:
+        aid = ann["id"]
+        what = f"annotation {aid}"
+        iid = ann["image_id"]
+        if ann.get("category_id", 1) != 1:
+            rows.skip("non-person annotations", what)
+            continue
+        if ann.get("iscrowd", 0):
+            rows.skip("crowd annotations", what)
+            continue
+        size = found.sizes[iid]
+        kps = _parse_keypoints(ann, k)
+        box = _parse_box(ann["bbox"], ann_path, what)
+        kps = rows.keypoints_in_image(kps, size, what)
+        if not (kps[:, 2] > 0).any():
+            rows.skip("people with no labelled keypoints", what)
+            continue
+        if "area" in ann:
+            area = float(ann["area"])
+        elif info.name == "crowdpose":
+            area = box[2] * box[3] * CROWDPOSE_AREA_FACTOR
+        else:
+            area = box[2] * box[3]
+        _check_image(found.paths[iid], ann_path, what)
+        x, y, w, h = box
+        clipped = clip_box(x, y, w, h, float(size[0]), float(size[1]), box_rule)
+        if clipped is None:
+            rows.skip("boxes empty after clipping to the image", what)
+            continue
+        # clipping would turn a box far outside into one at the image's corner
+        if box_far_outside((x + w / 2, y + h / 2), (w, h), size):
+            rows.skip(FAR_BOX, what)
+            continue
+        _add_box(rows, clipped, found.paths[iid], size, aspect_ratio, padding, keypoints=kps,
+                 area=area, image_id=iid, instance_id=aid, score=1.0)
+    return rows.freeze(log)
+
+
+def load_coco_detections(ann_path: str, images_dir: str, det_file: str, info: DatasetInfo,
+                         aspect_ratio: float, padding: float = 1.25,
+                         det_score_min: float = 0.0, log: Optional[Callable] = print, *,
+                         max_image_pixels: int = 50_000_000,
+                         allow_outside_paths: bool = False,
+                         scoring: bool = False) -> PoseIndex:
+    """The person boxes of a detection results file (``det_file``, a COCO results list) on
+    the images of ``ann_path`` -> PoseIndex.
+
+    ``ann_path`` is checked as for :func:`load_coco_people` (its ``annotations`` may be
+    absent: an image-info file such as COCO test-dev's will do). One row per detection of
+    category 1 with score >= ``det_score_min``, the box used as given (as HRNet and mmpose
+    do) unless it is far outside its image (skipped, counted); keypoints are zeros,
+    ``instance_id`` the detection's position in the file, ``score`` its score.
+    """
+    data = read_json(ann_path)
+    if isinstance(data, dict) and "annotations" not in data:
+        data = {**data, "annotations": []}  # an image-info file (COCO test-dev) will do
+    images = check_coco_gt(data, info, ann_path, scoring=scoring)
+    found = _coco_images(images, ann_path, images_dir, max_image_pixels, allow_outside_paths)
+    rows = _Rows(info, det_file)
+    dets = read_json(det_file, "detection file")
+    if not isinstance(dets, list):
+        raise DatasetError(f"{det_file}: a detection file is a list of results")
+    zeros = np.zeros((info.num_joints, 3))
+    for i, det in enumerate(dets):
+        what = f"detection {i}"
+        iid = _require(det, "image_id", det_file, what)
+        if not is_integer(iid) or iid not in images:
+            raise DatasetError(f"{det_file}: {what} refers to image_id {show(iid, 60)}, "
+                               f"which is not in {ann_path}")
+        if det.get("category_id", 1) != 1:
+            rows.skip("non-person detections")
+            continue
+        score = _require(det, "score", det_file, what)
+        if not is_number(score) or not math.isfinite(score):
+            raise DatasetError(f"{det_file}: {what} has score {show(score, 60)}: "
+                               f"expected a finite number")
+        if score < det_score_min:
+            rows.skip(f"detections below score {det_score_min}")
+            continue
+        box = _parse_box(_require(det, "bbox", det_file, what), det_file, what)
+        size = found.sizes[iid]
+        _check_image(found.paths[iid], ann_path, what)
+        x, y, w, h = box
+        if box_far_outside((x + w / 2, y + h / 2), (w, h), size):
+            rows.skip(f"detection {FAR_BOX}", what)
+            continue
+        _add_box(rows, box, found.paths[iid], size, aspect_ratio, padding, keypoints=zeros,
+                 area=w * h, image_id=iid, instance_id=i, score=float(score))
     return rows.freeze(log)
 
 
@@ -645,7 +730,8 @@ def load_mpii(ann_path: str, images_dir: str, aspect_ratio: float,
         kps[:, 2] = np.where(vis > 0, 2.0, 0.0)
         kps[vis <= 0, :2] = 0.0
         kps = rows.keypoints_in_image(kps, size, what)
-        rows.add(image_paths=img_path, center=(cx, cy), scale=wh, keypoints=kps,
+        rows.add(image_paths=img_path, center=(cx, cy), scale=wh,
+                 box_size=(side * padding, side * padding), keypoints=kps,
                  area=wh[0] * wh[1] / padding ** 2, image_id=i, instance_id=i, score=1.0,
                  image_size=size)
     return rows.freeze(log)
@@ -667,4 +753,5 @@ def load_index(cfg, split: str, log: Optional[Callable] = print) -> PoseIndex:
         return load_mpii(ann, images, aspect, d.padding, log, **limits)
     det = d.det_file if split == "val" else None
     return load_coco_style(ann, images, DATASETS[d.format], aspect, d.padding, det,
-                           d.det_score_min, log, scoring=split == "val", **limits)
+                           d.det_score_min, log, scoring=split == "val",
+                           box_rule=cfg.aug.recipe, **limits)

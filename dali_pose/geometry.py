@@ -258,15 +258,16 @@ def truncnorm_unit(u):
 
 
 @numba.njit(cache=True)
-def draw_box(center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor,
+def draw_box(center, scale, box, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor,
              scale_factor, half_body_prob, half_body_min_joints, shift_factor, aspect,
              shift_prob, upper_prob, min_upper, min_lower, half_padding, recipe):
     """The training crop of one sample from its draws, by ``recipe``'s rules.
 
     ``center`` (2,) / ``scale`` (2,): the index's box (w, h) in source px, aspect-fixed and
-    padded; ``kps`` (K, 3); ``u`` NUM_UNIFORM U(0,1) and ``n`` NUM_NORMAL N(0,1) draws
-    (layouts above). Returns (cx, cy, sw, sh, rot_deg, flip, half) with half 0 (whole
-    person), 1 (upper body) or 2 (lower body).
+    padded; ``box`` (2,): the same padded box (w, h) px *before* the aspect fix (mmpose's
+    ``bbox_scale``, ``PoseIndex.box_size``); ``kps`` (K, 3); ``u`` NUM_UNIFORM U(0,1) and
+    ``n`` NUM_NORMAL N(0,1) draws (layouts above). Returns (cx, cy, sw, sh, rot_deg, flip,
+    half) with half 0 (whole person), 1 (upper body) or 2 (lower body).
 
     hrnet (HRNet / UDP-Pose / SimpleBaseline ``JointsDataset``): half body when more than
     ``half_body_min_joints`` joints are visible, with ``half_body_prob``; scale
@@ -274,11 +275,13 @@ def draw_box(center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_fact
     shift (not in the official code; 0 by default) U(-1, 1) * factor * the scaled box.
     mmpose (1.x ``RandomHalfBody`` + ``RandomBBoxTransform``): T = N(0, 1) truncated to
     [-1, 1]; scale 1 + sf * T always; rotation rf * T with ``rot_prob``; shift
-    factor * T per axis with ``shift_prob``, of the box before scaling (the half-body box
-    before the aspect fix, the index's box, which is aspect-fixed, otherwise).
+    factor * T per axis with ``shift_prob``, of the box mmpose's ``bbox_scale`` holds
+    then: padded, before the scale draw and before the aspect fix (which mmpose does last,
+    in ``TopdownAffine``): the half-body box, else ``box``. Scaling and the aspect fix
+    commute, so fixing the aspect first (as the index does) gives the same crop.
     """
     cx, cy, sw, sh = center[0], center[1], scale[0], scale[1]
-    bw, bh = sw, sh  # the box the mmpose shift is a fraction of
+    bw, bh = box[0], box[1]  # the box the mmpose shift is a fraction of
     n_up = 0
     n_lo = 0
     for j in range(kps.shape[0]):
@@ -320,15 +323,15 @@ def draw_box(center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_fact
 
 
 @numba.njit(cache=True)
-def augment(center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor,
+def augment(center, scale, box, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor,
             scale_factor, half_body_prob, half_body_min_joints, shift_factor, aspect,
             shift_prob=1.0, upper_prob=0.6914624612740131, min_upper=3, min_lower=3,
             half_padding=1.5, recipe=RECIPE_HRNET):
     """:func:`draw_box` without the half-body branch: (cx, cy, sw, sh, rot_deg, flip) of
     the crop in source pixels. The defaults of the trailing arguments are the hrnet
-    recipe's."""
+    recipe's (which does not read ``box``)."""
     cx, cy, sw, sh, rot, flip, _ = draw_box(
-        center, scale, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor, scale_factor,
+        center, scale, box, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor, scale_factor,
         half_body_prob, half_body_min_joints, shift_factor, aspect, shift_prob, upper_prob,
         min_upper, min_lower, half_padding, recipe)
     return cx, cy, sw, sh, rot, flip

@@ -83,6 +83,60 @@ def test_malformed_json_and_wrong_dataset(tmp_path):
         load_coco_style(p2, img, COCO, 0.75)
 
 
+# boxes of a 120 x 100 image: inside, over the left, over the right and bottom, the image
+BOXES = [(10, 10, 40, 60), (-5, 20, 30, 40), (100, 70, 40, 50), (0, 0, 120, 100)]
+
+
+def clipped_reference(rule, x, y, w, h, width=120, height=100):
+    """The recipes' ground-truth box clipping, written here from the reference loaders:
+    (x1, y1, x2, y2)."""
+    if rule == "hrnet":  # HRNet / UDP-Pose: from the clipped corner, w - 1 px wide
+        x1, y1 = max(0, x), max(0, y)
+        return (x1, y1, min(width - 1, x1 + max(0, w - 1)),
+                min(height - 1, y1 + max(0, h - 1)))
+    # mmpose 1.x: both corners clipped to the image on their own
+    return (np.clip(x, 0, width - 1), np.clip(y, 0, height - 1),
+            np.clip(x + w, 0, width - 1), np.clip(y + h, 0, height - 1))
+
+
+@pytest.mark.parametrize("rule", ["hrnet", "mmpose"])
+def test_box_rules(tmp_path, rule):
+    """Each recipe's clipping, then centre, the box before the aspect fix (box_size) and
+    after it (scale); detection boxes are used as given by both."""
+    ann, img = _write_coco(tmp_path, [_ann(i + 1, bbox=b) for i, b in enumerate(BOXES)])
+    idx = load_coco_style(ann, img, COCO, 0.75, box_rule=rule)
+    assert len(idx) == len(BOXES)
+    for i, box in enumerate(BOXES):
+        x1, y1, x2, y2 = clipped_reference(rule, *box)
+        pre = np.array([x2 - x1, y2 - y1]) * 1.25
+        np.testing.assert_allclose(idx.center[i], [(x1 + x2) / 2, (y1 + y2) / 2], atol=1e-9)
+        np.testing.assert_allclose(idx.box_size[i], pre, atol=1e-9)
+        fixed = [pre[0], pre[0] / 0.75] if pre[0] > 0.75 * pre[1] else [pre[1] * 0.75, pre[1]]
+        np.testing.assert_allclose(idx.scale[i], fixed, atol=1e-9)
+    det = tmp_path / "det.json"
+    det.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": list(b),
+                                "score": 0.9} for b in BOXES]))
+    dets = load_coco_style(ann, img, COCO, 0.75, det_file=str(det), box_rule=rule)
+    np.testing.assert_allclose(dets.box_size, np.array(BOXES)[:, 2:] * 1.25)
+    np.testing.assert_allclose(dets.center, np.array(BOXES)[:, :2] + np.array(BOXES)[:, 2:] / 2)
+
+
+def test_box_rule_follows_the_recipe(tmp_path):
+    """load_index clips by aug.recipe's rule: the boxes over the image's edges differ."""
+    from dali_pose.config import load_config
+    from dali_pose.datasets import load_index
+
+    ann, img = _write_coco(tmp_path, [_ann(i + 1, bbox=b) for i, b in enumerate(BOXES)])
+    over = [f"data.train_ann={ann}", f"data.train_images={img}"]
+    h = load_index(load_config(None, over), "train", log=None)
+    m = load_index(load_config(None, over + ["aug.recipe=mmpose"]), "train", log=None)
+    x1, _, x2, _ = clipped_reference("mmpose", *BOXES[1])
+    np.testing.assert_allclose(m.box_size[1, 0], (x2 - x1) * 1.25)
+    x1, _, x2, _ = clipped_reference("hrnet", *BOXES[1])
+    np.testing.assert_allclose(h.box_size[1, 0], (x2 - x1) * 1.25)
+    assert not np.allclose(h.center, m.center) and not np.allclose(h.box_size, m.box_size)
+
+
 def test_degenerate_box_skipped_with_count(tmp_path):
     p, img = _write_coco(tmp_path, [_ann(), _ann(8, bbox=(500, 500, 10, 10))])
     lines = []

@@ -115,9 +115,9 @@ def test_augment_ranges():
     rots, scales, flips = [], [], []
     for _ in range(4000):
         u, n = rng.random(7), rng.standard_normal(2)
-        cx, cy, sw, sh, rot, flip = augment(np.array([50.0, 60.0]), np.array([75.0, 100.0]),
-                                            kps, u, n, upper, 0.5, 0.6, 45.0, 0.35, 0.3, 8,
-                                            0.0, 0.75)
+        box = np.array([75.0, 100.0])
+        cx, cy, sw, sh, rot, flip = augment(np.array([50.0, 60.0]), box, box, kps, u, n,
+                                            upper, 0.5, 0.6, 45.0, 0.35, 0.3, 8, 0.0, 0.75)
         rots.append(rot)
         scales.append(sw / 75.0)
         flips.append(flip)
@@ -167,7 +167,8 @@ def test_half_body_share_in_the_training_crop_operator():
     outs = [np.zeros((n_people, 2, 3), np.float32), np.zeros((n_people, k, 3), np.float32),
             np.zeros((n_people, 4), np.float32), np.zeros((n_people, 4), np.float32),
             np.zeros(n_people, np.int32), np.zeros(4, np.int32)]
-    op.cpu_run(*outs, center, scale, kps, u, n, np.array([1000, 1000, 3], np.int64))
+    size = np.concatenate([scale, scale], axis=1)  # box_size: the same (hrnet ignores it)
+    op.cpu_run(*outs, center, size, kps, u, n, np.array([1000, 1000, 3], np.int64))
     crop_w = outs[2][:, 2]
     # scale augmentation keeps a whole-box crop >= 0.65 * 1000 px wide, a half-body crop of
     # joints within 100 px is <= 1.35 * 1.5 * 133 * 0.75 px
@@ -186,9 +187,9 @@ def test_augment_follows_hrnets_rule_draw_by_draw():
     upper = np.zeros(17, np.bool_)
     flip_p, rot_p, rf, sf, shift = 0.5, 0.6, 45.0, 0.35, 0.1
     for _ in range(500):
-        u, n = rng.random(6), rng.standard_normal(2) * 2.0
+        u, n = rng.random(7), rng.standard_normal(2) * 2.0
         c, s = rng.uniform(50, 500, 2), rng.uniform(40, 300, 2)
-        got = augment(c, s, kps, u, n, upper, flip_p, rot_p, rf, sf, 0.3, 8, shift, 0.75)
+        got = augment(c, s, s, kps, u, n, upper, flip_p, rot_p, rf, sf, 0.3, 8, shift, 0.75)
         k = min(max(n[0] * sf + 1.0, 1.0 - sf), 1.0 + sf)  # scale: clipped N(1, sf)
         rot = min(max(n[1] * rf, -2 * rf), 2 * rf) if u[1] < rot_p else 0.0
         sw, sh = s[0] * k, s[1] * k

@@ -172,3 +172,33 @@ def test_occlusion_schedule_is_data_no_recompile_no_rebuild(data, monkeypatch):
     for extra in (["out_dir=elsewhere"], ["train.epochs=7"], ["occlusion.prob=0.3"]):
         build_loader(_cfg(data, base + extra), "train")
     assert len(built) == n_built, built
+
+
+def test_pool_smoothing_is_recorded_and_checked(data, pool_path, tmp_path):
+    """NODA Table I's smoothing on/off: build_pool records it; a config whose
+    noda.smooth_edges asks for the other kind of pool gets one ConfigError line naming the
+    key and the build command, before anything is built; null takes either."""
+    from dali_pose.errors import ConfigError
+    from dali_pose.loader.pool import load_pool
+
+    hard = str(tmp_path / "hard.npz")
+    np.savez(hard, **build_pool(_cfg(data, []), level="cardboard", smooth=False,
+                                verbose=False))
+    assert load_pool(pool_path).settings["smooth"] is True
+    assert load_pool(hard).settings["smooth"] is False
+    a_smooth = load_pool(pool_path).get(0)[0][..., 3]
+    a_hard = load_pool(hard).get(0)[0][..., 3]
+    assert set(np.unique(a_hard)) <= {0, 255} and len(np.unique(a_smooth)) > 2
+    for path, want in [(pool_path, "false"), (hard, "true")]:
+        cfg = _cfg(data, ["noda.prob=1", f"noda.pool={path}", f"noda.smooth_edges={want}"])
+        with pytest.raises(ConfigError) as e:
+            build_loader(cfg, "train")
+        msg = str(e.value)
+        assert "\n" not in msg and "'noda.smooth_edges'" in msg and path in msg
+        command = msg.split("`")[-2]  # the build command of the pool the config asks for
+        assert command.startswith("python -m dali_pose.tools.build_pool")
+        assert ("--no-smooth" in command) == (want == "false")
+    for path, want in [(pool_path, "true"), (hard, "false"), (hard, "null")]:
+        noda = _cfg(data, ["noda.prob=1", f"noda.pool={path}",
+                           f"noda.smooth_edges={want}"]).noda
+        assert len(load_pool(path, noda)) == len(load_pool(path))

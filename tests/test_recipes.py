@@ -29,7 +29,10 @@ Z_MAX = 4.5  # binomial shares: |difference| / its standard error
 
 def people(n=3000, seed=7):
     """Random people: keypoints (n, K, 3) with visibility counts from 0 to K, and their
-    aspect-fixed, 1.25-padded boxes (center (n, 2), scale (n, 2))."""
+    1.25-padded boxes: center (n, 2), scale (n, 2) aspect-fixed, box (n, 2) before the
+    aspect fix (the index's ``box_size``). Their w/h spread from 0.1 to 2.7 (5-95%: 0.2 to
+    1.6), so the aspect fix grows 87% of the boxes by > 10% (a shift relative to the wrong
+    box shows)."""
     rng = np.random.default_rng(seed)
     kps = np.zeros((n, K, 3), np.float32)
     base = rng.uniform(100, 500, (n, 1, 2))
@@ -39,30 +42,33 @@ def people(n=3000, seed=7):
     kps[:, :, 2] = np.where(rng.random((n, K)) < p_vis, 2, 0)
     xy = kps[:, :, :2]
     center = (xy.min(1) + xy.max(1)) / 2
-    scale = np.array([fix_aspect(w, h, ASPECT) for w, h in xy.max(1) - xy.min(1)]) * 1.25
-    return center.astype(np.float32), scale.astype(np.float32), kps
+    box = (xy.max(1) - xy.min(1)) * 1.25
+    scale = np.array([fix_aspect(w, h, ASPECT) for w, h in box])
+    return (center.astype(np.float32), scale.astype(np.float32), box.astype(np.float32),
+            kps)
 
 
 @numba.njit
-def ours(center, scale, kps, u, n, upper, p, aspect):
+def ours(center, scale, box, kps, u, n, upper, p, aspect):
     m = u.shape[0]
     out = np.empty((m, 7))
     for i in range(m):
         j = i % center.shape[0]
-        cx, cy, sw, sh, rot, flip, half = draw_box(center[j], scale[j], kps[j], u[i], n[i], upper, p[0], p[1], p[2], p[3],
-                     p[4], int(p[5]), p[6], aspect, p[7], p[8], int(p[9]), int(p[10]), p[11],
-                     int(p[12]))
+        cx, cy, sw, sh, rot, flip, half = draw_box(
+            center[j], scale[j], box[j], kps[j], u[i], n[i], upper, p[0], p[1], p[2], p[3],
+            p[4], int(p[5]), p[6], aspect, p[7], p[8], int(p[9]), int(p[10]), p[11],
+            int(p[12]))
         out[i, 0], out[i, 1], out[i, 2], out[i, 3] = cx, cy, sw, sh
         out[i, 4], out[i, 5], out[i, 6] = rot, flip, half
     return out
 
 
-def run_ours(cfg_aug, c, s, k, seed=1):
+def run_ours(cfg_aug, c, s, b, k, seed=1):
     rng = np.random.default_rng(seed)
     u = rng.random((N, NUM_UNIFORM), dtype=np.float32)
     n = rng.standard_normal((N, NUM_NORMAL), dtype=np.float32)
     p = np.array(AugParams.of(cfg_aug), np.float64)
-    return ours(c, s, k, u, n, UPPER, p, ASPECT)
+    return ours(c, s, b, k, u, n, UPPER, p, ASPECT)
 
 
 def halves(kps):
@@ -95,11 +101,14 @@ def truncnorm_np(rng, size):
     return x
 
 
-def reference(recipe, a, c, s, k, seed=2):
-    """The reference sampler, vectorised: (cx, cy, sw, sh, rot, flip, half) per sample."""
+def reference(recipe, a, c, s, b, k, seed=2):
+    """The reference sampler, vectorised: (cx, cy, sw, sh, rot, flip, half) per sample.
+    ``b``: the padded boxes before the aspect fix (mmpose's ``bbox_scale`` after
+    ``GetBBoxCenterScale``); ``s`` the same aspect-fixed (HRNet's box)."""
     rng = np.random.default_rng(seed)
     j = np.arange(N) % len(c)
-    c, s, k = c[j].astype(np.float64), s[j].astype(np.float64), k[j]
+    c, s, b, k = (c[j].astype(np.float64), s[j].astype(np.float64), b[j].astype(np.float64),
+                  k[j])
     (n_up, m_up, e_up), (n_lo, m_lo, e_lo) = halves(k)
     n_vis = n_up + n_lo
     flip = rng.random(N) < a.flip_prob
@@ -118,25 +127,27 @@ def reference(recipe, a, c, s, k, seed=2):
     is_up, is_lo = (half == 1)[:, None], (half == 2)[:, None]
     ctr = np.where(is_up, m_up, np.where(is_lo, m_lo, c))
     ext = np.where(is_up, e_up, e_lo) * 1.5
-    hw, hh = fix_aspect_np(ext[:, 0], ext[:, 1])
     took = half > 0
-    box = np.where(took[:, None], np.stack([hw, hh], 1), s)  # aspect-fixed crop box
-    if recipe == "hrnet":
+    if recipe == "hrnet":  # HRNet fixes the aspect of the half-body box at once
+        hw, hh = fix_aspect_np(ext[:, 0], ext[:, 1])
+        box = np.where(took[:, None], np.stack([hw, hh], 1), s)
         sf, rf = a.scale_factor, a.rot_factor
         scl = np.clip(rng.standard_normal(N) * sf + 1, 1 - sf, 1 + sf)
         rot = np.where(rng.random(N) <= a.rot_prob,
                        np.clip(rng.standard_normal(N) * rf, -2 * rf, 2 * rf), 0.0)
         box = box * scl[:, None]
     else:
-        # the shift is a fraction of the box before the aspect fix (the half-body box; the
-        # index's box, already aspect-fixed, for whole people: as ours)
-        pre = np.where(took[:, None], ext, s)
+        # mmpose keeps bbox_scale as it is (GetBBoxCenterScale's padded box, or
+        # RandomHalfBody's padded extent) through RandomBBoxTransform, whose shift is a
+        # fraction of it and whose scale multiplies it; TopdownAffine fixes the aspect last
+        box = np.where(took[:, None], ext, b)
         off = truncnorm_np(rng, (N, 2)) * 0.16
         off = np.where(rng.random((N, 1)) < 0.3, off, 0.0)
-        ctr = ctr + off * pre
+        ctr = ctr + off * box
         scl = truncnorm_np(rng, N) * 0.5 + 1.0
         box = box * scl[:, None]
         rot = np.where(rng.random(N) < 0.6, truncnorm_np(rng, N) * 80.0, 0.0)
+        box = np.stack(fix_aspect_np(box[:, 0], box[:, 1]), 1)
     return np.column_stack([ctr, box, rot, flip, half])
 
 
@@ -147,10 +158,11 @@ def ks(a, b):
                          - np.searchsorted(b, grid, "right") / len(b)))
 
 
-def relative(out, c, s, k):
+def relative(out, c, s, b, k):
     """Each crop relative to the box it started from (the person's, or the chosen half's):
-    shift of the centre in units of that box (before the aspect fix for a half, as mmpose's
-    shift) and the scale factor, so that the KS tests see the draws, not the people."""
+    shift of the centre in units of that box before the aspect fix (mmpose's shift is a
+    fraction of it) and the scale factor, so that the KS tests see the draws, not the
+    people."""
     j = np.arange(len(out)) % len(c)
     (_, m_up, e_up), (_, m_lo, e_lo) = halves(k[j])
     half = out[:, 6]
@@ -159,7 +171,7 @@ def relative(out, c, s, k):
     ext = np.where(is_up, e_up, e_lo) * 1.5
     hw, hh = fix_aspect_np(ext[:, 0], ext[:, 1])
     took = (half > 0)[:, None]
-    pre = np.maximum(np.where(took, ext, s[j]), 1e-6)
+    pre = np.maximum(np.where(took, ext, b[j]), 1e-6)
     box = np.where(took, np.stack([hw, hh], 1), s[j])
     return np.column_stack([(out[:, :2] - ctr0) / pre, out[:, 2:4] / box, out[:, 4]])
 
@@ -192,11 +204,11 @@ def crowd():
 
 @pytest.mark.parametrize("recipe", ["hrnet", "mmpose"])
 def test_recipe_matches_reference(recipe, crowd):
-    c, s, k = crowd
+    c, s, b, k = crowd
     a = load_config(None, [f"aug.recipe={recipe}", "aug.shift_factor=0.16"
                            if recipe == "mmpose" else "aug.shift_factor=0.0"]).aug
-    x = run_ours(a, c, s, k)
-    y = reference(recipe, a, c, s, k)
+    x = run_ours(a, c, s, b, k)
+    y = reference(recipe, a, c, s, b, k)
     assert compare(x, y, crowd) == []
     # the draws are not degenerate: half-body crops of both halves happen
     assert (x[:, 6] == 1).mean() > 0.03 and (x[:, 6] == 2).mean() > 0.01
@@ -205,12 +217,12 @@ def test_recipe_matches_reference(recipe, crowd):
 def test_half_body_rule_prefers_upper_as_randn(crowd):
     """The hrnet rule's upper preference is Phi(0.5) = 0.691; the old uniform < 0.5 rule
     (0.5) is a different distribution, which the comparison sees."""
-    c, s, k = crowd
+    c, s, b, k = crowd
     a = load_config(None).aug
     assert a.half_body_upper_prob == pytest.approx(0.5 * math.erfc(-0.5 / math.sqrt(2)))
-    y = reference("hrnet", a, c, s, k)
+    y = reference("hrnet", a, c, s, b, k)
     import dataclasses
-    x = run_ours(dataclasses.replace(a, half_body_upper_prob=0.5), c, s, k)
+    x = run_ours(dataclasses.replace(a, half_body_upper_prob=0.5), c, s, b, k)
     assert any(b.startswith(("upper", "lower")) for b in compare(x, y, crowd))
 
 
@@ -234,8 +246,9 @@ def test_recipe_defaults_and_overrides():
 
 def test_mmpose_recipe_through_the_loader(tmp_path):
     """aug.recipe=mmpose reaches the DALI crop operator: its crops' matrices equal the
-    reference loader's (the same draw_box on the same draws), sample by sample, and differ
-    from the hrnet recipe's."""
+    reference loader's (the same draw_box on the same draws, the shift always on so that
+    the box before the aspect fix reaches it), sample by sample, and differ from the hrnet
+    recipe's."""
     pytest.importorskip("nvidia.dali")
     from dali_pose import build_loader
     from dali_pose.datasets import load_index
@@ -250,8 +263,9 @@ def test_mmpose_recipe_through_the_loader(tmp_path):
         return {int(r): b["matrix"][i].numpy() for b in loader
                 for i, r in enumerate(b["row"].tolist())}
 
-    cfg = load_config(None, over + ["aug.recipe=mmpose"])
+    cfg = load_config(None, over + ["aug.recipe=mmpose", "aug.shift_prob=1"])
     index = load_index(cfg, "train")
+    assert (np.abs(index.box_size - index.scale) > 1).any()  # the aspect fix changed boxes
     ref = matrices(build_reference_loader(cfg, "train", num_workers=0, index=index))
     dali = matrices(build_loader(cfg, "train", device="cpu", index=index))
     assert set(ref) == set(dali) == set(range(len(index)))

@@ -48,6 +48,26 @@ def test_list_and_json_cover_every_row():
     assert "E3: S2, no OA" in text and "not provided" in text
 
 
+def test_noda_pools_are_built_as_their_configs_ask():
+    """Each NODA config states the pool's edge smoothing (noda.smooth_edges, checked against
+    the pool at load) and its comment gives the pool's build command; both agree with the
+    command ``--list`` prints (Table I's smoothing rows differ only by it)."""
+    seen = set()
+    for r in rp.as_json():
+        if "pool" not in r.get("commands", {}):
+            continue
+        path = os.path.join(rp.CONFIG_ROOT, r["config"])
+        cfg = load_config(path)
+        command = r["commands"]["pool"]
+        assert cfg.noda.smooth_edges is not None, r["config"]
+        assert ("--no-smooth" in command) == (cfg.noda.smooth_edges is False), r["config"]
+        comment = " ".join(line.strip().lstrip("# ").rstrip(" \\") for line in open(path)
+                           if line.startswith("#"))
+        assert command in " ".join(comment.split()), r["config"]
+        seen.add(cfg.noda.smooth_edges)
+    assert seen == {True, False}
+
+
 def test_cli_json(capsys):
     assert rp.main(["--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(rp.EXPERIMENTS)
@@ -171,6 +191,14 @@ def test_noda_raises_limb_occlusion_on_synthetic_people(tmp_path):
     limbs = ("left_wrist", "right_wrist", "left_elbow", "right_elbow", "left_knee",
              "right_knee", "left_ankle", "right_ankle")
     assert sum(on[j]["occluded"] for j in limbs) > sum(off[j]["occluded"] for j in limbs)
+    # --epochs: the counts of consecutive epochs add up (each epoch draws its own pastes)
+    noda = load_config(None, base + ["noda.prob=1", f"noda.pool={pool}"])
+    second = rp.visibility_counts(noda, loader_epoch=1)
+    both = rp.visibility_counts(noda, loader_epoch=0, epochs=2)
+    for j in on:
+        for key in ("labelled", "occluded"):
+            assert both[j][key] == on[j][key] + second[j][key], (j, key)
+    assert any(second[j]["occluded"] != on[j]["occluded"] for j in limbs)
 
 
 def test_mask_levels_tighten_on_synthetic_silhouettes():

@@ -5,10 +5,13 @@ boxes, keypoints and random draws into everything the later stages need. A DALI 
 one decoded image and the P >= 1 people cropped from it. Per sample:
 
 inputs
-    ``center`` (P, 2) f32 and ``scale`` (P, 2) f32: the people's padded boxes in source px
-    (``PoseIndex``); ``keypoints`` (P, K, 3) f32 in source px; ``uniform`` (P, NUM_UNIFORM)
-    and ``normal`` (P, NUM_NORMAL) f32 draws (:mod:`dali_pose.draws`, layout in
-    :mod:`dali_pose.geometry`); ``image_shape`` (3,) i64 (H, W, C) from ``peek_image_shape``.
+    ``center`` (P, 2) f32 and ``size`` (P, 4) f32: the people's padded boxes in source px,
+    as ``PoseIndex`` holds them: ``center`` (x, y); ``scale`` (w, h), then ``box_size``
+    (w, h) before the aspect fix (what the mmpose recipe's shift is a fraction of; one
+    port with ``scale``, as a DALI numba operator takes at most six inputs);
+    ``keypoints`` (P, K, 3) f32 in source px; ``uniform`` (P, NUM_UNIFORM) and ``normal``
+    (P, NUM_NORMAL) f32 draws (:mod:`dali_pose.draws`, layout in :mod:`dali_pose.geometry`);
+    ``image_shape`` (3,) i64 (H, W, C) from ``peek_image_shape``.
 outputs
     ``matrix`` (P, 2, 3) f32, source px -> crop px (OpenCV convention); ``keypoints``
     (P, K, 3) f32 in crop px, joints swapped when flipped; ``crop_box`` (P, 4) f32
@@ -61,13 +64,14 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
     pad = float(padding)
 
     @numba.njit
-    def place(matrix, kps_out, crop_box, person_box, flipped, center, scale, kps, u, n):
+    def place(matrix, kps_out, crop_box, person_box, flipped, center, size, kps, u, n):
+        scale = size[0:2]
         if do_aug:
-            cx, cy, sw, sh, rot, flip = augment(center, scale, kps, u, n, upper, flip_prob,
-                                                rot_prob, rot_factor, scale_factor, half_prob,
-                                                half_min, shift_factor, aspect, shift_prob,
-                                                upper_prob, min_upper, min_lower, half_pad,
-                                                recipe)
+            cx, cy, sw, sh, rot, flip = augment(center, scale, size[2:4], kps, u, n, upper,
+                                                flip_prob, rot_prob, rot_factor, scale_factor,
+                                                half_prob, half_min, shift_factor, aspect,
+                                                shift_prob, upper_prob, min_upper, min_lower,
+                                                half_pad, recipe)
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False
         m = matrix_of(cx, cy, sw, sh, rot, out_w, out_h, flip)
@@ -86,12 +90,12 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
         flipped[0] = 1 if flip else 0
         return m
 
-    def run(matrix, kps_out, crop_box, person_box, flipped, window, center, scale, kps, u, n,
+    def run(matrix, kps_out, crop_box, person_box, flipped, window, center, size, kps, u, n,
             shape):
         x0, y0, x1, y1 = shape[1], shape[0], 0, 0
         for p in range(center.shape[0]):
             m = place(matrix[p], kps_out[p], crop_box[p], person_box[p], flipped[p:p + 1],
-                      center[p], scale[p], kps[p], u[p], n[p])
+                      center[p], size[p], kps[p], u[p], n[p])
             a0, b0, a1, b1 = source_roi(invert_affine(m), out_w, out_h, shape[1], shape[0],
                                         ROI_MARGIN)
             if a1 > a0 and b1 > b0:  # the union of the crops' windows
@@ -109,7 +113,7 @@ def crop_op(input_size: Tuple[int, int], padding: float, flip_index: Tuple[int, 
         outputs=(Port("matrix", f32, (P, 2, 3)), Port("keypoints", f32, (P, k, 3)),
                  Port("crop_box", f32, (P, 4)), Port("person_box", f32, (P, 4)),
                  Port("flipped", i32, (P,)), Port("window", i32, (4,))),
-        inputs=(Port("center", f32, (P, 2)), Port("scale", f32, (P, 2)),
+        inputs=(Port("center", f32, (P, 2)), Port("size", f32, (P, 4)),
                 Port("keypoints", f32, (P, k, 3)), Port("uniform", f32, (P, NUM_UNIFORM)),
                 Port("normal", f32, (P, NUM_NORMAL)), Port("image_shape", "int64", (3,))),
         cpu_run=run)

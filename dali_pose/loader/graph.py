@@ -187,7 +187,7 @@ class Read(NamedTuple):
 
     jpeg: object
     center: object
-    scale: object
+    size: object
     keypoints: object
     row: object
     uniform: object
@@ -246,7 +246,7 @@ def geometry_stage(spec: GraphSpec, read: Read) -> Geometry:
     # stored pixel order: COCO / MPII / CrowdPose annotate the pixels as stored, whatever an
     # EXIF orientation tag says (HRNet reads with cv2.IMREAD_IGNORE_ORIENTATION)
     shape = fn.peek_image_shape(read.jpeg, adjust_orientation=False)
-    out = apply(spec.crop, center=read.center, scale=read.scale, keypoints=read.keypoints,
+    out = apply(spec.crop, center=read.center, size=read.size, keypoints=read.keypoints,
                 uniform=read.uniform, normal=read.normal, image_shape=shape)
     return Geometry(**vars(out))
 

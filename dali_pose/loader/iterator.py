@@ -93,7 +93,7 @@ class PoseLoader:
         if self.spec.noda is not None:
             from .pool import load_pool
 
-            pool = load_pool(cfg.noda.pool)
+            pool = load_pool(cfg.noda.pool, cfg.noda)
             if pool.kps.shape[1] != self.info.num_joints:
                 raise DatasetError(f"NODA pool {cfg.noda.pool} has {pool.kps.shape[1]} joints, "
                                    f"the dataset {self.info.num_joints}")

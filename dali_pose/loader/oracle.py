@@ -35,8 +35,9 @@ def one_person_per_image(index):
     each image: the oracle graph's one person per sample."""
     first = np.array([g[0] for g in image_groups(np.asarray(index.image_paths))], np.int64)
     rows = {f: getattr(index, f)[first] for f in _ROW_FIELDS}
-    if index.image_size is not None:
-        rows["image_size"] = index.image_size[first]
+    for f in ("image_size", "box_size"):
+        if getattr(index, f) is not None:
+            rows[f] = getattr(index, f)[first]
     return dataclasses.replace(index, **rows)
 
 

@@ -8,7 +8,9 @@ index's box without padding (``PoseIndex.center``, ``PoseIndex.scale / data.padd
 aspect-fixed to the input, the convention of the crop operator's ``person_box``),
 ``person_boxes`` (N, 4) the annotation box in crop px, ``image_id`` / ``instance_id`` (N,)
 int64 (so the loader never pastes a person into its own crop), ``level``, ``dataset``,
-``settings`` and ``skipped`` (json strings).
+``settings`` and ``skipped`` (json strings). ``settings['smooth']`` records whether the
+mattes' edges were smoothed; a config's ``noda.smooth_edges`` is checked against it
+(:func:`check_pool`), so that NODA Table I's smoothing rows cannot silently swap pools.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..errors import DatasetError, show
+from ..errors import ConfigError, DatasetError, show
 
 POOL_VERSION = 1
 
@@ -51,9 +53,39 @@ class Pool:
         return rgba, self.kps[i], self.boxes[i]
 
 
-def load_pool(path: str) -> Pool:
+def load_pool(path: str, noda=None) -> Pool:
     """Read a pool written by ``build_pool``; a file that is not one (missing, not an .npz,
-    an array missing or of objects, which would need pickle) is a ``DatasetError``."""
+    an array missing or of objects, which would need pickle) is a ``DatasetError``.
+    ``noda`` (the ``noda`` config section, optional): a pool built otherwise than it states
+    (:func:`check_pool`) is a ``ConfigError``."""
+    pool = _read_pool(path)
+    if noda is not None:
+        check_pool(pool, noda, path)
+    return pool
+
+
+def check_pool(pool: Pool, noda, path: str) -> None:
+    """``noda.smooth_edges`` (true / false; None: either) against the edge smoothing the
+    pool records (``settings['smooth']``): a mismatch is a ``ConfigError`` naming the key
+    and the command that builds the pool asked for."""
+    want = noda.smooth_edges
+    if want is None:
+        return
+    have = pool.settings.get("smooth")
+    if have is want:
+        return
+    built = {True: "with edge smoothing", False: "without edge smoothing (--no-smooth)"}.get(
+        have, "without a record of its edge smoothing")
+    flag = "" if want else " --no-smooth"
+    e = ConfigError(f"config key 'noda.smooth_edges': {str(want).lower()}, but the NODA pool "
+                    f"{path} was built {built}; build the pool the config asks for with "
+                    f"`python -m dali_pose.tools.build_pool --config CONFIG --out {path} "
+                    f"--level {pool.level}{flag}`")
+    e.key = "noda.smooth_edges"
+    raise e
+
+
+def _read_pool(path: str) -> Pool:
     try:
         with np.load(path, allow_pickle=False) as z:
             settings = json.loads(str(z["settings"]))

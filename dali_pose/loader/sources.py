@@ -60,7 +60,7 @@ class BatchSource:
     @property
     def fields(self) -> Tuple[Tuple[str, str], ...]:
         """(name, dtype) of each output, in order."""
-        out = (("jpeg", "uint8"), ("center", "float32"), ("scale", "float32"),
+        out = (("jpeg", "uint8"), ("center", "float32"), ("size", "float32"),
                ("keypoints", "float32"), ("row", "int64"), ("uniform", "float32"),
                ("normal", "float32"))
         if self.n_occlusion:
@@ -136,8 +136,8 @@ class BatchSource:
             p = len(rows)
             # a skipped image's people go through the graph with row -1: the loader drops them
             served = rows.astype(np.int64) if ok else np.full(p, -1, np.int64)
-            vals = [data, ix.center[rows].astype(np.float32),
-                    ix.scale[rows].astype(np.float32), ix.keypoints[rows], served]
+            vals = [data, ix.center[rows].astype(np.float32), box_sizes(ix, rows),
+                    ix.keypoints[rows], served]
             if self.train:
                 draws = [sample_draws(self.seed, self.epoch, int(r), self.n_occlusion,
                                       self.n_noda, self.occlusion_prob, self.noda_prob)
@@ -154,6 +154,12 @@ class BatchSource:
             for col, v in zip(cols, vals):
                 col.append(v)
         return tuple(cols)
+
+
+def box_sizes(index: PoseIndex, rows: np.ndarray) -> np.ndarray:
+    """(P, 4) f32: ``scale`` and ``box_size`` of ``rows`` (the crop operator's ``size``)."""
+    return np.concatenate([index.scale[rows], index.box_sizes()[rows]],
+                          axis=1).astype(np.float32)
 
 
 class PoolSource:

@@ -180,7 +180,7 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
     if spec.noda is not None:  # as the loader does
         from ..loader.pool import load_pool
 
-        pool = load_pool(cfg.noda.pool)
+        pool = load_pool(cfg.noda.pool, cfg.noda)
         pool_data = upload_pool(pool, torch.device("cuda", device_id) if gpu else None)
     prefixes = [s for s in DALI_STAGES if s != "iterator (to torch)"]
     extra = ["full decode"]

@@ -204,6 +204,7 @@ class ReferenceDataset(Dataset):
         ix, a = self.index, self.cfg.aug
         center = ix.center[row].astype(np.float32)  # float32, as the DALI source feeds them
         scale = ix.scale[row].astype(np.float32)
+        box = ix.box_sizes()[row].astype(np.float32)
         kps = np.ascontiguousarray(ix.keypoints[row], dtype=np.float32)
         draws = None
         if self.train:
@@ -212,7 +213,7 @@ class ReferenceDataset(Dataset):
                                  occlusion_prob=occlusion_probs(self.cfg, epoch)[0])
             p = AugParams.of(a)
             cx, cy, sw, sh, rot, flip = augment(
-                center, scale, kps, draws.uniform, draws.normal, self.upper, *p[:7],
+                center, scale, box, kps, draws.uniform, draws.normal, self.upper, *p[:7],
                 self.out_w / self.out_h, *p[7:])
         else:
             cx, cy, sw, sh, rot, flip = center[0], center[1], scale[0], scale[1], 0.0, False

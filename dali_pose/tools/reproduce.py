@@ -467,12 +467,14 @@ def occluder_hit_shares(n_scenes: int = 60, seed: int = 0, input_size=(96, 128),
     return out
 
 
-def visibility_counts(cfg, loader_epoch: Optional[int] = None) -> Dict[str, dict]:
+def visibility_counts(cfg, loader_epoch: Optional[int] = None,
+                      epochs: int = 1) -> Dict[str, dict]:
     """Per joint of the training split: how many people have it labelled and how many of
     those occluded (NODA Fig. 1).
 
-    From the index (``loader_epoch`` None): occluded = labelled v = 1. From one epoch of the
-    training loader (``loader_epoch`` = the epoch): over its crops, labelled = v > 0 in the
+    From the index (``loader_epoch`` None): occluded = labelled v = 1 (MPII's json has no
+    visibility flag: every labelled joint is v = 2 there). From ``epochs`` epochs of the
+    training loader from ``loader_epoch`` on: over their crops, labelled = v > 0 in the
     crop and occluded = v = 1 or covered by a NODA occluder (``batch["occluded"]``), so the
     same config with and without ``noda.prob`` shows what NODA adds.
     Returns {joint name: {"labelled", "occluded", "share"}}.
@@ -491,13 +493,14 @@ def visibility_counts(cfg, loader_epoch: Optional[int] = None) -> Dict[str, dict
 
         loader = build_loader(cfg, "train")
         names = loader.info.joints
-        loader.set_epoch(loader_epoch)
         lab = occ = 0
-        for batch in loader:
-            v = batch["keypoints"][..., 2].cpu().numpy()
-            covered = batch["occluded"].cpu().numpy() > 0
-            lab = lab + (v > 0).sum(0)
-            occ = occ + ((v > 0) & ((v == 1) | covered)).sum(0)
+        for epoch in range(loader_epoch, loader_epoch + epochs):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                v = batch["keypoints"][..., 2].cpu().numpy()
+                covered = batch["occluded"].cpu().numpy() > 0
+                lab = lab + (v > 0).sum(0)
+                occ = occ + ((v > 0) & ((v == 1) | covered)).sum(0)
     return {n: {"labelled": int(a), "occluded": int(b), "share": float(b) / max(int(a), 1)}
             for n, a, b in zip(names, lab, occ)}
 
@@ -571,6 +574,8 @@ def main(argv=None) -> int:
                    help="per-joint labelled / occluded counts of CONFIG's training split "
                         "(with --loader-epoch E: of one loader epoch, NODA included)")
     ap.add_argument("--loader-epoch", type=int, default=None, metavar="E")
+    ap.add_argument("--epochs", type=int, default=1, metavar="N",
+                    help="--visibility --loader-epoch E: count epochs E .. E+N-1")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="--visibility: override a config value")
     ap.add_argument("--out", default="curves.png", help="--plot: the PNG to write")
@@ -582,9 +587,12 @@ def main(argv=None) -> int:
             print(json.dumps(as_json(), indent=1))
         elif args.visibility:
             cfg = load_config(args.visibility, args.overrides)
-            src = ("the index" if args.loader_epoch is None
-                   else f"loader epoch {args.loader_epoch}")
-            print(format_visibility(visibility_counts(cfg, args.loader_epoch),
+            if args.epochs < 1:
+                ap.error("--epochs must be >= 1")
+            e = args.loader_epoch
+            src = ("the index" if e is None else f"loader epoch {e}" if args.epochs == 1
+                   else f"loader epochs {e}-{e + args.epochs - 1}")
+            print(format_visibility(visibility_counts(cfg, e, args.epochs),
                                     f"{args.visibility}, training split, from {src}"))
         elif args.small:
             print(format_small(occluder_hit_shares()))
