@@ -46,7 +46,8 @@ from dali_pose.engine.preflight import check_run  # noqa: E402
 from dali_pose.engine.progress import Progress, RunLog  # noqa: E402
 from dali_pose.engine.schedule import build_optimizer, build_scheduler  # noqa: E402
 from dali_pose.engine.stopping import NonFiniteLoss, StopRequest  # noqa: E402
-from dali_pose.evaluation.inference import merge, predict, score  # noqa: E402
+from dali_pose.evaluation.inference import predict, score  # noqa: E402
+from dali_pose.integrations.gather import gather_predictions  # noqa: E402
 from dali_pose.models import describe_model  # noqa: E402
 from dali_pose.models.losses import pose_loss  # noqa: E402
 from dali_pose.models.weights import load_state  # noqa: E402
@@ -362,11 +363,10 @@ def validate(cfg, model, loader, dist, max_batches=None, log=print):
     """Each rank predicts its shard with the flip test; rank 0 gathers every instance
     exactly once, writes the predictions and returns (their metrics, how many instances were
     predicted); the other ranks return (None, None)."""
-    part = predict(cfg, model, dist.device, max_batches, loader=loader)
-    parts = distributed.gather(dist, part)
+    # the loader pads every shard to the same batches; predict keeps the valid rows
+    preds = gather_predictions(predict(cfg, model, dist.device, max_batches, loader=loader))
     if not dist.main:
         return None, None
-    preds = merge(parts)
     return score(cfg, preds, cfg.out_dir, log=log), int(preds.done.sum())
 
 
