@@ -10,6 +10,8 @@ replaces ``train.pose_loss``), so nothing depends on timing.
 """
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,3 +117,39 @@ def test_the_resumed_run_equals_the_uninterrupted_one_bit_for_bit(chain):
     assert [r["epoch"] for r in lo] == [0, 1]
     assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
     assert all(r["unique_samples"] == r["samples"] == 16 for r in lo)
+
+
+def _torchrun(args, fault=None, driver=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    script = str(ROOT / "train.py")
+    if fault:
+        env["FAULT"], script = fault, str(driver)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", script, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_two_ranks_stopped_part_way_resume_equal_to_the_uninterrupted_run(tmp_path):
+    """torchrun, 2 CPU ranks: SIGTERM on both during epoch 0 step 3, then --resume auto:
+    each rank continues its own shard at batch 3; weights and metrics lines equal."""
+    d = tmp_path / "syn"
+    generate(str(d), seed=1, num_train=6, num_val=2)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(root=str(ROOT)))
+    extra = ("train.validate=false", "loader.batch_size=2")
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    p = _torchrun(_args(d, whole, *extra))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    p = _torchrun(_args(d, out, *extra), "signal_at:SIGTERM:3", driver)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["loader"]["batch"] == 3 and last["loader"]["num_shards"] == 2
+    ranks = last["partial"]["ranks"]
+    assert len(ranks) == 2 and not set(ranks[0]["rows"]) & set(ranks[1]["rows"])
+    p = _torchrun(_args(d, out, *extra) + ["--resume", "auto"])
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert "continuing with epoch 0 step 4" in p.stdout
+    assert _same_weights(_model(whole / "model.pt"), _model(out / "model.pt"))
+    lw, lo = _lines(whole / "metrics.jsonl"), _lines(out / "metrics.jsonl")
+    assert [r["epoch"] for r in lo] == [0, 1] and all(r["ranks_in_sync"] for r in lo)
+    assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
