@@ -384,8 +384,9 @@ def _resume_point(state: dict, epochs: int) -> str:
 
 
 def _resume_loader(loader, state: dict, dist, ckpt: str) -> None:
-    """Give ``loader`` the part-way state of ``state`` (its next ``iter()`` of that epoch
-    yields the batches after the saved ones, decoding none of those before). The rest of
+    """Give ``loader`` the part-way state of ``state`` (rank 0's: every rank continues its
+    own shard at that batch; the next ``iter()`` of that epoch yields the batches after the
+    saved ones, decoding none of those before). The rest of
     the epoch is a function of the seed, batch size and ranks: other ones are a one-line
     error."""
     saved = dict(state["loader"])
@@ -396,7 +397,6 @@ def _resume_loader(loader, state: dict, dist, ckpt: str) -> None:
                           f"{k}) with {n} rank(s); continue it with {n} (torchrun "
                           f"--nproc_per_node {n}), or resume from a checkpoint of an "
                           f"epoch's end")
-    saved["shard_id"] = dist.rank  # rank 0 wrote it; each rank continues its own shard
     try:
         loader.load_state_dict(saved)
     except ValueError as e:
