@@ -57,7 +57,7 @@ def chain(tmp_path_factory):
     driver = base / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT)))
     whole, out = base / "whole", base / "out"
-    res = {"whole": _main(_args(d, whole, "train.validate=false"))}
+    res = {"data": d, "whole": _main(_args(d, whole, "train.validate=false"))}
     args = _args(d, out, "train.validate=false", "train.ckpt_every_steps=2")
     res["killed"] = _finish(_start(args, "signal_at:SIGKILL:3", driver))
     res["after_kill"] = torch.load(out / "last.pt", weights_only=True)
@@ -117,6 +117,23 @@ def test_the_resumed_run_equals_the_uninterrupted_one_bit_for_bit(chain):
     assert [r["epoch"] for r in lo] == [0, 1]
     assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
     assert all(r["unique_samples"] == r["samples"] == 16 for r in lo)
+
+
+def test_stopped_after_an_epochs_last_step_resumes_with_its_end(chain, tmp_path):
+    """SIGTERM during epoch 0's last step: last.pt holds all 4 steps of it and no epoch
+    end; the resume trains nothing more of epoch 0, ends it (its metrics line) and goes on
+    to the uninterrupted run's weights."""
+    whole, out, res = chain
+    args = _args(res["data"], tmp_path / "run", "train.validate=false")
+    mp = pytest.MonkeyPatch()
+    assert _main(args, sigterm_at=4, monkeypatch=mp) == 0
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["epoch"] == 0 and last["partial"]["steps"] == 4
+    assert _lines(tmp_path / "run" / "metrics.jsonl") == []
+    assert _main(args + ["--resume", "auto"]) == 0
+    assert _same_weights(_model(whole / "model.pt"), _model(tmp_path / "run" / "model.pt"))
+    lw, lo = _lines(whole / "metrics.jsonl"), _lines(tmp_path / "run" / "metrics.jsonl")
+    assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
 
 
 def _torchrun(args, fault=None, driver=None):
