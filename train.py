@@ -22,8 +22,8 @@ SIGTERM or SIGINT (Ctrl-C, a cluster's preemption): the current step finishes, `
 gets the state part-way through the epoch (the loader's epoch and batch with it), one line
 says where ``--resume auto`` continues (the next step of that epoch), exit 0 (see
 ``dali_pose.engine.stopping``); ``train.ckpt_every_steps`` also writes that part-way
-``last.pt`` every N steps, so a SIGKILL loses at most N steps. Errors of input, of the disk, and a loss that becomes NaN
-are one line (``error: ...``) and exit 1.
+``last.pt`` every N steps, so a SIGKILL loses at most N steps. Errors of input, of the
+disk, and a loss that becomes NaN are one line (``error: ...``) and exit 1.
 """
 import os
 import signal
@@ -276,7 +276,8 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
             stop_now = stop.requested(dist)  # a collective: every rank agrees
             every = tc.ckpt_every_steps
             if stop_now or (every and (epoch * steps + done_steps) % every == 0):
-                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)  # no NaN saved
+                # never save a NaN
+                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
                 sums = {"loss_sum": loss_sum.item(), "samples": samples,
                         "rows": torch.cat(rows).tolist()}
                 ranks = distributed.gather(dist, sums)

@@ -18,14 +18,18 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 import train  # noqa: E402
+from test_trainer_faults import _state as a_checkpoint  # noqa: E402
 from test_trainer_faults import (DRIVER, ROOT, _args, _finish, _lines, _model,  # noqa: E402
                                  _same_weights, _start)
 
+from dali_pose.engine.checkpoint import read_training_checkpoint, save_atomic  # noqa: E402
+from dali_pose.engine.distributed import Dist  # noqa: E402
+from dali_pose.errors import ConfigError, WeightsError  # noqa: E402
 from dali_pose.tools.synthetic import generate  # noqa: E402
 
-# ~2.5 min on a shared 2-core machine; the default run's test_trainer_faults chain also
-# resumes a SIGTERM part-way through an epoch (with validation and best.pt)
-pytestmark = pytest.mark.slow
+# The runs of train.py are slow (2-3 min on a shared 2-core machine); the default run's
+# test_trainer_faults chain also resumes a SIGTERM part-way through an epoch (with
+# validation and best.pt).
 
 _KEYS = ("epoch", "steps", "loss", "lr", "samples", "unique_samples")
 
@@ -71,6 +75,7 @@ def chain(tmp_path_factory):
     return whole, out, res
 
 
+@pytest.mark.slow
 def test_a_sigkill_resumes_from_the_last_periodic_checkpoint(chain):
     whole, out, res = chain
     assert res["whole"] == 0
@@ -84,6 +89,7 @@ def test_a_sigkill_resumes_from_the_last_periodic_checkpoint(chain):
     assert res["lines_after_kill"] == [] and not (out / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_the_loader_position_and_exits_0(chain):
     whole, out, res = chain
     assert res["term"] == 0
@@ -99,6 +105,7 @@ def test_sigterm_mid_epoch_saves_the_loader_position_and_exits_0(chain):
             f"--resume auto continues with epoch 1 step 3") in log
 
 
+@pytest.mark.slow
 def test_the_resumed_run_equals_the_uninterrupted_one_bit_for_bit(chain):
     whole, out, res = chain
     assert res["resumed"] == 0
@@ -119,6 +126,7 @@ def test_the_resumed_run_equals_the_uninterrupted_one_bit_for_bit(chain):
     assert all(r["unique_samples"] == r["samples"] == 16 for r in lo)
 
 
+@pytest.mark.slow
 def test_stopped_after_an_epochs_last_step_resumes_with_its_end(chain, tmp_path):
     """SIGTERM during epoch 0's last step: last.pt holds all 4 steps of it and no epoch
     end; the resume trains nothing more of epoch 0, ends it (its metrics line) and goes on
@@ -146,6 +154,7 @@ def _torchrun(args, fault=None, driver=None):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_two_ranks_stopped_part_way_resume_equal_to_the_uninterrupted_run(tmp_path):
     """torchrun, 2 CPU ranks: SIGTERM on both during epoch 0 step 3, then --resume auto:
     each rank continues its own shard at batch 3; weights and metrics lines equal."""
@@ -170,3 +179,52 @@ def test_two_ranks_stopped_part_way_resume_equal_to_the_uninterrupted_run(tmp_pa
     lw, lo = _lines(whole / "metrics.jsonl"), _lines(out / "metrics.jsonl")
     assert [r["epoch"] for r in lo] == [0, 1] and all(r["ranks_in_sync"] for r in lo)
     assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
+
+
+# ------------------------------------------------------------------------- unit ------
+
+def _part_way(epoch=1, steps=3, ranks=1):
+    state = a_checkpoint(0.5, epoch=epoch)
+    state["loader"] = {"epoch": epoch, "batch": steps, "seed": 0, "shard_id": 0,
+                       "num_shards": ranks, "batch_size": 4}
+    state["partial"] = {"steps": steps, "seconds": 1.0, "data_wait": 0.1, "ranks": [
+        {"loss_sum": 0.25, "samples": 4 * steps, "rows": list(range(4 * steps))}] * ranks}
+    return state
+
+
+def test_a_damaged_part_way_checkpoint_is_a_one_line_error(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic(_part_way(), str(path))
+    assert read_training_checkpoint(str(path))["partial"]["steps"] == 3
+    for damage in ({"partial": {"steps": 3}}, {"loader": {"epoch": 1, "batch": 2}},
+                   {"loader": {"epoch": 0, "batch": 3}}):
+        save_atomic({**_part_way(), **damage}, str(path))
+        with pytest.raises(WeightsError, match="part-way checkpoint") as e:
+            read_training_checkpoint(str(path))
+        assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+class _Loader:
+    def __init__(self):
+        self.loaded = None
+
+    def load_state_dict(self, state):
+        if state["seed"] != 7:
+            raise ValueError("load_state_dict: seed=0, this loader has seed=7")
+        self.loaded = state
+
+
+def test_a_part_way_checkpoint_resumes_only_with_its_ranks_and_plan():
+    """Another number of ranks is refused in one line naming the count to use; the
+    loader's own refusal (another seed) becomes a one-line ConfigError naming the file;
+    the resume point is said in words."""
+    with pytest.raises(ConfigError, match=r"with 2 rank\(s\); continue it with 2 "
+                                          r"\(torchrun --nproc_per_node 2\)"):
+        train._resume_loader(_Loader(), _part_way(ranks=2), Dist(), "out/last.pt")
+    with pytest.raises(ConfigError, match="^out/last.pt: load_state_dict: seed=0"):
+        train._resume_loader(_Loader(), _part_way(), Dist(), "out/last.pt")
+    assert train._resume_point(_part_way(), 2) == \
+        "epochs 0-0 done and 3 steps of epoch 1, continuing with epoch 1 step 4"
+    assert train._resume_point(_part_way(), 1) == "all 1 epochs are done"
+    assert train._resume_point(a_checkpoint(0.5, epoch=1), 2) == \
+        "epochs 0-0 done, continuing with epoch 1"
