@@ -228,3 +228,13 @@ def test_a_part_way_checkpoint_resumes_only_with_its_ranks_and_plan():
     assert train._resume_point(_part_way(), 1) == "all 1 epochs are done"
     assert train._resume_point(a_checkpoint(0.5, epoch=1), 2) == \
         "epochs 0-0 done, continuing with epoch 1"
+
+
+def test_ckpt_every_steps_is_checked_at_load():
+    from dali_pose import load_config
+
+    assert load_config(None).train.ckpt_every_steps == 0  # off unless asked for
+    assert load_config(None, ["train.ckpt_every_steps=500"]).train.ckpt_every_steps == 500
+    for bad, why in (("-1", "must be >= 0"), ("1.5", "expected an integer")):
+        with pytest.raises(ConfigError, match=f"'train.ckpt_every_steps': {why}"):
+            load_config(None, [f"train.ckpt_every_steps={bad}"])
