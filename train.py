@@ -387,9 +387,8 @@ def _resume_point(state: dict, epochs: int) -> str:
 def _resume_loader(loader, state: dict, dist, ckpt: str) -> None:
     """Give ``loader`` the part-way state of ``state`` (rank 0's: every rank continues its
     own shard at that batch; the next ``iter()`` of that epoch yields the batches after the
-    saved ones, decoding none of those before). The rest of
-    the epoch is a function of the seed, batch size and ranks: other ones are a one-line
-    error."""
+    saved ones, decoding none of those before). The rest of the epoch is a function of the
+    seed, batch size and ranks: other ones are a one-line error."""
     saved = dict(state["loader"])
     epoch, k = int(saved["epoch"]), int(saved["batch"])
     n = len(state["partial"]["ranks"])
