@@ -52,7 +52,7 @@ import numpy as np
 from dali_pose.config import DataConfig, add_config_args
 from dali_pose.datasets import DATASETS, MPII, DatasetInfo, image_path
 from dali_pose.errors import DaliPoseError, NoGpuError
-from dali_pose.evaluation.draw import draw_pose
+from dali_pose.evaluation.visualize import draw_pose
 from dali_pose.evaluation.metrics import (EvaluationError, evaluate_coco, evaluate_mpii,
                                           format_table, load_gt, load_mpii_gt, load_results,
                                           write_metrics)

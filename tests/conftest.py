@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,12 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SYNTHETIC_CONFIG = ROOT / "configs" / "synthetic.yaml"
+# Loader settings that keep a test's train.py run small: batches of 4, one pipeline of one
+# thread (2 cores are shared by the suite).
+SMALL_LOADER = ("loader.batch_size=4", "loader.pipelines=1", "loader.num_threads=1")
 
 
 def shared(*parts) -> Path:
@@ -31,6 +37,72 @@ def shared(*parts) -> Path:
     if not p.exists():
         pytest.skip(f"real sample data not present: {p}")
     return p
+
+
+# --------------------------------------------------- synthetic data and train.py runs ----
+
+def synthetic_data(tmp_path_factory, num_train: int, num_val: int, seed: int = 1) -> Path:
+    """A tiny synthetic COCO-style dataset (``dali_pose.tools.synthetic.generate``: 640x480
+    JPEGs, ~2.5 people each) in a fresh temporary folder; for module-scoped fixtures."""
+    from dali_pose.tools.synthetic import generate
+
+    d = tmp_path_factory.mktemp("syn")
+    generate(str(d), seed=seed, num_train=num_train, num_val=num_val)
+    return d
+
+
+def data_overrides(d, val: bool = True) -> list:
+    """``--set`` values pointing a config at the synthetic dataset under ``d`` (the training
+    split, and the validation split unless ``val`` is false)."""
+    over = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
+            f"data.train_images={d}/images/train"]
+    if val:
+        over += [f"data.val_ann={d}/annotations/person_keypoints_val.json",
+                 f"data.val_images={d}/images/val"]
+    return over
+
+
+def set_args(overrides) -> list:
+    """``["--set", o]`` for each override, as the command lines take them."""
+    return [a for o in overrides for a in ("--set", str(o))]
+
+
+def train_argv(d, out, *sets, val: bool = True, config=SYNTHETIC_CONFIG) -> list:
+    """train.py's arguments: ``config`` trained on the synthetic dataset under ``d`` into
+    ``out``, then ``sets`` (later keys win)."""
+    return ["--config", str(config)] + set_args(
+        [*data_overrides(d, val), f"out_dir={out}", *sets])
+
+
+def train_main():
+    """``train.main``, loaded from the file (train.py is a script, not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_main", ROOT / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def start_train(args, script=None, env=None, **popen) -> subprocess.Popen:
+    """train.py (or ``script``, a driver around it) started in a fresh process from the
+    repository root, text pipes; ``env`` adds variables."""
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.Popen([sys.executable, str(script or ROOT / "train.py"), *args],
+                            cwd=ROOT, env=full, text=True, **popen)
+
+
+def run_train(args, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """train.py run to its end in a fresh process; stdout and stderr captured."""
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                          env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path) -> list:
+    """The records of a JSON-lines file (metrics.jsonl); none when it does not exist."""
+    path = Path(path)
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 @dataclasses.dataclass
@@ -54,7 +126,7 @@ class Gated:
 def run_python(code: str, args=(), env_extra=None, timeout=240) -> str:
     """Run ``code`` in a fresh interpreter (e.g. with NUMBA_DISABLE_JIT=1 or the numba CUDA
     simulator, which must be set before numba is imported); assert success; return stdout."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update(env_extra or {})
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=root, env=env,

@@ -2,11 +2,8 @@
 naming the file / annotation id / key, or in a skip that is counted and reported by name.
 The faulty files are made here from a tiny synthetic dataset."""
 import json
-import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -21,16 +18,14 @@ from dali_pose.imagefiles import inspect
 
 pytest.importorskip("nvidia.dali")
 from dali_pose import build_loader  # noqa: E402
-from dali_pose.tools.synthetic import generate  # noqa: E402
+from conftest import data_overrides, run_train, synthetic_data, train_argv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=2, num_train=3, num_val=2)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=3, num_val=2, seed=2)
 
 
 def _copy(syn, tmp_path) -> Path:
@@ -40,11 +35,7 @@ def _copy(syn, tmp_path) -> Path:
 
 
 def _cfg(d, *extra):
-    return load_config(None, [
-        f"data.train_ann={d}/annotations/person_keypoints_train.json",
-        f"data.train_images={d}/images/train",
-        f"data.val_ann={d}/annotations/person_keypoints_val.json",
-        f"data.val_images={d}/images/val", "loader.batch_size=2", *extra])
+    return load_config(None, [*data_overrides(d), "loader.batch_size=2", *extra])
 
 
 def _first_image(d, split="val"):
@@ -264,28 +255,17 @@ def test_impossible_config_values_name_the_key(override, key):
         load_config(None, [override])
 
 
-def _train(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_train_checks_every_input_before_the_first_step(syn, tmp_path):
     d = _copy(syn, tmp_path)
-    base = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
-    for o in (f"data.train_ann={d}/annotations/person_keypoints_train.json",
-              f"data.train_images={d}/images/train",
-              f"data.val_ann={d}/annotations/person_keypoints_val.json",
-              f"data.val_images={d}/images/val", f"out_dir={tmp_path / 'run'}"):
-        base += ["--set", o]
-    p = _train(*base, "--set", f"data.det_file={tmp_path / 'dets.json'}")
+    base = train_argv(d, tmp_path / "run")
+    p = run_train(base + ["--set", f"data.det_file={tmp_path / 'dets.json'}"])
     assert p.returncode == 1 and "epoch" not in p.stdout
     assert p.stderr.strip().splitlines() == [
         f"error: config key 'data.det_file': the file {tmp_path / 'dets.json'} does not exist "
         f"(see the README's Datasets section for where each dataset's files go)"]
-    p = _train(*base, "--set", "model.pretrained=models/nope.pth", "--verbose")
+    p = run_train(base + ["--set", "model.pretrained=models/nope.pth", "--verbose"])
     assert p.returncode != 0 and "Traceback" in p.stderr  # --verbose: the whole story
-    p = _train(*base, "--set", "loader.device=gpu")
+    p = run_train(base + ["--set", "loader.device=gpu"])
     if not torch.cuda.is_available():
         assert p.returncode == 1 and "--set loader.device=cpu" in p.stderr
 

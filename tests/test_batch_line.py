@@ -1,35 +1,19 @@
 """train.py says once how it set the learning rate when the run's total batch is not the
 recipe's (train.base_batch_size), and says nothing when it is."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import SMALL_LOADER, run_train, synthetic_data, train_argv
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from dali_pose.tools.synthetic import generate
-
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=4, num_val=1)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=4, num_val=1)
 
 
 def _train(d, out, base):
-    over = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train", f"out_dir={out}", "loader.batch_size=4",
-            "loader.pipelines=1", "loader.num_threads=1", "train.epochs=1",
-            "train.validate=false", "train.lr=0.002", f"train.base_batch_size={base}"]
-    args = [sys.executable, str(ROOT / "train.py"), "--config",
-            str(ROOT / "configs" / "synthetic.yaml"), "--max-batches", "1"]
-    for o in over:
-        args += ["--set", o]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = run_train(train_argv(d, out, *SMALL_LOADER, "train.epochs=1", "train.validate=false",
+                             "train.lr=0.002", f"train.base_batch_size={base}", val=False)
+                  + ["--max-batches", "1"], timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return r.stdout + r.stderr
 

@@ -85,7 +85,7 @@ def test_smoke_stage_breakdown(tiny, tmp_path):
     assert "full decode" in st["prefixes"] and st["warp"] == "warp"
     assert all(p["samples_per_s"] > 0 for p in st["prefixes"].values())
     # the synthetic scenes hold several people: more than one per decoded image
-    assert st["people_per_decode"] > 1.0
+    assert st["people_per_read"] > 1.0
 
 
 @pytest.mark.gpu

@@ -114,8 +114,10 @@ def test_mpii_json_rows_are_gt_valid_rows():
     for i in range(len(index)):
         labelled = index.keypoints[i, :, 2] > 0
         np.testing.assert_array_equal(labelled, ~gt.missing[i])
+        # one side holds float32-rounded coordinates (< 1166 px: rounding <= 6.1e-5 px);
+        # measured max 4.4e-5 px over the 76 labelled joints; 2.3x margin
         np.testing.assert_allclose(index.keypoints[i, labelled, :2], gt.joints0[i][labelled],
-                                   atol=1e-4)  # the .mat stores float32-rounded coordinates
+                                   rtol=0, atol=1e-4)
 
 
 def test_mpii_model_mode(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The loader inside other people's trainers: epochs that advance on every ``iter()``,
 ``sampler.set_epoch``, mid-epoch resume (``state_dict`` / ``load_state_dict``) that skips
-the decodes of the batches before it, and validation shards of equal batch counts."""
+the reads of the batches before it, and validation shards of equal batch counts."""
 import itertools
 
 import numpy as np
@@ -32,14 +32,14 @@ def test_validation_shards_equal_counts_and_every_instance_once(shards, b):
             assert 0 <= v <= b
             seen += rows[:v].tolist()
             # padding rows repeat a real row of this rank (no decode of its own)
-            assert set(rows[v:].tolist()) <= set(np.concatenate(plan.decodes).tolist())
-        assert runs_needed(plan, b)[-1] == -(-len(plan.decodes) // b)
+            assert set(rows[v:].tolist()) <= set(np.concatenate(plan.reads).tolist())
+        assert runs_needed(plan, b)[-1] == -(-len(plan.reads) // b)
     assert len(counts) == 1  # the same number of batches on every rank
     assert sorted(seen) == list(range(sum(people)))  # exactly once among valid rows
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_skip_batches_is_the_rest_of_the_epoch_without_earlier_decodes(train):
+def test_skip_batches_is_the_rest_of_the_epoch_without_earlier_reads(train):
     people = [3, 2, 1, 3, 2, 4, 1, 2, 1, 1, 2, 3, 1]
     plan = image_epoch(groups_of(people), 3, train=train, seed=4, epoch=2, buffer=4,
                        drop_last=False)
@@ -51,9 +51,9 @@ def test_skip_batches_is_the_rest_of_the_epoch_without_earlier_decodes(train):
             np.testing.assert_array_equal(rest.batch_rows(j), plan.batch_rows(k + j))
         assert rest.valid == plan.valid[k:]
         used = {d for bt in plan.batches[k:] for d in bt[:, 0].tolist()}
-        assert [g.tolist() for g in rest.decodes] == [plan.decodes[d].tolist()
+        assert [g.tolist() for g in rest.reads] == [plan.reads[d].tolist()
                                                       for d in sorted(used)]
-    assert len(skip_batches(plan, n - 1).decodes) < len(plan.decodes)
+    assert len(skip_batches(plan, n - 1).reads) < len(plan.reads)
 
 
 # ------------------------------------------------------------------ the loader ----
@@ -108,13 +108,13 @@ def test_sampler_set_epoch_reaches_the_loader(train_loader):
     assert rows_of(loader) == plan_rows(loader, 7)
 
 
-def test_resume_mid_epoch_equals_the_rest_and_skips_earlier_decodes(train_loader):
+def test_resume_mid_epoch_equals_the_rest_and_skips_earlier_reads(train_loader):
     loader = train_loader
     source = loader._lanes[0][0]
     loader.set_epoch(3)
-    before = source.decoded
+    before = source.reads_served
     whole = list(loader)
-    assert source.decoded - before == len(loader._plan(3).decodes)
+    assert source.reads_served - before == len(loader._plan(3).reads)
     n = len(whole)
     for k in (1, n - 2):
         loader.set_epoch(3)
@@ -127,14 +127,14 @@ def test_resume_mid_epoch_equals_the_rest_and_skips_earlier_decodes(train_loader
         list(loader)
         loader.load_state_dict(state)
         loader.sampler.set_epoch(3)  # Lightning sets the epoch again on restart: kept
-        before = source.decoded
+        before = source.reads_served
         rest = list(loader)
         assert len(rest) == n - k
         for a, b in zip(rest, whole[k:]):
             for key in a:
                 assert a[key].equal(b[key]), key  # bit for bit
-        want = len(skip_batches(loader._plan(3), k).decodes)
-        assert source.decoded - before == want < len(loader._plan(3).decodes)
+        want = len(skip_batches(loader._plan(3), k).reads)
+        assert source.reads_served - before == want < len(loader._plan(3).reads)
         assert loader.state_dict()["epoch"] == 4  # the last batch finished the epoch
 
 
@@ -185,8 +185,8 @@ def test_held_memory_of_a_coco_like_epoch_is_the_buffer_plus_a_run():
     groups = coco_like_groups(np.random.default_rng(0), 20000)
     plan = image_epoch(groups, 32, train=True, seed=0, epoch=0, buffer=512)
     crops, open_batches = held_peak(plan, 32)
-    biggest_run = max(sum(len(d) for d in plan.decodes[s:s + 32])
-                      for s in range(0, len(plan.decodes), 32))
+    biggest_run = max(sum(len(d) for d in plan.reads[s:s + 32])
+                      for s in range(0, len(plan.reads), 32))
     assert 512 <= crops <= 512 + biggest_run
     crop_bytes = (3 * 256 * 192 + 17 * 64 * 48) * 4  # float32 crop + its heatmaps
     assert crops * crop_bytes < 0.5 * 2 ** 30  # measured: 610 crops, 0.45 GiB

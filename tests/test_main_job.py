@@ -1,5 +1,4 @@
 """The README's main job, end to end on a tiny synthetic dataset."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,34 +8,24 @@ import torch
 import yaml
 
 pytest.importorskip("nvidia.dali")
-from dali_pose.tools.synthetic import generate  # noqa: E402
+from conftest import (data_overrides, read_jsonl, run_train, set_args,  # noqa: E402
+                      synthetic_data, train_argv, train_main)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _overrides(d, out):
-    return [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train",
-            f"data.val_ann={d}/annotations/person_keypoints_val.json",
-            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4"]
+    return [*data_overrides(d), f"out_dir={out}", "loader.batch_size=4"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=4, num_val=2)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=4, num_val=2)
 
 
 def test_train_py_trains_validates_and_writes_outputs(tiny, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("train_main", ROOT / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "run"
-    args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
-    for o in _overrides(tiny, out):
-        args += ["--set", o]
-    assert mod.main(args + ["--set", "train.epochs=1"]) == 0
+    assert train_main()(train_argv(tiny, out, "loader.batch_size=4", "train.epochs=1")) == 0
     text = capsys.readouterr().out
     assert "samples/s" in text and "data wait" in text and "AP" in text
     ckpt = torch.load(out / "model.pt")
@@ -63,10 +52,8 @@ def test_preview_cli_val_split(tiny, tmp_path):
     from dali_pose.tools.preview import main
 
     out = tmp_path / "grid.png"
-    args = ["--out", str(out), "--split", "val", "--num", "2"]
-    for o in _overrides(tiny, tmp_path):
-        args += ["--set", o]
-    main(args)
+    main(["--out", str(out), "--split", "val", "--num", "2"]
+         + set_args(_overrides(tiny, tmp_path)))
     grid = cv2.imread(str(out))
     assert grid.shape == (256 + 2, 2 * (192 + 2), 3)
 
@@ -81,12 +68,7 @@ def test_the_readme_main_job_learns(tmp_path):
     data = tmp_path / "synthetic"
     subprocess.run([sys.executable, "-m", "dali_pose.tools.synthetic", "--out", str(data)],
                    cwd=ROOT, check=True, capture_output=True)
-    over = _overrides(data, tmp_path / "run")[:-1]  # the config's own batch size
-    args = [sys.executable, str(ROOT / "train.py"), "--config",
-            str(ROOT / "configs" / "synthetic.yaml")]
-    for o in over:
-        args += ["--set", o]
-    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    p = run_train(train_argv(data, tmp_path / "run"), timeout=None)  # the config's batch size
     assert p.returncode == 0, p.stderr[-3000:]
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert lines[-1]["val/AP"] >= 0.6, [r["val/AP"] for r in lines]

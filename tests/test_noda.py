@@ -530,9 +530,11 @@ def test_pool_layout_and_levels(coco_pools):
             lab = kps[:, 2] > 0
             assert lab.sum() >= 6
             pb = pool.person_boxes[i]
-            # crop centred on the annotation box, with a 10% margin each side
-            assert abs(pb[0] - (w - 1) / 2) < 1 and abs(pb[1] - (h - 1) / 2) < 1
-            assert abs(pb[3] * 1.2 - h) <= 1.5
+            # crop centred on the annotation box, with a 10% margin each side: the centre is
+            # on (w - 1) / 2 by construction (measured 0.0; float32 leaves 1e-3 ample); the
+            # height is ceil(1.2 box) rescaled by <= 1, i.e. < 1 px over (measured max 0.956)
+            assert abs(pb[0] - (w - 1) / 2) < 1e-3 and abs(pb[1] - (h - 1) / 2) < 1e-3
+            assert abs(pb[3] * 1.2 - h) < 1.0 + 1e-3
             fg = a > 127
             ys, xs = np.mgrid[0:h, 0:w]
             in_box = (np.abs(xs - pb[0]) <= pb[2] / 2 + 1) & (np.abs(ys - pb[1]) <= pb[3] / 2 + 1)

@@ -105,7 +105,7 @@ def test_pool_source_is_deterministic_and_never_pastes_the_person_itself(data, t
     index = load_index(cfg, "train")
     main = BatchSource(index, train=True, seed=0)
     plan = image_epoch(image_groups(index.image_paths), 4, train=True, seed=0, epoch=5)
-    main.start(runs(plan, 4), 5)  # runs of decodes, each an image and its people
+    main.start(runs(plan, 4), 5)  # runs of reads, each an image and its people
     a, b = PoolSource(main, pool), PoolSource(main, pool)
     for run in main.runs:
         rgba, boxes = a()

@@ -77,11 +77,11 @@ def test_train_plan_every_person_once_disjoint_equal(shards, drop_last):
         rows = np.concatenate([plan.batch_rows(b) for b in range(len(plan.batches))])
         assert all(len(b) == 16 for b in plan.batches)
         counts[rows] += 1
-        # decodes: whole images; a crop is used at most once from its decode
+        # reads: whole images; a crop is used at most once from its read
         items = np.concatenate(plan.batches)
         assert len({tuple(i) for i in items.tolist()}) == len(items)
         images = {tuple(g) for g in groups}
-        assert all(tuple(d) in images for d in plan.decodes)
+        assert all(tuple(d) in images for d in plan.reads)
     if drop_last:
         assert counts.max() == 1  # nobody twice
         # dropped: under one batch per rank, plus the dealing's imbalance (< one image)
@@ -102,7 +102,7 @@ def test_train_plan_shards_hold_disjoint_images():
     seen = {}
     for s in range(3):
         plan = image_epoch(groups, 8, train=True, seed=0, epoch=0, shard_id=s, num_shards=3)
-        for d in plan.decodes:
+        for d in plan.reads:
             assert seen.setdefault(int(d[0]), s) == s
 
 
@@ -152,9 +152,9 @@ def test_shuffle_buffer_mixes_batches():
 
 
 def crops_held(plan, run_size):
-    """The most crops decoded and not yet handed out in a batch, when each batch is handed
-    out as soon as the runs of ``run_size`` decodes holding its crops are done."""
-    sizes = np.array([len(d) for d in plan.decodes], np.int64)
+    """The most crops read and not yet handed out in a batch, when each batch is handed
+    out as soon as the runs of ``run_size`` reads holding its crops are done."""
+    sizes = np.array([len(d) for d in plan.reads], np.int64)
     per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size))
     held = peak = done = 0
     for b, need in enumerate(runs_needed(plan, run_size)):
@@ -171,7 +171,7 @@ def test_runs_cover_the_plan_and_bound_memory():
     plan = image_epoch(groups, 8, train=True, seed=0, epoch=0, buffer=40)
     need = runs_needed(plan, 8)
     assert (np.diff(need) >= 0).all()
-    for b in range(len(plan.batches)):  # a batch's decodes are in its runs
+    for b in range(len(plan.batches)):  # a batch's reads are in its runs
         assert plan.batches[b][:, 0].max() < need[b] * 8
     # the buffer, plus the crops of the run that tops it up (<= 8 images of <= 13 people)
     assert 40 <= crops_held(plan, 8) <= 40 + 8 * 13 + 8
@@ -189,7 +189,7 @@ def test_dot_lands_where_the_loader_says_per_image(tmp_path, rot_prob, dtype):
                              "aug.half_body_prob=0", f"loader.image_dtype={dtype}",
                              "loader.shuffle_buffer=4"])
     loader = build_loader(cfg, "train", index=index)
-    assert max(len(d) for d in loader._plan().decodes) == 3
+    assert max(len(d) for d in loader._plan().reads) == 3
     errs, _ = dot_errors(loader, epochs=3)
     assert len(errs) > 40
     # uint8 rounds each intensity to an integer: a centroid moves by < 0.02 px

@@ -33,6 +33,16 @@ def _cfg(name, split_overrides=()):
     return load_config(None, o)
 
 
+# Decoding error of a perfect target in crop px (the error in source px times the crop's zoom),
+# measured over every supervised joint of the nine cases below (coco / crowdpose / mpii x
+# gaussian train, gaussian val, combined train; 1370 joints):
+# gaussian (DARK-UDP) max 2.43e-3 px (mean 3.4e-4), the codec's documented ~0.003 px for
+# perfect targets; combined (float32 offsets) max 1.07e-4 px (mean 1.1e-5). Margins: 2.5x and
+# 4.7x. A half-pixel slip anywhere in the chain (crop, target, stride, back-projection) is 100x
+# larger.
+TOLERANCE = {"gaussian": 6e-3, "combined": 5e-4}
+
+
 @pytest.mark.parametrize("name,target,split", [
     (n, t, s) for n in sorted(CASES) for t, s in
     (("gaussian", "train"), ("gaussian", "val"), ("combined", "train"))])
@@ -56,7 +66,7 @@ def test_decode_of_targets_recovers_source_keypoints(name, target, split):
                 zoom = float(np.linalg.norm(batch["matrix"][i, 0, :2].numpy()))
                 for j in np.nonzero(w[i] > 0)[0]:
                     err = np.abs(pred[i, j, :2] - src[order[j], :2]).max() * zoom
-                    assert err < (0.05 if target == "gaussian" else 0.1), (i, j, err)
+                    assert err < TOLERANCE[target], (i, j, err)
                     n_checked += 1
     assert n_checked >= 20
 

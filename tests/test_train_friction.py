@@ -22,6 +22,7 @@ from dali_pose.config import load_config
 from dali_pose.engine.schedule import build_optimizer, build_scheduler, cosine_factor
 
 pytest.importorskip("nvidia.dali")
+from conftest import SMALL_LOADER, synthetic_data, train_argv  # noqa: E402
 from dali_pose.tools.synthetic import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,22 +70,11 @@ def test_cosine_schedule_and_adamw():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=6, num_val=2)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=6, num_val=2)
 
 
 def _argv(d, out, *extra):
-    over = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train",
-            f"data.val_ann={d}/annotations/person_keypoints_val.json",
-            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4",
-            "loader.pipelines=1", "loader.num_threads=1", "train.epochs=2",
-            "train.log_every=2", *extra]
-    args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
-    for o in over:
-        args += ["--set", o]
-    return args
+    return train_argv(d, out, *SMALL_LOADER, "train.epochs=2", "train.log_every=2", *extra)
 
 
 class _FakeWriter:

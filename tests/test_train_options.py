@@ -2,52 +2,34 @@
 run (3 epochs) checked for ``train.val_every``, ``train.base_batch_size``,
 ``train.grad_clip``, ``train.cpu_threads`` and ``best.pt``; its resume (``best`` restored);
 a run started from its weights (``train.init_from``). ``noda.start_epoch`` directly."""
-import importlib.util
-import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("nvidia.dali")
+from conftest import read_jsonl, synthetic_data, train_argv, train_main  # noqa: E402
 from dali_pose import load_config  # noqa: E402
 from dali_pose.loader.plan import occlusion_probs  # noqa: E402
-from dali_pose.tools.synthetic import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train_main():
-    spec = importlib.util.spec_from_file_location("train_main", ROOT / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
 def _args(d, out, *sets):
-    base = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train",
-            f"data.val_ann={d}/annotations/person_keypoints_val.json",
-            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4",
-            "loader.pipelines=1", "model.width=8", "model.stem_width=8", *sets]
-    args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
-    for s in base:
-        args += ["--set", s]
-    return args
+    return train_argv(d, out, "loader.batch_size=4", "loader.pipelines=1", "model.width=8",
+                      "model.stem_width=8", *sets)
 
 
 def _records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(out / "metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One 3-epoch run, validating every 2nd epoch and at the end, then its resume to 4."""
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=4, num_val=2)
+    d = synthetic_data(tmp_path_factory, num_train=4, num_val=2)
     out = tmp_path_factory.mktemp("run")
-    main = _train_main()
+    main = train_main()
     clips = []
     real_clip = torch.nn.utils.clip_grad_norm_
     threads = torch.get_num_threads()

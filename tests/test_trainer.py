@@ -1,6 +1,5 @@
 """The trainer (train.py + dali_pose.engine): checkpoints that lose nothing, exact resume after
 SIGKILL, the learning-rate schedule, metrics.jsonl, and 2-process DDP on gloo."""
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,8 @@ from dali_pose.engine.schedule import build_scheduler, lr_factor
 from dali_pose.models.weights import WeightsError
 
 pytest.importorskip("nvidia.dali")
-from dali_pose.tools.synthetic import generate  # noqa: E402
+from conftest import (SMALL_LOADER, read_jsonl, start_train, synthetic_data,  # noqa: E402
+                      train_argv)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,32 +92,15 @@ def test_lr_schedule_warmup_steps_and_resume():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=6, num_val=2)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=6, num_val=2)
 
 
 def _args(d, out, *extra):
-    over = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train",
-            f"data.val_ann={d}/annotations/person_keypoints_val.json",
-            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4",
-            "loader.pipelines=1", "loader.num_threads=1", *extra]
-    args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
-    for o in over:
-        args += ["--set", o]
-    return args
+    return train_argv(d, out, *SMALL_LOADER, *extra)
 
 
 def _run(args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
-
-
-def _lines(path):
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return start_train(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
 def test_killed_and_resumed_equals_uninterrupted(tiny, tmp_path):
@@ -129,12 +112,12 @@ def test_killed_and_resumed_equals_uninterrupted(tiny, tmp_path):
     killed = _run(_args(tiny, tmp_path / "killed", *extra))
     log = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 600
-    while not _lines(log) and killed.poll() is None and time.time() < deadline:
+    while not read_jsonl(log) and killed.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert killed.poll() is None, killed.stdout.read()  # still inside epoch 1
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert len(_lines(log)) == 1
+    assert len(read_jsonl(log)) == 1
     resumed = _run(_args(tiny, tmp_path / "killed", *extra) + ["--resume", "auto"])
     out_w, out_r = whole.communicate(timeout=900)[0], resumed.communicate(timeout=900)[0]
     assert whole.returncode == 0, out_w[-3000:]
@@ -145,9 +128,9 @@ def test_killed_and_resumed_equals_uninterrupted(tiny, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    lines = _lines(tmp_path / "whole" / "metrics.jsonl")
+    lines = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     assert [r["epoch"] for r in lines] == [0, 1, 2]
-    assert [r["epoch"] for r in _lines(log)] == [0, 1, 2]
+    assert [r["epoch"] for r in read_jsonl(log)] == [0, 1, 2]
     for r in lines:
         assert {"epoch", "loss", "lr", "samples_per_s", "data_wait", "world_size",
                 "seconds"} <= set(r)
@@ -165,6 +148,14 @@ def test_resume_from_a_truncated_checkpoint_fails_in_one_line(tiny, tmp_path):
     assert last.startswith("error: ") and "last.pt" in last, text[-2000:]
 
 
+def _torchrun(args, **env):
+    """train.py in two processes (torchrun --standalone), run to the end."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(ROOT / "train.py"), *args], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **env),
+                          capture_output=True, text=True, timeout=900)
+
+
 def test_two_process_ddp_on_gloo(tiny, tmp_path):
     """torchrun --nproc_per_node 2 on the CPU: exits 0; the ranks hold the same weights after
     every epoch; their training samples in an epoch are disjoint and cover it; validation
@@ -173,16 +164,13 @@ def test_two_process_ddp_on_gloo(tiny, tmp_path):
 
     out = tmp_path / "ddp"
     args = _args(tiny, out, "train.epochs=2", "loader.batch_size=2")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node", "2", str(ROOT / "train.py"), *args], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=900)
+    p = _torchrun(args, OMP_NUM_THREADS="1")
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     cfg = load_config(str(ROOT / "configs" / "synthetic.yaml"),
                       [a for a in args[3::2]])
     n_train = len(load_index(cfg, "train"))
     n_val = len(load_index(cfg, "val"))
-    lines = _lines(out / "metrics.jsonl")
+    lines = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in lines] == [0, 1]
     per_rank = n_train // 2 // 2 * 2  # whole batches of 2 (loader.drop_last)
     assert per_rank >= 4
@@ -205,7 +193,7 @@ def test_gpu_training_mixed_precision_channels_last(tiny, tmp_path, amp_dtype):
     text = p.communicate(timeout=900)[0]
     assert p.returncode == 0, text[-3000:]
     assert f"torch.{amp_dtype} on cuda:0" in text
-    (line,) = _lines(out / "metrics.jsonl")
+    (line,) = read_jsonl(out / "metrics.jsonl")
     assert line["loss"] > 0 and "val/AP" in line
 
 
@@ -215,11 +203,8 @@ def test_two_process_ddp_on_nccl(tiny, tmp_path):  # pragma: no cover - needs 2 
         pytest.skip("NCCL with two ranks needs two GPUs")
     out = tmp_path / "nccl"
     args = _args(tiny, out, "train.epochs=1", "loader.device=gpu", "loader.batch_size=2")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node", "2", str(ROOT / "train.py"), *args], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=900)
+    p = _torchrun(args)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    (line,) = _lines(out / "metrics.jsonl")
+    (line,) = read_jsonl(out / "metrics.jsonl")
     assert line["world_size"] == 2 and line["ranks_in_sync"]
     assert line["samples"] == line["unique_samples"]

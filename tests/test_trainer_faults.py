@@ -25,7 +25,8 @@ from dali_pose.errors import ConfigError, WeightsError
 from dali_pose.models.weights import load_state, read_weights_file
 
 pytest.importorskip("nvidia.dali")
-from dali_pose.tools.synthetic import generate  # noqa: E402
+from conftest import (SMALL_LOADER, read_jsonl, start_train, synthetic_data,  # noqa: E402
+                      train_argv)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,40 +228,23 @@ def test_a_second_signal_ends_the_process_at_once_without_a_traceback():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=6, num_val=2)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=6, num_val=2)
 
 
 def _args(d, out, *extra):
-    over = [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train",
-            f"data.val_ann={d}/annotations/person_keypoints_val.json",
-            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4",
-            "loader.pipelines=1", "loader.num_threads=1", "train.epochs=2", *extra]
-    args = ["--config", str(ROOT / "configs" / "synthetic.yaml")]
-    for o in over:
-        args += ["--set", o]
-    return args
+    return train_argv(d, out, *SMALL_LOADER, "train.epochs=2", *extra)
 
 
 def _start(args, fault=None, driver=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(ROOT / "train.py")]
-    if fault:
-        env["FAULT"] = fault
-        cmd = [sys.executable, str(driver)]
-    return subprocess.Popen(cmd + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """train.py, or with ``fault`` the driver injecting it (``FAULT`` in its environment)."""
+    env = {"OMP_NUM_THREADS": "1", **({"FAULT": fault} if fault else {})}
+    return start_train(args, script=driver if fault else None, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _finish(p, timeout=600):
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
-
-
-def _lines(path):
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def _model(path):
@@ -296,14 +280,14 @@ def runs(tiny, tmp_path_factory):
     res = {"second": _finish(_start(_args(tiny, killed)))}
     res.update({k: _finish(p) for k, p in procs.items()})
     res["after_kill"] = {"files": sorted(os.listdir(killed)),
-                         "lines": _lines(killed / "metrics.jsonl")}
+                         "lines": read_jsonl(killed / "metrics.jsonl")}
     (killed / "best.pt.k1ll3d.tmp").write_bytes(b"half")  # a killed write's leftover
     res["fresh"] = _finish(_start(_args(tiny, killed)))
     # the resume's second training step is epoch 1 step 2
     res["term"] = _finish(_start(_args(tiny, killed) + ["--resume", "auto"],
                                  "signal_at:SIGTERM:2", driver))
     res["after_term"] = {"files": sorted(os.listdir(killed)),
-                         "lines": _lines(killed / "metrics.jsonl"),
+                         "lines": read_jsonl(killed / "metrics.jsonl"),
                          "best_epoch": torch.load(killed / "best.pt", weights_only=True)[
                              "epoch"] if (killed / "best.pt").exists() else None,
                          "last_epoch": torch.load(killed / "last.pt",
@@ -348,7 +332,7 @@ def test_a_kill_between_the_writes_of_an_epoch_loses_nothing(runs):
     rc, out, err = res["resumed"]
     assert rc == 0, err[-3000:]
     whole, killed = base / "whole", base / "killed"
-    lw, lk = _lines(whole / "metrics.jsonl"), _lines(killed / "metrics.jsonl")
+    lw, lk = read_jsonl(whole / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
     assert [r["epoch"] for r in lk] == [0, 1]
     assert [{k: r.get(k) for k in _KEYS} for r in lk] == \
         [{k: r.get(k) for k in _KEYS} for r in lw]

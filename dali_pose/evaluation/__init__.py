@@ -1,2 +1,2 @@
 """Scoring: inference with the flip test (:mod:`.inference`), post-processing, the official
-metrics (:mod:`.metrics`) and the one skeleton drawer (:mod:`.draw`)."""
+metrics (:mod:`.metrics`) and the one skeleton drawer (:mod:`.visualize`)."""

@@ -48,7 +48,7 @@ from .sources import BatchSource, PoolSource, upload_pool
 class PoseLoader:
     """Iterable of batch dicts (see the module docstring). ``len()`` = batches per epoch.
 
-    Several DALI pipelines ("lanes") take runs of decodes in turn: DALI runs a CPU numba
+    Several DALI pipelines ("lanes") take runs of reads in turn: DALI runs a CPU numba
     operator's samples one after another on one thread, so one lane cannot fill the cores.
     A bad image ends the epoch with a ``DatasetError`` naming it (or is skipped,
     ``data.on_bad_image``); the next ``iter()`` starts a clean epoch on fresh pipelines. A

@@ -1,11 +1,12 @@
 """The epoch's plan: which index rows each batch of an epoch holds, per rank.
 
-Every DALI sample is one image and its people of the epoch (a *decode*). The plan
-(:class:`ImageEpoch`, made by :func:`image_epoch`) lists the decodes a rank's pipelines run
-and which of their crops make each batch: training deals the images to the ranks (disjoint
-shares, equal batch counts) and mixes their crops with a seeded shuffle buffer; validation
-keeps the dataset order and yields every instance exactly once. A plan is a pure function
-of (seed, epoch, shard); the loader runs its decodes in *runs* of ``batch_size`` decodes
+Every DALI sample is one image and its people of the epoch (a *read*: the image file read
+and decoded once for them). The plan (:class:`ImageEpoch`, made by :func:`image_epoch`)
+lists the reads a rank's pipelines run and which of their crops make each batch: training
+deals the images to the ranks (disjoint shares, equal batch counts) and mixes their crops
+with a seeded shuffle buffer; validation keeps the dataset order and yields every instance
+exactly once. A plan is a pure function
+of (seed, epoch, shard); the loader runs its reads in *runs* of ``batch_size`` reads
 (one DALI batch each, :func:`runs`). :func:`occlusion_probs` gives the epoch's occlusion
 and NODA probabilities.
 """
@@ -28,20 +29,20 @@ def occlusion_probs(cfg, epoch: int) -> Tuple[float, float]:
 
 @dataclass(frozen=True)
 class ImageEpoch:
-    """One epoch of one shard when each image is decoded once for all its people.
+    """One epoch of one shard when each image is read once for all its people.
 
-    ``decodes[d]``: the index rows whose crops decode sample ``d`` (one image) yields, in
-    order; ``batches[b]``: (batch_size, 2) int64 ``(d, j)`` pairs, crop ``j`` of decode ``d``,
+    ``reads[d]``: the index rows whose crops read ``d`` (one image, one DALI sample) yields,
+    in order; ``batches[b]``: (batch_size, 2) int64 ``(d, j)`` pairs, crop ``j`` of read ``d``,
     in the batch's order; ``valid[b]``: how many of them count (validation pads its last
     batch). ``batch_rows(b)`` gives the rows.
     """
 
-    decodes: List[np.ndarray]
+    reads: List[np.ndarray]
     batches: List[np.ndarray]
     valid: List[int]
 
     def batch_rows(self, b: int) -> np.ndarray:
-        return np.array([self.decodes[d][j] for d, j in self.batches[b]], np.int64)
+        return np.array([self.reads[d][j] for d, j in self.batches[b]], np.int64)
 
 
 def image_groups(image_keys: np.ndarray) -> List[np.ndarray]:
@@ -59,20 +60,20 @@ def image_groups(image_keys: np.ndarray) -> List[np.ndarray]:
 def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed: int,
                 epoch: int, shard_id: int = 0, num_shards: int = 1, drop_last: bool = True,
                 buffer: int = 512) -> ImageEpoch:
-    """The epoch's decodes and batches when each image is decoded once for its people.
+    """The epoch's reads and batches when each image is read once for its people.
 
     Training: the images are shuffled with a generator seeded by (seed, epoch) and dealt to
     the ranks in that order, each to the rank with the fewest people so far (disjoint
     shards of nearly equal size); every rank makes the same number of batches (the smallest
     rank's whole batches with ``drop_last``; otherwise the largest rank's: a rank short of
-    them puts its last people into one batch filled up from its first images, decoded
-    again, and goes on from there). A rank's crops enter a shuffle buffer in decode order;
+    them puts its last people into one batch filled up from its first images, read
+    again, and goes on from there). A rank's crops enter a shuffle buffer in read order;
     whenever it holds ``buffer`` crops a batch is drawn from it uniformly without
     replacement (generator seeded by (seed, epoch, shard, 1)); once every image is in, the
     buffer is drawn down by whole batches: a pure function of (seed, epoch, shard). So every
     person comes once (drop_last: but for fewer than a batch and an image per rank; else
     all, some twice to fill). Validation: each rank takes every
-    num_shards-th image; crops go out in decode order; every rank makes as many batches as
+    num_shards-th image; crops go out in read order; every rank makes as many batches as
     the rank with the most people, its last ones padded (``valid[b]`` < batch_size; the
     padding rows repeat the rank's last crop).
     """
@@ -87,7 +88,7 @@ def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed:
         for s in range(0, -(-most // batch_size) * batch_size, batch_size):
             chunk = items[s:s + batch_size]
             valid.append(len(chunk))
-            # padding rows repeat the rank's last real crop (already decoded: no extra work)
+            # padding rows repeat the rank's last real crop (already read: no extra work)
             chunk += [chunk[-1] if chunk else items[-1]] * (batch_size - len(chunk))
             batches.append(np.array(chunk, np.int64))
         return ImageEpoch(list(mine), batches, valid)
@@ -104,17 +105,17 @@ def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed:
     else:
         n_batches = -(-int(loads.max()) // batch_size)
     rng = np.random.default_rng([seed, epoch, shard_id, 1])
-    decodes, pool, batches = [], [], []
+    reads, pool, batches = [], [], []
     big = max(buffer, batch_size)
 
-    def decode(g):
-        decodes.append(g)
-        pool.extend((len(decodes) - 1, j) for j in range(len(g)))
+    def read(g):
+        reads.append(g)
+        pool.extend((len(reads) - 1, j) for j in range(len(g)))
 
     for g in mine:  # the rank's own people, each once
         if len(batches) == n_batches:
             break
-        decode(g)
+        read(g)
         while len(pool) >= big and len(batches) < n_batches:
             batches.append(_draw(pool, batch_size, rng))
     while len(pool) >= batch_size and len(batches) < n_batches:
@@ -124,15 +125,15 @@ def image_epoch(groups: List[np.ndarray], batch_size: int, *, train: bool, seed:
         rest, pool[:] = list(pool), []
         cycle = itertools.cycle(mine)
         while len(rest) + len(pool) < batch_size:
-            decode(next(cycle))
+            read(next(cycle))
         fill = _draw(pool, batch_size - len(rest), rng)
         batch = np.concatenate([np.array(rest, np.int64).reshape(-1, 2), fill])
         batches.append(batch[rng.permutation(len(batch))])
         while len(batches) < n_batches:
-            decode(next(cycle))
+            read(next(cycle))
             while len(pool) >= big and len(batches) < n_batches:
                 batches.append(_draw(pool, batch_size, rng))
-    return ImageEpoch(decodes, batches, [batch_size] * len(batches))
+    return ImageEpoch(reads, batches, [batch_size] * len(batches))
 
 
 def _draw(pool: list, batch_size: int, rng) -> np.ndarray:
@@ -145,43 +146,43 @@ def _draw(pool: list, batch_size: int, rng) -> np.ndarray:
 
 
 def runs(plan: ImageEpoch, run_size: int) -> List[List[np.ndarray]]:
-    """The plan's decodes in runs of ``run_size`` (one DALI batch each; the last may be
+    """The plan's reads in runs of ``run_size`` (one DALI batch each; the last may be
     shorter)."""
-    return [plan.decodes[s:s + run_size] for s in range(0, len(plan.decodes), run_size)]
+    return [plan.reads[s:s + run_size] for s in range(0, len(plan.reads), run_size)]
 
 
 def runs_needed(plan: ImageEpoch, run_size: int) -> np.ndarray:
-    """(n_batches,) int64: how many runs must have been decoded before batch ``b`` can be
-    assembled (its valid crops' decodes all done); non-decreasing."""
+    """(n_batches,) int64: how many runs must have been read before batch ``b`` can be
+    assembled (its valid crops' reads all done); non-decreasing."""
     need = [int(bt[:v, 0].max()) // run_size + 1 if v else 0
             for bt, v in zip(plan.batches, plan.valid)]
     return np.maximum.accumulate(np.array(need, np.int64)) if need else np.zeros(0, np.int64)
 
 
 def skip_batches(plan: ImageEpoch, k: int) -> ImageEpoch:
-    """The plan of batches ``k``.. of ``plan`` (a resumed epoch): only the decodes those
-    batches read, in their order, so the images that fed only batches before ``k`` are not
-    decoded. A decode's crops do not depend on the other decodes of its run, so the
+    """The plan of batches ``k``.. of ``plan`` (a resumed epoch): only the reads those
+    batches take crops from, in their order, so the images that fed only batches before
+    ``k`` are not read. A read's crops do not depend on the other reads of its run, so the
     batches are the same as the uninterrupted epoch's, bit for bit."""
     if not 0 <= k <= len(plan.batches):
         raise ValueError(f"skip_batches: batch {k} of an epoch of {len(plan.batches)}")
     rest = plan.batches[k:]
     used = np.unique(np.concatenate([b[:, 0] for b in rest])) if rest else \
         np.zeros(0, np.int64)
-    new = np.full(len(plan.decodes), -1, np.int64)
+    new = np.full(len(plan.reads), -1, np.int64)
     new[used] = np.arange(len(used))
     batches = [np.stack([new[b[:, 0]], b[:, 1]], 1) for b in rest]
-    return ImageEpoch([plan.decodes[d] for d in used.tolist()], batches, list(plan.valid[k:]))
+    return ImageEpoch([plan.reads[d] for d in used.tolist()], batches, list(plan.valid[k:]))
 
 
 def held_peak(plan: ImageEpoch, run_size: int) -> Tuple[int, int]:
-    """(crops, batches): the most crops decoded and not yet handed out in a batch, and the
-    most batches with a crop decoded and not yet handed out, over the epoch, when the
-    runs of ``run_size`` decodes are done one after another and each batch is handed out
+    """(crops, batches): the most crops read and not yet handed out in a batch, and the
+    most batches with a crop read and not yet handed out, over the epoch, when the
+    runs of ``run_size`` reads are done one after another and each batch is handed out
     as soon as its runs are. The loader holds the first (:class:`.scatter.Batches` keeps
     crops in groups); a loader allocating each batch whole at its first crop would hold
     the second times ``batch_size`` crops."""
-    sizes = np.array([len(d) for d in plan.decodes], np.int64)
+    sizes = np.array([len(d) for d in plan.reads], np.int64)
     per_run = np.add.reduceat(sizes, np.arange(0, len(sizes), run_size)) if len(sizes) \
         else np.zeros(0, np.int64)
     first = np.array([int(bt[:, 0].min()) // run_size for bt in plan.batches], np.int64)

@@ -1,17 +1,17 @@
 """The DALI graph's external sources: file bytes, boxes, keypoints and random draws per run.
 
-A DALI sample is one image to decode and the P >= 1 people cropped from it (a *decode*:
+A DALI sample is one image to decode and the P >= 1 people cropped from it (a *read*:
 index rows of one image, from :mod:`.plan`). A :class:`BatchSource` serves one pipeline
-the *runs* (lists of decodes, one DALI batch each) of the current epoch, then raises
-``StopIteration``. Each call returns, per decode, the fields named in
+the *runs* (lists of reads, one DALI batch each) of the current epoch, then raises
+``StopIteration``. Each call returns, per read, the fields named in
 :attr:`BatchSource.fields` (name and dtype, in the external source's output order; every
 field but ``jpeg`` has the leading P axis); the graph reads them by name. Training people
 carry their random draws (:mod:`dali_pose.draws`: a pure function of seed, epoch and row,
-whichever decode they are in); validation people carry zeros, which the crop operator
+whichever read they are in); validation people carry zeros, which the crop operator
 ignores.
 
 A :class:`PoolSource` serves NODA's pool people for the same runs (one per person of a
-decode, along the P axis): a second external source because on the GPU its data lives on
+read, along the P axis): a second external source because on the GPU its data lives on
 the device (the pool is uploaded once and each sample is assembled there, no host round
 trip).
 """
@@ -53,7 +53,7 @@ class BatchSource:
         self.n_occlusion, self.n_noda = n_occlusion, n_noda
         self.runs: List[List[np.ndarray]] = []
         self.cursor = 0
-        self.decoded = 0  # decodes served so far (all epochs): what resuming saves shows here
+        self.reads_served = 0  # reads served so far (all epochs): what resuming saves shows
         self.epoch = 0
         self.occlusion_prob = self.noda_prob = 0.0
 
@@ -71,7 +71,7 @@ class BatchSource:
 
     def start(self, runs: List[List[np.ndarray]], epoch: int, occlusion_prob: float = 0.0,
               noda_prob: float = 0.0) -> None:
-        """Serve ``runs`` (each a list of decodes: row arrays of one image) of ``epoch``,
+        """Serve ``runs`` (each a list of reads: row arrays of one image) of ``epoch``,
         with these gate probabilities."""
         self.runs, self.cursor, self.epoch = runs, 0, epoch
         self.occlusion_prob, self.noda_prob = float(occlusion_prob), float(noda_prob)
@@ -130,9 +130,9 @@ class BatchSource:
         self.cursor += 1
         ix = self.index
         cols = [[] for _ in self.fields]
-        self.decoded += len(run)
+        self.reads_served += len(run)
         for rows in run:
-            data, ok = self.read(rows[0])  # the rows of a decode share their image
+            data, ok = self.read(rows[0])  # the rows of a read share their image
             p = len(rows)
             # a skipped image's people go through the graph with row -1: the loader drops them
             served = rows.astype(np.int64) if ok else np.full(p, -1, np.int64)
@@ -157,11 +157,11 @@ class BatchSource:
 
 
 class PoolSource:
-    """NODA: one pool person per person of each decode of the runs ``main`` serves.
+    """NODA: one pool person per person of each read of the runs ``main`` serves.
 
     The pick is :func:`dali_pose.draws.pool_pick` of the person's (seed, epoch, row), moved
     on by one when it would paste the person into its own crop. It keeps its own cursor, so
-    it agrees with ``main`` whatever order DALI calls the two in. Per decode of P people:
+    it agrees with ``main`` whatever order DALI calls the two in. Per read of P people:
     ``pool_rgba`` (P, h, w, 4) uint8, the picks' RGBA crops at the top left of a zero
     canvas of the largest of them, and ``pool_box`` (P, 6) float32: each pick's
     ``[cx, cy, w, h]`` box in its crop px and the crop's ``[rows, cols]`` (the NODA kernel

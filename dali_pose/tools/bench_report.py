@@ -73,7 +73,7 @@ def format_report(report: dict) -> str:
                              f"{p['wall_ms_per_sample'] - src['wall_ms_per_sample']:.3f}",
                              _fmt(p["samples_per_s"])])
             out += ["", f"{name} stages (warp={st['warp']}, "
-                        f"{st.get('people_per_decode', 1.0):.2f} people per decoded image; "
+                        f"{st.get('people_per_read', 1.0):.2f} people per read; "
                         f"{st['unit']}):",
                     _table(["stage", "CPU ms", "wall ms", "prefix samples/s"], rows)]
     if report.get("train_step"):

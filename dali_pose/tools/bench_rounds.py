@@ -145,7 +145,7 @@ def _prefix_graph(upto: str):
 
 
 def _long_runs(cfg, index, n_runs: int):
-    """The loader's runs (one DALI batch of decodes each) over as many training epochs as
+    """The loader's runs (one DALI batch of reads each) over as many training epochs as
     ``n_runs`` takes, as the loader plans them."""
     from ..loader.plan import image_epoch, image_groups, runs
 
@@ -188,7 +188,7 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
     all_runs = _long_runs(cfg, index, n_batches + warmup + 8)
     timed = all_runs[warmup:warmup + n_batches]
     n = sum(len(d) for r in timed for d in r)  # crops (people) of the timed runs
-    per_decode = n / sum(len(r) for r in timed)
+    per_read = n / sum(len(r) for r in timed)
     for upto in prefixes + extra:
         source = BatchSource(index, train=True, seed=cfg.loader.seed,
                              n_occlusion=spec.n_occlusion,
@@ -230,7 +230,7 @@ def dali_stages(cfg, index, device: str, n_batches: int, warmup: int,
         prev = cur
     return {"warp": spec.warp.name,
             "unit": "ms per sample (crop); a stage = prefix minus previous prefix",
-            "people_per_decode": per_decode,
+            "people_per_read": per_read,
             "prefixes": rows, "stages": stages}
 
 

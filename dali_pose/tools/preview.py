@@ -16,7 +16,7 @@ import numpy as np
 
 from ..codecs import build_codec
 from ..config import add_config_args, load_config
-from ..evaluation.draw import draw_pose
+from ..evaluation.visualize import draw_pose
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 _VISIBLE, _OCCLUDED, _COVERED, _LIMB = (60, 220, 60), (255, 160, 0), (255, 40, 40), (80, 160, 255)

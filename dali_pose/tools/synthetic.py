@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from ..datasets import COCO
-from ..evaluation.draw import draw_pose
+from ..evaluation.visualize import draw_pose
 
 __all__ = ["generate", "render_scene", "draw_annotations", "main"]
 
