@@ -13,10 +13,10 @@ import torch
 pytest.importorskip("accelerate")
 pytest.importorskip("nvidia.dali")
 
-from dali_pose import build_loader, load_config, load_index  # noqa: E402
-from dali_pose.tools.synthetic import generate  # noqa: E402
+from conftest import (ROOT, SMALL_LOADER, SYNTHETIC_CONFIG, data_overrides,  # noqa: E402
+                      synthetic_data)
 
-ROOT = Path(__file__).resolve().parents[1]
+from dali_pose import build_loader, load_config, load_index  # noqa: E402
 
 
 def test_save_state_and_load_state_resume_the_loader_at_the_saved_batch(tmp_path):
@@ -61,17 +61,11 @@ def _example(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=6, num_val=2)
-    return d
+    return synthetic_data(tmp_path_factory, num_train=6, num_val=2)
 
 
 def _overrides(d, out, *extra):
-    return [f"data.train_ann={d}/annotations/person_keypoints_train.json",
-            f"data.train_images={d}/images/train",
-            f"data.val_ann={d}/annotations/person_keypoints_val.json",
-            f"data.val_images={d}/images/val", f"out_dir={out}", "loader.batch_size=4",
-            "loader.pipelines=1", "loader.num_threads=1", *extra]
+    return [*data_overrides(d), f"out_dir={out}", *SMALL_LOADER, *extra]
 
 
 def _run(cmd, timeout=600):
@@ -83,7 +77,7 @@ def _run(cmd, timeout=600):
 
 
 def _people(over):
-    cfg = load_config(str(ROOT / "configs" / "synthetic.yaml"), over)
+    cfg = load_config(str(SYNTHETIC_CONFIG), over)
     return len(load_index(cfg, "train", None)), len(load_index(cfg, "val", None))
 
 
@@ -91,7 +85,7 @@ def test_the_accelerate_example_trains_validates_and_resumes(tiny, tmp_path):
     script, out = _example(tmp_path), tmp_path / "run"
     over = _overrides(tiny, out, "train.epochs=1", "train.ckpt_every_steps=2")
     n_train, n_val = _people(over)
-    cfg = str(ROOT / "configs" / "synthetic.yaml")
+    cfg = str(SYNTHETIC_CONFIG)
     text = _run([sys.executable, str(script), cfg, *over])
     steps = n_train // 4  # loader.drop_last
     assert "epoch 0: loss" in text and f"{steps} steps per rank" in text, text
@@ -111,7 +105,7 @@ def test_the_accelerate_example_on_two_torchrun_processes(tiny, tmp_path):
     n_train, n_val = _people(over)
     text = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc_per_node", "2", str(script),
-                 str(ROOT / "configs" / "synthetic.yaml"), *over], timeout=900)
+                 str(SYNTHETIC_CONFIG), *over], timeout=900)
     assert f"{n_train // 2 // 2} steps per rank" in text, text  # each rank half, batches of 2
     assert text.count("epoch 0: loss") == 1  # accelerator.print: the main process only
     assert f"validated {n_val} instances" in text, text  # each once, from both ranks

@@ -19,13 +19,13 @@ import torch
 pytest.importorskip("nvidia.dali")
 import train  # noqa: E402
 from test_trainer_faults import _state as a_checkpoint  # noqa: E402
-from test_trainer_faults import (DRIVER, ROOT, _args, _finish, _lines, _model,  # noqa: E402
-                                 _same_weights, _start)
+from conftest import ROOT, read_jsonl, synthetic_data  # noqa: E402
+from test_trainer_faults import (DRIVER, _args, _finish, _model, _same_weights,  # noqa: E402
+                                 _start)
 
 from dali_pose.engine.checkpoint import read_training_checkpoint, save_atomic  # noqa: E402
 from dali_pose.engine.distributed import Dist  # noqa: E402
 from dali_pose.errors import ConfigError, WeightsError  # noqa: E402
-from dali_pose.tools.synthetic import generate  # noqa: E402
 
 # The runs of train.py are slow (2-3 min on a shared 2-core machine); the default run's
 # test_trainer_faults chain also resumes a SIGTERM part-way through an epoch (with
@@ -54,9 +54,13 @@ def _main(argv, sigterm_at=None, monkeypatch=None):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    d = tmp_path_factory.mktemp("syn")
-    generate(str(d), seed=1, num_train=6, num_val=2)
+def tiny(tmp_path_factory):
+    return synthetic_data(tmp_path_factory, num_train=6, num_val=2)
+
+
+@pytest.fixture(scope="module")
+def chain(tiny, tmp_path_factory):
+    d = tiny
     base = tmp_path_factory.mktemp("pre")
     driver = base / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT)))
@@ -65,11 +69,11 @@ def chain(tmp_path_factory):
     args = _args(d, out, "train.validate=false", "train.ckpt_every_steps=2")
     res["killed"] = _finish(_start(args, "signal_at:SIGKILL:3", driver))
     res["after_kill"] = torch.load(out / "last.pt", weights_only=True)
-    res["lines_after_kill"] = _lines(out / "metrics.jsonl")
+    res["lines_after_kill"] = read_jsonl(out / "metrics.jsonl")
     mp = pytest.MonkeyPatch()
     res["term"] = _main(args + ["--resume", "auto"], sigterm_at=4, monkeypatch=mp)
     res["after_term"] = torch.load(out / "last.pt", weights_only=True)
-    res["lines_after_term"] = _lines(out / "metrics.jsonl")
+    res["lines_after_term"] = read_jsonl(out / "metrics.jsonl")
     res["files_after_term"] = sorted(os.listdir(out))
     res["resumed"] = _main(args + ["--resume", "auto"])
     return whole, out, res
@@ -120,7 +124,7 @@ def test_the_resumed_run_equals_the_uninterrupted_one_bit_for_bit(chain):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # one line per epoch, none twice, none missing; the partial epochs' sums carried over
-    lw, lo = _lines(whole / "metrics.jsonl"), _lines(out / "metrics.jsonl")
+    lw, lo = read_jsonl(whole / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in lo] == [0, 1]
     assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
     assert all(r["unique_samples"] == r["samples"] == 16 for r in lo)
@@ -137,10 +141,10 @@ def test_stopped_after_an_epochs_last_step_resumes_with_its_end(chain, tmp_path)
     assert _main(args, sigterm_at=4, monkeypatch=mp) == 0
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert last["epoch"] == 0 and last["partial"]["steps"] == 4
-    assert _lines(tmp_path / "run" / "metrics.jsonl") == []
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == []
     assert _main(args + ["--resume", "auto"]) == 0
     assert _same_weights(_model(whole / "model.pt"), _model(tmp_path / "run" / "model.pt"))
-    lw, lo = _lines(whole / "metrics.jsonl"), _lines(tmp_path / "run" / "metrics.jsonl")
+    lw, lo = read_jsonl(whole / "metrics.jsonl"), read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
 
 
@@ -155,11 +159,10 @@ def _torchrun(args, fault=None, driver=None):
 
 
 @pytest.mark.slow
-def test_two_ranks_stopped_part_way_resume_equal_to_the_uninterrupted_run(tmp_path):
+def test_two_ranks_stopped_part_way_resume_equal_to_the_uninterrupted_run(tiny, tmp_path):
     """torchrun, 2 CPU ranks: SIGTERM on both during epoch 0 step 3, then --resume auto:
     each rank continues its own shard at batch 3; weights and metrics lines equal."""
-    d = tmp_path / "syn"
-    generate(str(d), seed=1, num_train=6, num_val=2)
+    d = tiny
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT)))
     extra = ("train.validate=false", "loader.batch_size=2")
@@ -176,7 +179,7 @@ def test_two_ranks_stopped_part_way_resume_equal_to_the_uninterrupted_run(tmp_pa
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert "continuing with epoch 0 step 4" in p.stdout
     assert _same_weights(_model(whole / "model.pt"), _model(out / "model.pt"))
-    lw, lo = _lines(whole / "metrics.jsonl"), _lines(out / "metrics.jsonl")
+    lw, lo = read_jsonl(whole / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in lo] == [0, 1] and all(r["ranks_in_sync"] for r in lo)
     assert [{k: r[k] for k in _KEYS} for r in lo] == [{k: r[k] for k in _KEYS} for r in lw]
 
