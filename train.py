@@ -18,10 +18,12 @@ for MPII), model.pt (the final weights, for ``evaluate.py --checkpoint``), metri
 val_results.json (MPII: val_preds.npy) + metrics.json of the last validation, preview.png,
 tb/ (with tensorboard). A run killed at any moment continues with ``--resume auto`` and
 ends with the same weights, bit for bit on the CPU, as the run that was never stopped.
-SIGTERM or SIGINT (Ctrl-C): the current step finishes, ``last.pt`` keeps the last finished
-epoch, one line says where ``--resume auto`` continues, exit 0 (see
-``dali_pose.engine.stopping``). Errors of input, of the disk, and a loss that becomes NaN
-are one line (``error: ...``) and exit 1.
+SIGTERM or SIGINT (Ctrl-C, a cluster's preemption): the current step finishes, ``last.pt``
+gets the state part-way through the epoch (the loader's epoch and batch with it), one line
+says where ``--resume auto`` continues (the next step of that epoch), exit 0 (see
+``dali_pose.engine.stopping``); ``train.ckpt_every_steps`` also writes that part-way
+``last.pt`` every N steps, so a SIGKILL loses at most N steps. Errors of input, of the
+disk, and a loss that becomes NaN are one line (``error: ...``) and exit 1.
 """
 import os
 import signal
@@ -44,7 +46,8 @@ from dali_pose.engine.preflight import check_run  # noqa: E402
 from dali_pose.engine.progress import Progress, RunLog  # noqa: E402
 from dali_pose.engine.schedule import build_optimizer, build_scheduler  # noqa: E402
 from dali_pose.engine.stopping import NonFiniteLoss, StopRequest  # noqa: E402
-from dali_pose.evaluation.inference import merge, predict, score  # noqa: E402
+from dali_pose.evaluation.inference import predict, score  # noqa: E402
+from dali_pose.integrations.gather import gather_predictions  # noqa: E402
 from dali_pose.models import describe_model  # noqa: E402
 from dali_pose.models.losses import pose_loss  # noqa: E402
 from dali_pose.models.weights import load_state  # noqa: E402
@@ -133,8 +136,7 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
                               f"holds {done} epochs (0-{done - 1}); set train.epochs >= "
                               f"{done} to continue it")
         changed = changed_keys(config_from_dict(state["config"], source=ckpt), cfg)
-        say(f"resuming {ckpt}: epochs 0-{done - 1} done, continuing with epoch {done}"
-            if done < tc.epochs else f"resuming {ckpt}: all {done} epochs are done")
+        say(f"resuming {ckpt}: {_resume_point(state, tc.epochs)}")
         if changed:
             say(f"  (the config now differs in: {', '.join(changed)})")
     if dist.main:
@@ -181,7 +183,7 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
     opt = build_optimizer(model.parameters(), tc, lr)
     sched = build_scheduler(opt, tc, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    start_epoch, best = 0, None
+    start_epoch, best, partial = 0, None, None
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -190,6 +192,9 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
         if gpu and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, best = int(state["epoch"]), state["best"]
+        if start_epoch < tc.epochs and state.get("partial") is not None:
+            partial = state["partial"]  # stopped part-way through epoch start_epoch
+            _resume_loader(loader, state, dist, ckpt)
     net = model
     if dist.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -206,21 +211,33 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
     if state is not None and dist.main:
         checkpoint.complete_epoch(state, cfg.out_dir, progress.path, say)
     stopped = None  # (epoch, steps done in it) when a signal stopped the run
+    # (epoch, step) of what last.pt holds (step 0: the end of epoch - 1); None: no last.pt
+    saved = None if state is None else (start_epoch, int(partial["steps"]) if partial else 0)
     for epoch in range(start_epoch, tc.epochs):
         if stop.requested(dist):
-            stopped = (epoch, 0)
+            # a part-way last.pt of this epoch is already on disk when resumed from one
+            stopped = (epoch, int(partial["steps"]) if partial else 0)
             break
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch)  # keeps a part-way state _resume_loader loaded for it
         net.train()
         progress.start_epoch(epoch, steps)
-        wait = 0.0
-        samples, done_steps, rows = 0, 0, []
+        # the epoch's running sums; a resumed epoch starts from those of its checkpoint
+        wait, seconds_before, samples, done_steps, rows = 0.0, 0.0, 0, 0, []
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        if partial is not None:
+            mine = partial["ranks"][dist.rank]
+            done_steps, samples = int(partial["steps"]), int(mine["samples"])
+            wait, seconds_before = float(partial["data_wait"]), float(partial["seconds"])
+            rows = [torch.tensor(mine["rows"], dtype=torch.int64)]
+            # a float32 sum saved as a Python float: restored exactly
+            loss_sum = torch.tensor(mine["loss_sum"], dtype=loss_sum.dtype, device=device)
+            partial = None
         # the first step whose loss is not finite, and that loss, kept on the device too
         bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         bad_loss = torch.zeros((), device=device)
-        t_epoch = t_prev = time.perf_counter()
-        for step, batch in enumerate(loader):
+        t_epoch = time.perf_counter() - seconds_before
+        t_prev = time.perf_counter()
+        for batch in (loader if done_steps < steps else ()):
             t_batch = time.perf_counter()
             wait += t_batch - t_prev
             # uint8 crops (loader.image_dtype) travel 4x lighter and are normalised here
@@ -250,13 +267,30 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
             log_now = done_steps % tc.log_every == 0 or done_steps == 1
             last_step = done_steps >= steps
             if log_now or last_step:  # a sync point anyway (loss.item() below)
-                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir)
+                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
             t_prev = time.perf_counter()
             elapsed = t_prev - t_epoch
             progress.step(done_steps, loss.item() if log_now else math.nan,
                           sched.get_last_lr()[0], samples * dist.world_size / elapsed,
                           wait / elapsed, iteration=epoch * steps + done_steps - 1)
-            if stop.requested(dist):
+            stop_now = stop.requested(dist)  # a collective: every rank agrees
+            every = tc.ckpt_every_steps
+            if stop_now or (every and (epoch * steps + done_steps) % every == 0):
+                # never save a NaN
+                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
+                sums = {"loss_sum": loss_sum.item(), "samples": samples,
+                        "rows": torch.cat(rows).tolist()}
+                ranks = distributed.gather(dist, sums)
+                if dist.main:
+                    where = {**loader.state_dict(), "epoch": epoch, "batch": done_steps}
+                    partial_sums = {"steps": done_steps, "seconds": elapsed,
+                                    "data_wait": wait, "ranks": ranks}
+                    checkpoint.save_training(checkpoint.training_state(
+                        model, opt, sched, scaler, epoch, best, cfg, {},
+                        cuda_device=device if gpu else None, loader=where,
+                        partial=partial_sums), cfg.out_dir)
+                saved = (epoch, done_steps)
+            if stop_now:
                 stopped = (epoch, done_steps)
                 break
             if last_step:
@@ -264,7 +298,7 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
         progress.end_steps()  # the bar is gone before validation prints
         if stopped:
             break
-        _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir)
+        _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
         seconds = time.perf_counter() - t_epoch
         distributed.sync_buffers(dist, model)
         record = {"epoch": epoch, "steps": done_steps, "loss": _mean_over_ranks(
@@ -291,17 +325,24 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
             checkpoint.save_training(checkpoint.training_state(
                 model, opt, sched, scaler, epoch + 1, best, cfg, record,
                 cuda_device=device if gpu else None), cfg.out_dir)
+        saved = (epoch + 1, 0)
         progress.end_epoch(record, time.perf_counter() - t_epoch)
     progress.close()
 
     if stopped:
         epoch, done = stopped
-        resume = (f"{os.path.join(cfg.out_dir, 'last.pt')} holds epochs 0-{epoch - 1}: "
-                  f"--resume auto continues with epoch {epoch}" if epoch > 0 else
-                  "no epoch had finished, so there is no last.pt: the same command starts "
-                  "afresh")
-        where = (f"at epoch {epoch} step {done} of {steps} (the steps of the unfinished "
-                 f"epoch are not saved)" if done else f"before epoch {epoch}")
+        last = os.path.join(cfg.out_dir, "last.pt")
+        if done:
+            nxt = (f"epoch {epoch} step {done + 1}" if done < steps
+                   else f"the end of epoch {epoch} (its validation)")
+            where = f"at epoch {epoch} step {done} of {steps}"
+            resume = f"{last} holds it: --resume auto continues with {nxt}"
+        else:
+            where = f"before epoch {epoch}"
+            resume = (f"{last} holds epochs 0-{epoch - 1}: --resume auto continues with "
+                      f"epoch {epoch}" if epoch > 0 else
+                      "no step had run, so there is no last.pt: the same command starts "
+                      "afresh")
         say(f"stopped by {stop.signal_name} {where}; {resume}")
         distributed.cleanup(dist)
         return
@@ -323,17 +364,50 @@ def validate(cfg, model, loader, dist, max_batches=None, log=print):
     """Each rank predicts its shard with the flip test; rank 0 gathers every instance
     exactly once, writes the predictions and returns (their metrics, how many instances were
     predicted); the other ranks return (None, None)."""
-    part = predict(cfg, model, dist.device, max_batches, loader=loader)
-    parts = distributed.gather(dist, part)
+    # the loader pads every shard to the same batches; predict keeps the valid rows
+    preds = gather_predictions(predict(cfg, model, dist.device, max_batches, loader=loader))
     if not dist.main:
         return None, None
-    preds = merge(parts)
     return score(cfg, preds, cfg.out_dir, log=log), int(preds.done.sum())
 
 
-def _check_loss(dist, bad_step, bad_loss, epoch: int, steps: int, out_dir: str) -> None:
+def _resume_point(state: dict, epochs: int) -> str:
+    """Where a run resumed from checkpoint ``state`` continues, in words."""
+    done, partial = int(state["epoch"]), state.get("partial")
+    if done >= epochs:
+        return f"all {done} epochs are done"
+    finished = f"epochs 0-{done - 1} done" if done else "no epoch done"
+    if partial is None:
+        return f"{finished}, continuing with epoch {done}"
+    k = int(partial["steps"])
+    return (f"{finished} and {k} steps of epoch {done}, continuing with epoch {done} step "
+            f"{k + 1}")
+
+
+def _resume_loader(loader, state: dict, dist, ckpt: str) -> None:
+    """Give ``loader`` the part-way state of ``state`` (rank 0's: every rank continues its
+    own shard at that batch; the next ``iter()`` of that epoch yields the batches after the
+    saved ones, decoding none of those before). The rest of the epoch is a function of the
+    seed, batch size and ranks: other ones are a one-line error."""
+    saved = dict(state["loader"])
+    epoch, k = int(saved["epoch"]), int(saved["batch"])
+    n = len(state["partial"]["ranks"])
+    if n != dist.world_size:
+        raise ConfigError(f"{ckpt} was stopped part-way through epoch {epoch} (after step "
+                          f"{k}) with {n} rank(s); continue it with {n} (torchrun "
+                          f"--nproc_per_node {n}), or resume from a checkpoint of an "
+                          f"epoch's end")
+    try:
+        loader.load_state_dict(saved)
+    except ValueError as e:
+        raise ConfigError(f"{ckpt}: {e}") from None
+
+
+def _check_loss(dist, bad_step, bad_loss, epoch: int, steps: int, out_dir: str,
+                saved) -> None:
     """Raise :class:`NonFiniteLoss` when any rank's loss was NaN or infinite this epoch,
-    before anything of the epoch is saved."""
+    before anything of the epoch is saved. ``saved``: (epoch, step) of the state ``last.pt``
+    holds (step 0: the end of epoch - 1), None when there is none."""
     step = int(bad_step.item())
     if dist.distributed:
         gathered = distributed.gather(dist, (step, float(bad_loss.item())))
@@ -343,8 +417,13 @@ def _check_loss(dist, bad_step, bad_loss, epoch: int, steps: int, out_dir: str) 
         value = float(bad_loss.item())
     if step < 0:
         return
-    kept = (f"{os.path.join(out_dir, 'last.pt')} (after epoch {epoch - 1}) is kept"
-            if epoch > 0 else "no epoch had finished: no checkpoint was written")
+    last = os.path.join(out_dir, "last.pt")
+    if saved is None:
+        kept = "no checkpoint was written yet"
+    elif saved[1]:
+        kept = f"{last} (at epoch {saved[0]} step {saved[1]}) is kept"
+    else:
+        kept = f"{last} (after epoch {saved[0] - 1}) is kept"
     raise NonFiniteLoss(value, epoch, step, steps, kept)
 
 

@@ -345,10 +345,14 @@ class TrainConfig:
     val_every: int = 1  # epochs between validations (the last epoch always validates)
     log_every: int = 20  # steps between log lines (where there is no progress bar)
     cpu_threads: int = 0  # torch threads per rank; 0 = the rule in dali_pose.engine.distributed
+    # also write last.pt every N training steps (counted over the run), mid-epoch, so a
+    # SIGKILL loses at most N steps; 0 = only after each epoch (and on SIGTERM / SIGINT)
+    ckpt_every_steps: int = 0
 
     def __post_init__(self):
         _check_min("train", self, 1, "epochs", "log_every", "val_every")
-        _check_min("train", self, 0, "warmup_iters", "grad_clip", "cpu_threads")
+        _check_min("train", self, 0, "warmup_iters", "grad_clip", "cpu_threads",
+                   "ckpt_every_steps")
         _require(self.lr > 0 and math.isfinite(self.lr), "train.lr",
                  f"must be a finite number > 0, got {self.lr}")
         _require(0 <= self.weight_decay < 1, "train.weight_decay",

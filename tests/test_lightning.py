@@ -101,3 +101,95 @@ def test_resume_mid_epoch_trains_the_batches_of_the_uninterrupted_run(data, tmp_
     trainer(tmp_path / "c", 2, limit_val_batches=0, enable_checkpointing=False).fit(
         rest, datamodule=dm, ckpt_path=str(path))
     assert first.seen + rest.seen == whole.seen
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+import lightning.pytorch as pl
+from dali_pose import load_config
+from dali_pose.integrations.lightning import PoseDataModule, PoseModule
+
+mode, out, data, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 17, 4, stride=4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Recorder(PoseModule):  # each rank appends (epoch, rows, a weight) per step to its file
+    def training_step(self, batch, batch_idx):
+        with open(os.path.join(out, f"{mode}.{self.global_rank}.jsonl"), "a") as f:
+            f.write(json.dumps([self.current_epoch, batch["row"].tolist(),
+                                float(self.model.conv.weight.double().sum())]) + "\\n")
+        if mode == "crash" and self.global_step == k:
+            raise RuntimeError("killed")  # on every rank at the same step, as a kill
+        return super().training_step(batch, batch_idx)
+
+
+cfg = load_config(None, [f"data.train_ann={data}/annotations/person_keypoints_train.json",
+                         f"data.train_images={data}/images/train",
+                         f"data.val_ann={data}/annotations/person_keypoints_val.json",
+                         f"data.val_images={data}/images/val", "loader.batch_size=2",
+                         "loader.pipelines=1", "loader.num_threads=1",
+                         "loader.image_dtype=uint8"])
+callbacks = []
+if mode == "crash":
+    callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ck"),
+                                                  every_n_train_steps=k, save_top_k=-1))
+trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",
+                     logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks,
+                     enable_checkpointing=mode == "crash", default_root_dir=out)
+ckpt = None
+if mode == "resume":
+    ckpt = [os.path.join(out, "ck", f) for f in os.listdir(os.path.join(out, "ck"))
+            if f"step={k}" in f][0]
+trainer.fit(Recorder(cfg, model=Tiny()), datamodule=PoseDataModule(cfg, device="cpu", log=None),
+            ckpt_path=ckpt)
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_killed_mid_epoch_resumes_batch_for_batch(tmp_path):
+    """Trainer(strategy="ddp"), 2 CPU processes: stopped at step 2 of epoch 0 on both
+    ranks, resumed from the checkpoint of step 2: each rank trains the batches of the
+    uninterrupted run, in order, with the same weights before each step."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dali_pose.tools.synthetic import generate
+
+    root = Path(__file__).resolve().parents[1]
+    generate(str(tmp_path / "syn"), seed=1, num_train=6, num_val=2)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    k = 2
+    for mode in ("whole", "crash", "resume"):
+        p = subprocess.run([sys.executable, str(script), mode, str(tmp_path),
+                            str(tmp_path / "syn"), str(k)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=900)
+        assert (p.returncode == 0) == (mode != "crash"), (mode, (p.stdout + p.stderr)[-4000:])
+
+    def seen(mode, rank):
+        path = tmp_path / f"{mode}.{rank}.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    for rank in (0, 1):
+        whole, crash, rest = seen("whole", rank), seen("crash", rank), seen("resume", rank)
+        assert len(crash) == k + 1  # steps 0..k-1 trained, step k began and was killed
+        assert len(whole) > k + 1 and [e for e, _, _ in whole].count(0) > k
+        assert crash[:k] + rest == whole
+    rows = [set(r for e, rs, w in seen("whole", rank) if e == 0 for r in rs)
+            for rank in (0, 1)]
+    assert not rows[0] & rows[1]  # disjoint shards

@@ -217,14 +217,17 @@ def test_ctrl_c_stops_quietly_with_exit_0(tiny, tmp_path, capsys, monkeypatch):
     cap = capsys.readouterr()
     assert rc == 0 and "Traceback" not in cap.out + cap.err
     assert cap.out.strip().splitlines()[-1] == (
-        "stopped by SIGINT at epoch 0 step 2 of 4 (the steps of the unfinished epoch are not "
-        "saved); no epoch had finished, so there is no last.pt: the same command starts "
-        "afresh")
-    assert not (out / "last.pt").exists()
+        f"stopped by SIGINT at epoch 0 step 2 of 4; {out / 'last.pt'} holds it: --resume "
+        f"auto continues with epoch 0 step 3")
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert saved["epoch"] == 0 and saved["loader"]["batch"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    # and the same command does start afresh (nothing of a run is there to refuse for)
+    # and --resume auto continues there
     monkeypatch.setattr(train, "pose_loss", real)
-    assert train.main(_argv(tiny, out, "train.validate=false", "train.epochs=1")) == 0
+    assert train.main(_argv(tiny, out, "train.validate=false", "train.epochs=1")
+                      + ["--resume", "auto"]) == 0
+    assert "no epoch done and 2 steps of epoch 0, continuing with epoch 0 step 3" in \
+        capsys.readouterr().out
 
 
 def test_non_finite_init_weights_fail_before_the_loaders(tiny, tmp_path, capsys):

@@ -14,14 +14,24 @@ validation metric improves) is a ``torch.save`` of a dict of plain types and ten
                 printed and in metrics.jsonl: ``epoch`` 3 follows the line of epoch 2)
     best        {"metric": name, "value": best value so far, "epoch": its epoch} (or None)
     config      the resolved config (``config.to_dict``)
-    loader      what the loader needs to continue: {"epoch": the next epoch} (its shuffle
-                and augmentation are functions of (loader.seed, epoch, sample))
+    loader      rank 0's ``loader.state_dict()``: {"epoch", "batch", "seed", "shard_id",
+                "num_shards", "batch_size"}; after an epoch {"epoch": the next epoch,
+                "batch": 0} (its shuffle and augmentation are functions of (loader.seed,
+                epoch, sample), so nothing else is needed to continue it)
     torch_rng   torch's CPU generator state (and ``cuda_rng`` on a GPU)
     record      the epoch's line of ``metrics.jsonl`` (it says ``"best": true`` when this
-                state is also ``best.pt``)
+                state is also ``best.pt``); empty in a part-way checkpoint
+    partial     only in a checkpoint taken part-way through epoch ``epoch`` (on SIGTERM /
+                SIGINT, or every ``train.ckpt_every_steps``), after ``loader["batch"]``
+                steps of it: what the epoch's line of ``metrics.jsonl`` will sum, so the
+                resumed epoch's line is the uninterrupted one's: {"steps", "seconds",
+                "data_wait" (seconds), "ranks": per rank {"loss_sum", "samples", "rows"}}
 
 so it loads with ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
 The model file ``model.pt`` (the final weights) is ``{"model", "config", "epoch"}``.
+
+A part-way checkpoint replaces ``last.pt`` only (never ``best.pt``, no line of
+``metrics.jsonl``: the epoch writes those when it ends).
 
 Order of an epoch's writes: ``last.pt`` first, then ``best.pt``, then the line of
 ``metrics.jsonl``. A run killed between them (or stopped by a full disk) leaves a
@@ -117,15 +127,19 @@ def remove_temp_files(out_dir: str) -> List[str]:
 # ------------------------------------------------------------ the training checkpoint --
 
 def training_state(model, optimizer, scheduler, scaler, epoch: int, best, cfg,
-                   record: dict, cuda_device=None) -> dict:
+                   record: dict, cuda_device=None, loader: Optional[dict] = None,
+                   partial: Optional[dict] = None) -> dict:
     """The checkpoint after ``epoch`` epochs (the dict of the module docstring);
-    ``cuda_device``: also save that GPU's generator state."""
+    ``cuda_device``: also save that GPU's generator state. A part-way checkpoint passes the
+    loader's ``state_dict()`` and the epoch's ``partial`` sums (and an empty ``record``)."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "epoch": int(epoch), "best": best, "config": to_dict(cfg),
-        "loader": {"epoch": int(epoch)}, "torch_rng": torch.get_rng_state(),
-        "record": dict(record)}
+        "loader": dict(loader) if loader is not None else {"epoch": int(epoch), "batch": 0},
+        "torch_rng": torch.get_rng_state(), "record": dict(record)}
+    if partial is not None:
+        state["partial"] = partial
     if cuda_device is not None:
         state["cuda_rng"] = torch.cuda.get_rng_state(cuda_device)
     return state
@@ -153,9 +167,25 @@ def read_training_checkpoint(path: str) -> dict:
         if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
             raise WeightsError(f"{path}: 'epoch' is {ckpt['epoch']!r}, not a count of "
                                f"epochs")
+        if ckpt.get("partial") is not None and not _is_partial(ckpt):
+            raise WeightsError(f"{path}: a part-way checkpoint whose 'partial' or 'loader' "
+                               f"entry is damaged (train.py writes them together)")
     except WeightsError as e:
         raise WeightsError(f"{e}{_offer_best(path)}") from e
     return ckpt
+
+
+def _is_partial(ckpt: dict) -> bool:
+    """Whether ``ckpt['partial']`` and ``ckpt['loader']`` have the shape a part-way
+    checkpoint's have (the module docstring)."""
+    p, ld = ckpt.get("partial"), ckpt.get("loader")
+    try:
+        return (isinstance(p["steps"], int) and p["steps"] >= 1 and isinstance(p["ranks"], list)
+                and len(p["ranks"]) >= 1
+                and all({"loss_sum", "samples", "rows"} <= set(r) for r in p["ranks"])
+                and int(ld["epoch"]) == ckpt["epoch"] and int(ld["batch"]) == p["steps"])
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _offer_best(path: str) -> str:

@@ -169,8 +169,10 @@ class PoseLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` (from :meth:`state_dict`) stood: the next ``iter()``
-        yields batch ``state["batch"]``.. of ``state["epoch"]``. A part-way state taken
-        with another seed, shard or batch size is a ``ValueError`` (its epoch's plan is
+        yields batch ``state["batch"]``.. of ``state["epoch"]``. Every rank has the same
+        batches per epoch, so a state another rank took (Lightning saves rank 0's for all)
+        resumes this rank's shard at the same batch. A part-way state taken with another
+        seed, number of shards or batch size is a ``ValueError`` (its epoch's plan is
         another: the rest of it cannot be told)."""
         try:
             epoch, batch = int(state["epoch"]), int(state["batch"])
@@ -178,7 +180,7 @@ class PoseLoader:
             raise ValueError(f"load_state_dict: not a loader state ({e!r})") from None
         if batch:
             mine = self.state_dict()
-            for key in ("seed", "shard_id", "num_shards", "batch_size"):
+            for key in ("seed", "num_shards", "batch_size"):
                 if key in state and int(state[key]) != mine[key]:
                     raise ValueError(
                         f"load_state_dict: the state stopped part-way through epoch {epoch} "
