@@ -130,11 +130,7 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
     state = None
     if ckpt is not None:
         state = checkpoint.read_training_checkpoint(ckpt)
-        done = int(state["epoch"])
-        if done > tc.epochs:
-            raise ConfigError(f"config key 'train.epochs': {tc.epochs}, but {ckpt} already "
-                              f"holds {done} epochs (0-{done - 1}); set train.epochs >= "
-                              f"{done} to continue it")
+        _check_epochs(state, tc.epochs, ckpt)
         changed = changed_keys(config_from_dict(state["config"], source=ckpt), cfg)
         say(f"resuming {ckpt}: {_resume_point(state, tc.epochs)}")
         if changed:
@@ -210,17 +206,21 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
     progress = Progress(dist.main, cfg.out_dir, tc.log_every, tc.epochs, log=say)
     if state is not None and dist.main:
         checkpoint.complete_epoch(state, cfg.out_dir, progress.path, say)
-    stopped = None  # (epoch, steps done in it) when a signal stopped the run
+    stopped = None  # (epoch, steps done in it, its steps) when a signal stopped the run
     # (epoch, step) of what last.pt holds (step 0: the end of epoch - 1); None: no last.pt
     saved = None if state is None else (start_epoch, int(partial["steps"]) if partial else 0)
     for epoch in range(start_epoch, tc.epochs):
+        loader.set_epoch(epoch)  # keeps a part-way state _resume_loader loaded for it
+        # with several ranks the batches per epoch vary a little (each epoch's plan gives
+        # every rank as many as its smallest share allows): ``steps`` is epoch 0's
+        epoch_steps = len(loader) if args.max_batches is None else min(len(loader),
+                                                                         args.max_batches)
         if stop.requested(dist):
             # a part-way last.pt of this epoch is already on disk when resumed from one
-            stopped = (epoch, int(partial["steps"]) if partial else 0)
+            stopped = (epoch, int(partial["steps"]) if partial else 0, epoch_steps)
             break
-        loader.set_epoch(epoch)  # keeps a part-way state _resume_loader loaded for it
         net.train()
-        progress.start_epoch(epoch, steps)
+        progress.start_epoch(epoch, epoch_steps)
         # the epoch's running sums; a resumed epoch starts from those of its checkpoint
         wait, seconds_before, samples, done_steps, rows = 0.0, 0.0, 0, 0, []
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
@@ -237,7 +237,7 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
         bad_loss = torch.zeros((), device=device)
         t_epoch = time.perf_counter() - seconds_before
         t_prev = time.perf_counter()
-        for batch in (loader if done_steps < steps else ()):
+        for batch in (loader if done_steps < epoch_steps else ()):
             t_batch = time.perf_counter()
             wait += t_batch - t_prev
             # uint8 crops (loader.image_dtype) travel 4x lighter and are normalised here
@@ -265,25 +265,28 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
             bad_step = torch.where(first, done_steps, bad_step)
             bad_loss = torch.where(first, loss, bad_loss)
             log_now = done_steps % tc.log_every == 0 or done_steps == 1
-            last_step = done_steps >= steps
+            last_step = done_steps >= epoch_steps
             if log_now or last_step:  # a sync point anyway (loss.item() below)
-                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
+                _check_loss(dist, bad_step, bad_loss, epoch, epoch_steps, cfg.out_dir, saved)
             t_prev = time.perf_counter()
             elapsed = t_prev - t_epoch
             progress.step(done_steps, loss.item() if log_now else math.nan,
                           sched.get_last_lr()[0], samples * dist.world_size / elapsed,
                           wait / elapsed, iteration=epoch * steps + done_steps - 1)
+            # (epoch 0's ``steps`` as the epoch's length in the run's step count: the same
+            # count whether the run was resumed or not)
             stop_now = stop.requested(dist)  # a collective: every rank agrees
             every = tc.ckpt_every_steps
             if stop_now or (every and (epoch * steps + done_steps) % every == 0):
                 # never save a NaN
-                _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
+                _check_loss(dist, bad_step, bad_loss, epoch, epoch_steps, cfg.out_dir, saved)
                 sums = {"loss_sum": loss_sum.item(), "samples": samples,
                         "rows": torch.cat(rows).tolist()}
                 ranks = distributed.gather(dist, sums)
                 if dist.main:
                     where = {**loader.state_dict(), "epoch": epoch, "batch": done_steps}
-                    partial_sums = {"steps": done_steps, "seconds": elapsed,
+                    partial_sums = {"steps": done_steps, "epoch_steps": epoch_steps,
+                                    "seconds": elapsed,
                                     "data_wait": wait, "ranks": ranks}
                     checkpoint.save_training(checkpoint.training_state(
                         model, opt, sched, scaler, epoch, best, cfg, {},
@@ -291,14 +294,14 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
                         partial=partial_sums), cfg.out_dir)
                 saved = (epoch, done_steps)
             if stop_now:
-                stopped = (epoch, done_steps)
+                stopped = (epoch, done_steps, epoch_steps)
                 break
             if last_step:
                 break
         progress.end_steps()  # the bar is gone before validation prints
         if stopped:
             break
-        _check_loss(dist, bad_step, bad_loss, epoch, steps, cfg.out_dir, saved)
+        _check_loss(dist, bad_step, bad_loss, epoch, epoch_steps, cfg.out_dir, saved)
         seconds = time.perf_counter() - t_epoch
         distributed.sync_buffers(dist, model)
         record = {"epoch": epoch, "steps": done_steps, "loss": _mean_over_ranks(
@@ -330,12 +333,12 @@ def _train(args, stop, cfg, dist, ckpt, log) -> None:
     progress.close()
 
     if stopped:
-        epoch, done = stopped
+        epoch, done, epoch_steps = stopped
         last = os.path.join(cfg.out_dir, "last.pt")
         if done:
-            nxt = (f"epoch {epoch} step {done + 1}" if done < steps
+            nxt = (f"epoch {epoch} step {done + 1}" if done < epoch_steps
                    else f"the end of epoch {epoch} (its validation)")
-            where = f"at epoch {epoch} step {done} of {steps}"
+            where = f"at epoch {epoch} step {done} of {epoch_steps}"
             resume = f"{last} holds it: --resume auto continues with {nxt}"
         else:
             where = f"before epoch {epoch}"
@@ -371,6 +374,20 @@ def validate(cfg, model, loader, dist, max_batches=None, log=print):
     return score(cfg, preds, cfg.out_dir, log=log), int(preds.done.sum())
 
 
+def _check_epochs(state: dict, epochs: int, ckpt: str) -> None:
+    """A ``train.epochs`` too small for what checkpoint ``state`` holds is a ConfigError
+    (fewer epochs than it finished, or its part-way epoch left out)."""
+    done = int(state["epoch"])
+    if done > epochs:
+        raise ConfigError(f"config key 'train.epochs': {epochs}, but {ckpt} already holds "
+                          f"{done} epochs (0-{done - 1}); set train.epochs >= {done} to "
+                          f"continue it")
+    if done == epochs and state.get("partial") is not None:
+        raise ConfigError(f"config key 'train.epochs': {epochs}, but {ckpt} was stopped "
+                          f"part-way through epoch {done}; set train.epochs >= {done + 1} "
+                          f"to continue it")
+
+
 def _resume_point(state: dict, epochs: int) -> str:
     """Where a run resumed from checkpoint ``state`` continues, in words."""
     done, partial = int(state["epoch"]), state.get("partial")
@@ -380,6 +397,8 @@ def _resume_point(state: dict, epochs: int) -> str:
     if partial is None:
         return f"{finished}, continuing with epoch {done}"
     k = int(partial["steps"])
+    if k >= int(partial.get("epoch_steps", k + 1)):
+        return f"{finished} and all {k} steps of epoch {done}, continuing with its end"
     return (f"{finished} and {k} steps of epoch {done}, continuing with epoch {done} step "
             f"{k + 1}")
 

@@ -196,6 +196,7 @@ class AugConfig:
     # hrnet: centre += U(-1, 1) * shift_factor * box size (0: the official recipes);
     # mmpose: centre += T * shift_factor * box size with probability shift_prob, the box
     # before the aspect fix (PoseIndex.box_size, or the half-body box), as mmpose's
+    # RandomBBoxTransform shifts bbox_scale before TopdownAffine fixes the aspect
     shift_factor: float = 0.0
     shift_prob: float = 1.0
 

@@ -327,9 +327,9 @@ def augment(center, scale, box, kps, u, n, upper_mask, flip_prob, rot_prob, rot_
             scale_factor, half_body_prob, half_body_min_joints, shift_factor, aspect,
             shift_prob=1.0, upper_prob=0.6914624612740131, min_upper=3, min_lower=3,
             half_padding=1.5, recipe=RECIPE_HRNET):
-    """:func:`draw_box` without the half-body branch: (cx, cy, sw, sh, rot_deg, flip) of
-    the crop in source pixels. The defaults of the trailing arguments are the hrnet
-    recipe's (which does not read ``box``)."""
+    """:func:`draw_box` less its last output (which half-body branch was taken): (cx, cy,
+    sw, sh, rot_deg, flip) of the crop in source pixels. The defaults of the trailing
+    arguments are the hrnet recipe's (which does not read ``box``)."""
     cx, cy, sw, sh, rot, flip, _ = draw_box(
         center, scale, box, kps, u, n, upper_mask, flip_prob, rot_prob, rot_factor, scale_factor,
         half_body_prob, half_body_min_joints, shift_factor, aspect, shift_prob, upper_prob,

@@ -144,9 +144,16 @@ def test_state_after_the_last_batch_is_the_next_epoch(train_loader):
     for _ in itertools.islice(loader, len(loader)):
         pass
     assert loader.state_dict()["epoch"] == 6 and loader.state_dict()["batch"] == 0
-    state = dict(loader.state_dict(), epoch=5, batch=1, num_shards=2)
-    with pytest.raises(ValueError, match="num_shards=2, this loader has num_shards=1"):
-        loader.load_state_dict(state)
+    # a part-way state of another plan is refused, naming what differs
+    other = not loader.cfg.loader.drop_last
+    for key, value, name in (("num_shards", 2, "the number of ranks = 2"),
+                             ("shuffle_buffer", 7, "loader.shuffle_buffer = 7"),
+                             ("drop_last", other, f"loader.drop_last = {other}"),
+                             ("people", len(loader.index) + 1, "the index's people")):
+        state = dict(loader.state_dict(), epoch=5, batch=1, **{key: value})
+        with pytest.raises(ValueError, match=f"with {name}"):
+            loader.load_state_dict(state)
+    loader.load_state_dict(dict(loader.state_dict(), epoch=5, batch=1))  # the same plan
 
 
 @pytest.mark.parametrize("shards", [2, 3])

@@ -199,8 +199,14 @@ def test_a_damaged_part_way_checkpoint_is_a_one_line_error(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic(_part_way(), str(path))
     assert read_training_checkpoint(str(path))["partial"]["steps"] == 3
+    broken = _part_way()
+    del broken["partial"]["data_wait"]
+    wrong = _part_way()
+    wrong["partial"]["ranks"] = [{"loss_sum": "0.25", "samples": 12, "rows": []}]
     for damage in ({"partial": {"steps": 3}}, {"loader": {"epoch": 1, "batch": 2}},
-                   {"loader": {"epoch": 0, "batch": 3}}):
+                   {"loader": {"epoch": 0, "batch": 3}}, {"partial": broken["partial"]},
+                   {"partial": wrong["partial"]},
+                   {"partial": {**_part_way()["partial"], "epoch_steps": 2}}):
         save_atomic({**_part_way(), **damage}, str(path))
         with pytest.raises(WeightsError, match="part-way checkpoint") as e:
             read_training_checkpoint(str(path))
@@ -229,6 +235,16 @@ def test_a_part_way_checkpoint_resumes_only_with_its_ranks_and_plan():
     assert train._resume_point(_part_way(), 2) == \
         "epochs 0-0 done and 3 steps of epoch 1, continuing with epoch 1 step 4"
     assert train._resume_point(_part_way(), 1) == "all 1 epochs are done"
+    whole = _part_way()
+    whole["partial"]["epoch_steps"] = 3  # stopped after the epoch's last step
+    assert train._resume_point(whole, 2) == \
+        "epochs 0-0 done and all 3 steps of epoch 1, continuing with its end"
+    train._check_epochs(_part_way(), 2, "out/last.pt")
+    with pytest.raises(ConfigError, match="stopped part-way through epoch 1; set "
+                                          "train.epochs >= 2"):
+        train._check_epochs(_part_way(), 1, "out/last.pt")
+    with pytest.raises(ConfigError, match="already holds 1 epochs"):
+        train._check_epochs(a_checkpoint(0.5, epoch=1), 0, "out/last.pt")
     assert train._resume_point(a_checkpoint(0.5, epoch=1), 2) == \
         "epochs 0-0 done, continuing with epoch 1"
 

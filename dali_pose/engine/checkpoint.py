@@ -24,8 +24,9 @@ validation metric improves) is a ``torch.save`` of a dict of plain types and ten
     partial     only in a checkpoint taken part-way through epoch ``epoch`` (on SIGTERM /
                 SIGINT, or every ``train.ckpt_every_steps``), after ``loader["batch"]``
                 steps of it: what the epoch's line of ``metrics.jsonl`` will sum, so the
-                resumed epoch's line is the uninterrupted one's: {"steps", "seconds",
-                "data_wait" (seconds), "ranks": per rank {"loss_sum", "samples", "rows"}}
+                resumed epoch's line is the uninterrupted one's: {"steps", "epoch_steps"
+                (the epoch's steps in all), "seconds", "data_wait" (seconds), "ranks": per
+                rank {"loss_sum", "samples", "rows"}}
 
 so it loads with ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
 The model file ``model.pt`` (the final weights) is ``{"model", "config", "epoch"}``.
@@ -180,11 +181,16 @@ def _is_partial(ckpt: dict) -> bool:
     checkpoint's have (the module docstring)."""
     p, ld = ckpt.get("partial"), ckpt.get("loader")
     try:
-        return (isinstance(p["steps"], int) and p["steps"] >= 1 and isinstance(p["ranks"], list)
-                and len(p["ranks"]) >= 1
-                and all({"loss_sum", "samples", "rows"} <= set(r) for r in p["ranks"])
+        number = (int, float)
+        return (isinstance(p["steps"], int) and p["steps"] >= 1
+                and isinstance(p.get("epoch_steps", p["steps"]), int)
+                and p.get("epoch_steps", p["steps"]) >= p["steps"]
+                and isinstance(p["seconds"], number) and isinstance(p["data_wait"], number)
+                and isinstance(p["ranks"], list) and len(p["ranks"]) >= 1
+                and all(isinstance(r["loss_sum"], number) and isinstance(r["samples"], int)
+                        and isinstance(r["rows"], list) for r in p["ranks"])
                 and int(ld["epoch"]) == ckpt["epoch"] and int(ld["batch"]) == p["steps"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return False
 
 

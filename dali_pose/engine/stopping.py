@@ -3,7 +3,8 @@
 * :class:`StopRequest`: SIGTERM (a cluster's preemption, ``kill``) or SIGINT (Ctrl-C) asks
   the run to stop; ``train.py`` finishes the step it is in, writes ``last.pt`` part-way
   through the epoch (with the loader's epoch and batch: ``--resume auto`` continues at the
-  next batch), prints one line saying where ``--resume auto`` continues, and exits 0. A second signal ends the process at once (exit 128 + signal number), again
+  next batch), prints one line saying where ``--resume auto`` continues, and exits 0. A
+  second signal ends the process at once (exit 128 + signal number), again
   without a traceback: every file is written atomically, so no file is torn.
   Under ``torchrun`` every rank gets the signal; the ranks agree on the step to stop after
   (one integer all-reduced per step on a CPU group), so no rank waits for another forever.

@@ -163,29 +163,36 @@ class PoseLoader:
             epoch, batch = self._resume
         else:
             epoch, batch = self._next_epoch, 0
-        return {"epoch": int(epoch), "batch": int(batch), "seed": int(self.cfg.loader.seed),
+        c = self.cfg.loader
+        return {"epoch": int(epoch), "batch": int(batch), "seed": int(c.seed),
                 "shard_id": self.shard_id, "num_shards": self.num_shards,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "shuffle_buffer": int(c.shuffle_buffer),
+                "drop_last": bool(c.drop_last), "people": len(self.index)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` (from :meth:`state_dict`) stood: the next ``iter()``
         yields batch ``state["batch"]``.. of ``state["epoch"]``. Every rank has the same
         batches per epoch, so a state another rank took (Lightning saves rank 0's for all)
         resumes this rank's shard at the same batch. A part-way state taken with another
-        seed, number of shards or batch size is a ``ValueError`` (its epoch's plan is
-        another: the rest of it cannot be told)."""
+        seed, number of shards, batch size, shuffle buffer, ``drop_last`` or number of
+        people in the index is a ``ValueError`` (its epoch's plan is another: the rest of
+        it cannot be told)."""
         try:
             epoch, batch = int(state["epoch"]), int(state["batch"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"load_state_dict: not a loader state ({e!r})") from None
         if batch:
             mine = self.state_dict()
-            for key in ("seed", "num_shards", "batch_size"):
-                if key in state and int(state[key]) != mine[key]:
+            names = {"seed": "loader.seed", "num_shards": "the number of ranks",
+                     "batch_size": "loader.batch_size",
+                     "shuffle_buffer": "loader.shuffle_buffer",
+                     "drop_last": "loader.drop_last", "people": "the index's people"}
+            for key, name in names.items():
+                if key in state and int(state[key]) != int(mine[key]):
                     raise ValueError(
                         f"load_state_dict: the state stopped part-way through epoch {epoch} "
-                        f"with {key}={state[key]}, this loader has {key}={mine[key]}: "
-                        f"resume with the same {key}, or from the start of an epoch")
+                        f"with {name} = {state[key]}, this loader has {mine[key]}: "
+                        f"resume with the same {name}, or from the start of an epoch")
             if batch > len(self._plan(epoch).batches):
                 raise ValueError(f"load_state_dict: batch {batch} of epoch {epoch}, which "
                                  f"has {len(self._plan(epoch).batches)}")

@@ -42,7 +42,7 @@ pipelines and timed one after another (source, + geometry, + decode, + warp/norm
 + occlusion/targets = the whole graph, + the torch iterator = the loader); a stage's cost is
 the difference between consecutive prefixes (CPU ms per sample, and wall ms per sample). A
 sample is a crop (a person): a DALI sample is an image and its people, and the breakdown
-states the people per decoded image. The oracle backends have no breakdown.
+states the people per read. The oracle backends have no breakdown.
 
 ``--scaling``: samples/s over batch size (16, 32, 64, 128), threads/workers (1 .. cores) and
 input size (256x192, 384x288, heatmaps at 1/4), one dimension at a time from the config.
