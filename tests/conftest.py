@@ -2,9 +2,11 @@ import dataclasses
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,15 @@ def read_jsonl(path) -> list:
     """The records of a JSON-lines file (metrics.jsonl); none when it does not exist."""
     path = Path(path)
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def png_declaring(w: int, h: int) -> bytes:
+    """A valid-looking PNG header declaring w x h, a tiny IDAT and IEND (not decodable)."""
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 @dataclasses.dataclass

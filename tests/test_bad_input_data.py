@@ -3,8 +3,6 @@ second round of bad input): image sizes of every format, image entries, ids, box
 joints far outside, hostile paths and sizes. Each bad file is made here; none needs a
 loader build (the file check is the loader's BatchSource.read, called directly)."""
 import json
-import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -16,6 +14,7 @@ from dali_pose.datasets import (COCO, FAR_BOX, DatasetError, load_coco_style, lo
 from dali_pose.errors import DaliPoseError
 from dali_pose.evaluation import metrics as M
 from dali_pose.imagefiles import inspect, read_size
+from conftest import png_declaring
 
 W, H = 100, 80
 
@@ -259,18 +258,9 @@ def test_mpii_bad_values_are_one_line(tmp_path, person, needle):
 
 # ---------------------------------------------------------------- hostile files ---
 
-def _png_declaring(w, h) -> bytes:
-    """A valid-looking PNG header declaring w x h, a tiny IDAT and IEND (not decodable)."""
-    def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
 def test_pixel_cap(tmp_path):
     """A small PNG declaring 30000x30000 is refused before anything decodes it."""
-    (tmp_path / "big.png").write_bytes(_png_declaring(30000, 30000))
+    (tmp_path / "big.png").write_bytes(png_declaring(30000, 30000))
     assert inspect((tmp_path / "big.png").read_bytes()).size == (30000, 30000)
     # the json believes it: refused at load, naming the cap
     p = _coco(tmp_path, images=[{"id": 1, "file_name": "big.png", "width": 30000,
@@ -287,7 +277,7 @@ def test_pixel_cap(tmp_path):
         _read_first(index)
     # MPII (no sizes in its json): the header is read at load
     (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "m.png").write_bytes(_png_declaring(30000, 30000))
+    (tmp_path / "img" / "m.png").write_bytes(png_declaring(30000, 30000))
     (tmp_path / "mpii.json").write_text(json.dumps([_mp(image="m.png")]))
     with pytest.raises(DatasetError, match=r"m\.png is 30000x30000 .*max_image_pixels"):
         load_mpii(str(tmp_path / "mpii.json"), str(tmp_path / "img"), 1.0)

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 from dali_pose.evaluation import metrics as M  # noqa: E402
+from conftest import png_declaring  # noqa: E402
 
 K = 17
 
@@ -118,17 +119,6 @@ def test_numpy_results_from_python_are_still_accepted():
     assert M.evaluate_coco(copy.deepcopy(gt), res)["AP"] == pytest.approx(1.0)
 
 
-def _png_declaring(w, h) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("name,needle", [
     ("../1.png", r"gt\.json: image 1 has file name '\.\./1\.png', which is outside the image "
                  r"folder"),
@@ -138,8 +128,8 @@ def test_vis_reads_no_outside_path_and_no_pixel_bomb(tmp_path, capsys, name, nee
     gt = _gt()
     gt["images"][0]["file_name"] = name
     (tmp_path / "img").mkdir()
-    (tmp_path / "1.png").write_bytes(_png_declaring(30000, 30000))
-    (tmp_path / "img" / "1.png").write_bytes(_png_declaring(30000, 30000))
+    (tmp_path / "1.png").write_bytes(png_declaring(30000, 30000))
+    (tmp_path / "img" / "1.png").write_bytes(png_declaring(30000, 30000))
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "res.json").write_text(json.dumps(_results(gt)))
     rc = evaluate.main(["--dataset", "coco", "--ann", str(tmp_path / "gt.json"), "--preds",

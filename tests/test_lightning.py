@@ -3,7 +3,6 @@ stopped mid-epoch and resumed from its checkpoint trains the very batches of the
 uninterrupted run, validation gathers every instance once. Skips without Lightning."""
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("lightning")
 pytest.importorskip("nvidia.dali")
@@ -13,17 +12,7 @@ import lightning.pytorch as pl  # noqa: E402
 from dali_pose import load_config  # noqa: E402
 from dali_pose.integrations.lightning import PoseDataModule, PoseModule  # noqa: E402
 
-
-class Tiny(torch.nn.Module):
-    """(N,3,256,192) -> (N,17,64,48): one strided conv, enough to take a step."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 17, 4, stride=4)
-
-    def forward(self, x):
-        return self.conv(x)
+from tiny_model import Tiny  # noqa: E402
 
 
 class Recorder(PoseModule):
@@ -105,22 +94,13 @@ def test_resume_mid_epoch_trains_the_batches_of_the_uninterrupted_run(data, tmp_
 
 DDP_SCRIPT = """
 import json, os, sys
-import torch
 import lightning.pytorch as pl
 from dali_pose import load_config
 from dali_pose.integrations.lightning import PoseDataModule, PoseModule
 
 mode, out, data, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
-
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 17, 4, stride=4)
-
-    def forward(self, x):
-        return self.conv(x)
+from tiny_model import Tiny
 
 
 class Recorder(PoseModule):  # each rank appends (epoch, rows, a weight) per step to its file
@@ -173,7 +153,8 @@ def test_two_rank_ddp_killed_mid_epoch_resumes_batch_for_batch(tmp_path):
     generate(str(tmp_path / "syn"), seed=1, num_train=6, num_val=2)
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tests")]),
+               OMP_NUM_THREADS="1")
     k = 2
     for mode in ("whole", "crash", "resume"):
         p = subprocess.run([sys.executable, str(script), mode, str(tmp_path),
