@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -200,6 +201,11 @@ def is_integer(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def is_id(v) -> bool:
+    """An integer that fits the index's int64 id columns (JSON integers have no limit)."""
+    return is_integer(v) and -2 ** 63 <= v < 2 ** 63
+
+
 _JSON_NUMBERS = {int, float}
 
 
@@ -229,8 +235,9 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError,
     neither accepts what the other refuses). Returns {image id: image entry}.
 
     ``images`` and ``annotations`` are lists; image and annotation ids are unique integers;
-    each annotation refers to a known image; a person annotation (``category_id`` 1, the
-    default) has 3K finite numeric keypoints, a bbox of 4 finite numbers (w, h > 0 unless
+    each annotation refers to a known image; image ``width`` and ``height``, where given,
+    are positive integers (the loader also needs them given); ``category_id`` (default 1)
+    is an integer, ``iscrowd`` (default 0) 0 or 1; a person annotation (``category_id`` 1) has 3K finite numeric keypoints, a bbox of 4 finite numbers (w, h > 0 unless
     it is a crowd region) and, where it has one, a finite ``area`` >= 0; the person
     category, where given, has K joints. ``scoring``: also what the scorer needs (the
     validation split is checked so, so that a run does not fail at its first validation):
@@ -253,19 +260,22 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError,
     images: Dict[int, dict] = {}
     for j, img in enumerate(data["images"]):
         iid = _require(img, "id", src, f"image entry {j}", error)
-        if not is_integer(iid):
+        if not is_id(iid):
             raise error(f"{src}: image entry {j} has image id {show(iid, 60)}: image ids must "
-                        f"be integers")
+                        f"be integers (of 64 bits)")
         if iid in images:
             raise error(f"{src}: image id {iid} appears twice")
+        for key in ("width", "height"):
+            if key in img:
+                _check_side(img[key], key, src, f"image {iid}", error)
         images[iid] = img
     seen, people = set(), 0
     for j, ann in enumerate(data["annotations"]):
         where = f"annotation at position {j}"
         aid = _require(ann, "id", src, where, error)
-        if not is_integer(aid):
+        if not is_id(aid):
             raise error(f"{src}: {where} has id {show(aid, 60)}: annotation ids must be "
-                        f"integers")
+                        f"integers (of 64 bits)")
         what = f"annotation {aid}"
         if aid in seen:
             raise error(f"{src}: annotation id {aid} appears twice (ids must be unique: "
@@ -274,7 +284,13 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError,
         iid = _require(ann, "image_id", src, what, error)
         if not is_integer(iid) or iid not in images:
             raise error(f"{src}: {what} refers to unknown image_id {show(iid, 60)}")
-        if ann.get("category_id", 1) != 1:
+        cat, crowd = ann.get("category_id", 1), ann.get("iscrowd", 0)
+        if not is_integer(cat):
+            raise error(f"{src}: {what} has category_id {show(cat, 60)}: expected an integer "
+                        f"(1 = person)")
+        if not isinstance(crowd, (int, np.integer)) or crowd not in (0, 1):
+            raise error(f"{src}: {what} has iscrowd {show(crowd, 60)}: expected 0 or 1")
+        if cat != 1:
             continue
         kp = _require(ann, "keypoints", src, what, error)
         if not isinstance(kp, list) or len(kp) != 3 * k:
@@ -312,6 +328,13 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError,
                             f"CrowdPose ground truth needs it for AP easy/medium/hard (not a "
                             f"CrowdPose file?)")
     return images
+
+
+def _check_side(v, key: str, path: str, what: str, error=DatasetError) -> None:
+    """An image entry's ``width`` or ``height``: a positive integer (pixels)."""
+    if not is_integer(v) or v <= 0:
+        raise error(f"{path}: {what} has {key} {show(v, 60)}: expected a positive integer (the "
+                    f"stored image's size in pixels; each file is checked against it)")
 
 
 def _check_image(img_path: str, path: str, what: str) -> None:
@@ -482,20 +505,42 @@ def _image_size(img: dict, path: str, max_pixels: int) -> Tuple[int, int]:
     size = []
     for key in ("width", "height"):
         v = img.get(key)
-        if not is_integer(v) or v <= 0:
-            raise DatasetError(
-                f"{path}: {what} has {key} {show(v, 60)}: expected a positive integer (the "
-                f"stored image's size in pixels; each file is checked against it)")
+        _check_side(v, key, path, what)
         size.append(v)
     _check_pixels(size, max_pixels, path, f"{what} ({show(img.get('file_name'), 60)})")
     return size[0], size[1]
 
 
 class _CocoImages(NamedTuple):
-    """A COCO-style json's images, checked: {image id: (w, h)} and {image id: file path}."""
+    """A COCO-style json's images, checked: {image id: (w, h)} and {image id: file path};
+    :meth:`file` checks an image's file when a row first needs it."""
 
     sizes: Dict[int, Tuple[int, int]]
     paths: Dict[int, str]
+    ann_path: str
+    files: Dict[Tuple[int, int], int]  # (device, inode) -> the image id that named it
+    checked: set  # the image ids whose file is checked
+
+    def file(self, iid: int, what: str) -> str:
+        """Image ``iid``'s path, after checking (once per image) that it is a file and that
+        no other image id names it through another name (a symbolic or hard link: the same
+        device and inode); ``what`` names the row in the error."""
+        path = self.paths[iid]
+        if iid in self.checked:
+            return path
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise DatasetError(f"{self.ann_path}: image {path} of {what} does not exist")
+        other = self.files.setdefault((st.st_dev, st.st_ino), iid)
+        if other != iid:
+            raise DatasetError(f"{self.ann_path}: image ids {other} and {iid} share the file "
+                               f"{self.paths[other]} (also named {path}; their people would "
+                               f"be cropped from one photo)")
+        self.checked.add(iid)
+        return path
 
 
 def _coco_images(images: Dict[int, dict], ann_path: str, images_dir: str,
@@ -514,7 +559,7 @@ def _coco_images(images: Dict[int, dict], ann_path: str, images_dir: str,
                                f"{show(name, 60)} (their people would be cropped from one "
                                f"photo)")
         owner[key] = iid
-    return _CocoImages(sizes, paths)
+    return _CocoImages(sizes, paths, ann_path, {}, set())
 
 
 def _add_box(rows: _Rows, box, img_path: str, size, aspect_ratio: float, padding: float,
@@ -591,7 +636,7 @@ def load_coco_people(ann_path: str, images_dir: str, info: DatasetInfo, aspect_r
             area = box[2] * box[3] * CROWDPOSE_AREA_FACTOR
         else:
             area = box[2] * box[3]
-        _check_image(found.paths[iid], ann_path, what)
+        img_path = found.file(iid, what)
         x, y, w, h = box
         clipped = clip_box(x, y, w, h, float(size[0]), float(size[1]), box_rule)
         if clipped is None:
@@ -601,7 +646,7 @@ def load_coco_people(ann_path: str, images_dir: str, info: DatasetInfo, aspect_r
         if box_far_outside((x + w / 2, y + h / 2), (w, h), size):
             rows.skip(FAR_BOX, what)
             continue
-        _add_box(rows, clipped, found.paths[iid], size, aspect_ratio, padding, keypoints=kps,
+        _add_box(rows, clipped, img_path, size, aspect_ratio, padding, keypoints=kps,
                  area=area, image_id=iid, instance_id=aid, score=1.0)
     return rows.freeze(log)
 
@@ -649,12 +694,12 @@ def load_coco_detections(ann_path: str, images_dir: str, det_file: str, info: Da
             continue
         box = _parse_box(_require(det, "bbox", det_file, what), det_file, what)
         size = found.sizes[iid]
-        _check_image(found.paths[iid], ann_path, what)
+        img_path = found.file(iid, what)
         x, y, w, h = box
         if box_far_outside((x + w / 2, y + h / 2), (w, h), size):
             rows.skip(f"detection {FAR_BOX}", what)
             continue
-        _add_box(rows, box, found.paths[iid], size, aspect_ratio, padding, keypoints=zeros,
+        _add_box(rows, box, img_path, size, aspect_ratio, padding, keypoints=zeros,
                  area=w * h, image_id=iid, instance_id=i, score=float(score))
     return rows.freeze(log)
 

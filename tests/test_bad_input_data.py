@@ -3,6 +3,7 @@ second round of bad input): image sizes of every format, image entries, ids, box
 joints far outside, hostile paths and sizes. Each bad file is made here; none needs a
 loader build (the file check is the loader's BatchSource.read, called directly)."""
 import json
+import os
 
 import cv2
 import numpy as np
@@ -109,12 +110,24 @@ def test_width_must_be_a_positive_integer(tmp_path, width):
 
 # ---------------------------------------------------------------- ids and image entries ---
 
-def test_two_image_ids_sharing_one_file(tmp_path):
+@pytest.mark.parametrize("link", [None, "symlink", "hardlink"])
+def test_two_image_ids_sharing_one_file(tmp_path, link):
+    """Two spellings of one name, or two names of one file (a symbolic or hard link)."""
+    second = "./a.jpg"
+    if link:
+        _image(tmp_path / "a.jpg")
+        second = "b.jpg"
+        (os.symlink if link == "symlink" else os.link)(tmp_path / "a.jpg", tmp_path / second)
     images = [{"id": 7, "file_name": "a.jpg", "width": W, "height": H},
-              {"id": 9, "file_name": "./a.jpg", "width": W, "height": H}]
+              {"id": 9, "file_name": second, "width": W, "height": H}]
     p = _coco(tmp_path, [_person(1, 7), _person(2, 9)], images=images)
     with pytest.raises(DatasetError, match=r"image ids 7 and 9 share the file"):
         _load(p, tmp_path)
+    det = tmp_path / "det.json"
+    det.write_text(json.dumps([{"image_id": i, "category_id": 1, "score": 0.9,
+                                "bbox": [10, 10, 40, 50]} for i in (7, 9)]))
+    with pytest.raises(DatasetError, match=r"image ids 7 and 9 share the file"):
+        _load(p, tmp_path, det_file=str(det))
 
 
 @pytest.mark.parametrize("ann,needle", [
@@ -131,6 +144,10 @@ def test_two_image_ids_sharing_one_file(tmp_path):
     (_person(1, area=-5), r"annotation 1 has area -5"),
     (_person(1, area="big"), r"annotation 1 has area 'big'"),
     (_person(1, image_id=[1]), r"annotation 1 refers to unknown image_id \[1\]"),
+    (_person(2 ** 70), r"position 0 has id 1180591620717411303424: annotation ids must be "
+                       r"integers"),
+    (_person(1, iscrowd="no"), r"annotation 1 has iscrowd 'no': expected 0 or 1"),
+    (_person(1, category_id="1"), r"annotation 1 has category_id '1': expected an integer"),
 ])
 def test_annotation_errors_are_one_line_for_loader_and_scorer(tmp_path, ann, needle):
     """The loader and the scorer run one check: each refuses what the other refuses."""
@@ -138,6 +155,23 @@ def test_annotation_errors_are_one_line_for_loader_and_scorer(tmp_path, ann, nee
     with pytest.raises(DatasetError, match=needle) as e:
         _load(p, tmp_path)
     assert "\n" not in str(e.value)
+    with pytest.raises(M.EvaluationError, match=needle):
+        M.load_gt(p, "coco")
+
+
+@pytest.mark.parametrize("key,value", [("id", 2 ** 63), ("width", "320"),
+                                       ("width", float("nan")), ("height", -80)])
+def test_image_entry_errors_for_loader_and_scorer(tmp_path, key, value):
+    """An image id beyond 64 bits, a width or height that is not a positive integer: the
+    loader and the scorer refuse them alike (the scorer does not need the sizes, but a
+    file that has them wrong is not the file the loader would train on)."""
+    img = {"id": 1, "file_name": "a.jpg", "width": W, "height": H, key: value}
+    anns = [_person(1, image_id=value if key == "id" else 1)]
+    p = _coco(tmp_path, anns, images=[img])
+    needle = r"image entry 0 has image id 9223372036854775808: image ids must be integers" \
+        if key == "id" else rf"image 1 has {key} .*: expected a positive integer"
+    with pytest.raises(DatasetError, match=needle):
+        _load(p, tmp_path)
     with pytest.raises(M.EvaluationError, match=needle):
         M.load_gt(p, "coco")
 
@@ -332,6 +366,13 @@ def test_object_array_pool_file_is_one_line(tmp_path):
     with pytest.raises(DatasetError, match=r"NODA pool .*pool\.npz is not a pool .*pickled "
                                            r"objects, which are never loaded"):
         load_pool(str(bad))
+    np.save(tmp_path / "objects.npy", np.array([{"version": 1}], dtype=object))
+    with pytest.raises(DatasetError, match=r"objects\.npy is not a pool .*pickled objects"):
+        load_pool(str(tmp_path / "objects.npy"))
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(DatasetError, match=r"plain\.npy is not a pool .*one array \(an \.npy "
+                                           r"file\), not an \.npz archive"):
+        load_pool(str(tmp_path / "plain.npy"))
     (tmp_path / "x.npz").write_text("not a zip")
     with pytest.raises(DatasetError, match=r"x\.npz is not a pool"):
         load_pool(str(tmp_path / "x.npz"))

@@ -54,8 +54,9 @@ class Pool:
 
 
 def load_pool(path: str, noda=None) -> Pool:
-    """Read a pool written by ``build_pool``; a file that is not one (missing, not an .npz,
-    an array missing or of objects, which would need pickle) is a ``DatasetError``.
+    """Read a pool written by ``build_pool``; a file that is not one (missing, an .npy or
+    not an .npz, an array missing or of objects, which would need pickle: never unpickled)
+    is a ``DatasetError``.
     ``noda`` (the ``noda`` config section, optional): a pool built otherwise than it states
     (:func:`check_pool`) is a ``ConfigError``."""
     pool = _read_pool(path)
@@ -87,7 +88,12 @@ def check_pool(pool: Pool, noda, path: str) -> None:
 
 def _read_pool(path: str) -> Pool:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DatasetError(f"NODA pool {path} is not a pool written by `python -m "
+                               f"dali_pose.tools.build_pool` (it holds one array (an .npy "
+                               f"file), not an .npz archive)")
+        with z:
             settings = json.loads(str(z["settings"]))
             if not isinstance(settings, dict) or settings.get("version") != POOL_VERSION:
                 version = settings.get("version") if isinstance(settings, dict) else None
@@ -101,7 +107,8 @@ def _read_pool(path: str) -> Pool:
                         skipped=json.loads(str(z["skipped"])))
     except DatasetError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, EOFError, RecursionError,
+            zipfile.BadZipFile) as e:
         # ValueError: object arrays (allow_pickle=False), bad json, not an npz at all
         if isinstance(e, FileNotFoundError):
             raise DatasetError(f"NODA pool {path} does not exist (build one with `python -m "
