@@ -41,7 +41,6 @@ exits with status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dali_pose.config import DataConfig, add_config_args
-from dali_pose.datasets import DATASETS, MPII, DatasetInfo, image_path
+from dali_pose.datasets import DATASETS, MPII, DatasetInfo, image_path, read_json
 from dali_pose.errors import DaliPoseError, NoGpuError
 from dali_pose.evaluation.visualize import draw_pose
 from dali_pose.evaluation.metrics import (EvaluationError, evaluate_coco, evaluate_mpii,
@@ -88,7 +87,10 @@ def _panel(base: np.ndarray, label: str) -> np.ndarray:
     return out
 
 
-def _read_image(path: str, shape: Tuple[int, int]) -> np.ndarray:
+def _read_image(path: str, shape: Tuple[int, int],
+                max_pixels: int = DataConfig.max_image_pixels) -> np.ndarray:
+    """The photo at ``path`` (BGR, as stored: no EXIF turn), or a grey (h, w) = ``shape``
+    canvas for None; a file larger than ``max_pixels`` (its header says) is refused undecoded."""
     import cv2
 
     if path is None:
@@ -99,10 +101,9 @@ def _read_image(path: str, shape: Tuple[int, int]) -> np.ndarray:
         size = read_size(path)
     except OSError as e:
         raise EvaluationError(f"--vis: cannot read image {path}: {e}") from None
-    cap = DataConfig.max_image_pixels
-    if size is not None and size[0] * size[1] > cap:  # never decode a pixel bomb
+    if size is not None and size[0] * size[1] > max_pixels:  # never decode a pixel bomb
         raise EvaluationError(f"--vis: image {path} is {size[0]}x{size[1]} pixels, above "
-                              f"data.max_image_pixels' default ({cap})")
+                              f"data.max_image_pixels ({max_pixels})")
     img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise EvaluationError(f"--vis: cannot read image {path}")
@@ -119,8 +120,10 @@ def _save(path: str, gt_img: np.ndarray, pred_img: np.ndarray) -> None:
 
 
 def visualize_coco(ann: str, results: List[dict], info: DatasetInfo, n: int, out_dir: str,
-                   images_dir: Optional[str] = None, score_thr: float = 0.3) -> List[str]:
-    """Ground truth | predictions (score >= score_thr) for the first n images with people."""
+                   images_dir: Optional[str] = None, score_thr: float = 0.3,
+                   data: DataConfig = DataConfig()) -> List[str]:
+    """Ground truth | predictions (score >= score_thr) for the first n images with people.
+    ``data``: the config's image limits (``max_image_pixels``, ``allow_outside_paths``)."""
     coco = load_gt(ann, info)
     by_img: Dict[object, List[dict]] = {}
     for r in results:
@@ -130,10 +133,10 @@ def visualize_coco(ann: str, results: List[dict], info: DatasetInfo, n: int, out
     written = []
     for iid in ids[:n]:
         meta = coco.loadImgs([iid])[0]
-        path = image_path(images_dir, meta.get("file_name"), ann, f"image {iid}", False,
-                          hint="") if images_dir else None
+        path = image_path(images_dir, meta.get("file_name"), ann, f"image {iid}",
+                          data.allow_outside_paths, hint="") if images_dir else None
         shape = (int(meta.get("height", 480)), int(meta.get("width", 640)))
-        base = _read_image(path, shape)
+        base = _read_image(path, shape, data.max_image_pixels)
         gt_img, pred_img = base.copy(), base.copy()
         for a in coco.loadAnns(coco.getAnnIds(imgIds=[iid])):
             kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
@@ -150,22 +153,24 @@ def visualize_coco(ann: str, results: List[dict], info: DatasetInfo, n: int, out
 
 
 def visualize_mpii(gt_mat: str, preds, n: int, out_dir: str, images_dir: Optional[str] = None,
-                   mpii_json: Optional[str] = None) -> List[str]:
-    """Ground truth | prediction for the first n people, cropped around each person."""
-    gt = load_mpii_gt(gt_mat)
-    p = np.load(preds) if isinstance(preds, str) else np.asarray(preds)
+                   mpii_json: Optional[str] = None, data: DataConfig = DataConfig()
+                   ) -> List[str]:
+    """Ground truth | prediction for the first n people, cropped around each person.
+    ``data``: the config's image limits (``max_image_pixels``, ``allow_outside_paths``)."""
     names = None
     if images_dir:
         if not mpii_json:
             raise EvaluationError("--vis with --images for MPII also needs --mpii-json (the "
                                   "HRNet-format json listing each person's image, in "
                                   "gt_valid.mat order)")
-        try:
-            with open(mpii_json) as f:
-                names = [a["image"] for a in json.load(f)]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise EvaluationError(f"--mpii-json {mpii_json}: cannot read image names "
-                                  f"({e!r})") from e
+        people = read_json(mpii_json, "--mpii-json file", EvaluationError)
+        if not isinstance(people, list) or not all(isinstance(a, dict) and "image" in a
+                                                   for a in people):
+            raise EvaluationError(f"--mpii-json {mpii_json}: not an MPII json (a list of "
+                                  f"people, each with its 'image')")
+        names = [a["image"] for a in people]
+    gt = load_mpii_gt(gt_mat)
+    p = np.load(preds) if isinstance(preds, str) else np.asarray(preds)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for i in range(min(n, len(gt))):
@@ -176,7 +181,8 @@ def visualize_mpii(gt_mat: str, preds, n: int, out_dir: str, images_dir: Optiona
         x1, y1 = np.ceil(pts.max(0) + margin).astype(int)
         if names is not None and i < len(names):
             img = _read_image(image_path(images_dir, names[i], mpii_json, f"person {i}",
-                                         False, hint=""), (0, 0))
+                                         data.allow_outside_paths, hint=""), (0, 0),
+                              data.max_image_pixels)
             h, w = img.shape[:2]
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
             crop = img[y0:y1, x0:x1]
@@ -301,11 +307,12 @@ def _model_mode(args) -> None:
     if args.vis:
         if fmt == "mpii":
             _draw(fmt, args.ann, os.path.join(out_dir, "val_preds.npy"), args, out,
-                  args.images or cfg.data.val_images, args.mpii_json or cfg.data.val_ann)
+                  args.images or cfg.data.val_images, args.mpii_json or cfg.data.val_ann,
+                  cfg.data)
         else:
             _draw(fmt, args.ann or cfg.data.val_ann,
                   load_results(os.path.join(out_dir, "val_results.json")), args, out,
-                  args.images or cfg.data.val_images, None)
+                  args.images or cfg.data.val_images, None, cfg.data)
 
 
 def write_test_dev(preds, out_dir: str) -> str:
@@ -326,13 +333,14 @@ def write_test_dev(preds, out_dir: str) -> str:
     return path
 
 
-def _draw(dataset, ann, preds, args, out, images, mpii_json) -> None:
+def _draw(dataset, ann, preds, args, out, images, mpii_json,
+          data: DataConfig = DataConfig()) -> None:
     vis_dir = os.path.join(os.path.dirname(out) or ".", "vis")
     if dataset == "mpii":
-        files = visualize_mpii(ann, preds, args.vis, vis_dir, images, mpii_json)
+        files = visualize_mpii(ann, preds, args.vis, vis_dir, images, mpii_json, data)
     else:
         files = visualize_coco(ann, preds, DATASETS[dataset], args.vis, vis_dir, images,
-                               args.vis_thr)
+                               args.vis_thr, data)
     print(f"{len(files)} drawings written to {vis_dir}")
 
 

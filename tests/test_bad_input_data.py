@@ -408,3 +408,31 @@ def test_validation_split_is_refused_where_the_scorer_would_refuse_it(tmp_path, 
         M.load_gt(str(p), fmt)
     if "labelled" not in needle:
         assert len(load_index(cfg, "train", log=None)) == 1
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned > /dev/null",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_a_plain_malicious_pickle_is_refused_by_name(tmp_path, protocol):
+    """Not a torch file but a plain pickle.dump: torch stops at its first unsupported opcode
+    (protocol 4 and 5 frame their data); the refusal still names the global it asks for."""
+    import pickle
+
+    from dali_pose.models.weights import WeightsError, read_weights_file
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f, protocol=protocol)
+    with pytest.raises(WeightsError) as e:
+        read_weights_file(str(path), "model.weights file")
+    msg = str(e.value)
+    assert "\n" not in msg and "evil.pth is refused: it asks for the global posix.system" in msg
+    assert "weights_only" not in msg and "truncated" not in msg
+    with open(path, "wb") as f:  # a plain pickle of plain data: not a torch file, not refused
+        pickle.dump({"w": [1.0, 2.0]}, f, protocol=protocol)
+    if protocol == 5:
+        with pytest.raises(WeightsError, match=r"cannot read model\.weights file .*evil\.pth"):
+            read_weights_file(str(path), "model.weights file")

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
+from dali_pose.errors import DaliPoseError  # noqa: E402
 from dali_pose.evaluation import metrics as M  # noqa: E402
 from conftest import png_declaring  # noqa: E402
 
@@ -81,6 +82,11 @@ def _kp(value):
     (_kp([1, 2]), r"result 0's keypoints must be a list of numbers, has \[1, 2\]"),
     (_bad("keypoints", [[1.0, 2.0, 0.5]] * 16 + [[1.0, 2.0]]), r"result 1's keypoints"),
     (_bad("keypoints", "1 2 3"), r"result 1's keypoints must be a list of numbers"),
+    (_bad("bbox", "abc"), r"result 1's bbox must be a list of numbers, has 'abc'"),
+    (_bad("bbox", [1, 2, 3]), r"result 1 has bbox \[1, 2, 3\]: 4 finite numbers"),
+    (_bad("bbox", [1, 2, 3, 4], index=0), r"result 1 has bbox None: .*every result needs one"),
+    (_bad("segmentation", "abc"), r"result 1 has a 'segmentation' field"),
+    (_bad("caption", "a person"), r"result 1 has a 'caption' field"),
 ])
 def test_bad_results_are_one_line(tmp_path, capsys, edit, needle):
     gt = _gt()
@@ -138,3 +144,34 @@ def test_vis_reads_no_outside_path_and_no_pixel_bomb(tmp_path, capsys, name, nee
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and re.search(needle, err), err
+
+
+def test_vis_takes_the_configs_image_limits(tmp_path):
+    """Model mode draws with its config's data.max_image_pixels and data.allow_outside_paths
+    (what the loader read, the drawing may read; no more)."""
+    cv2 = pytest.importorskip("cv2")
+    np = pytest.importorskip("numpy")
+    from dali_pose.config import DataConfig
+    from dali_pose.datasets import COCO
+
+    gt = _gt()
+    gt["images"][0]["file_name"] = "../1.png"
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "1.png"), np.zeros((480, 640, 3), np.uint8))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    draw = lambda data: evaluate.visualize_coco(  # noqa: E731
+        str(tmp_path / "gt.json"), _results(gt), COCO, 1, str(tmp_path / "vis"),
+        str(tmp_path / "img"), data=data)
+    with pytest.raises(DaliPoseError, match=r"outside the image folder"):
+        draw(DataConfig())
+    assert len(draw(DataConfig(allow_outside_paths=True))) == 1
+    with pytest.raises(M.EvaluationError, match=r"640x480 pixels, above "
+                                                r"data\.max_image_pixels \(307199\)"):
+        draw(DataConfig(allow_outside_paths=True, max_image_pixels=640 * 480 - 1))
+
+
+def test_vis_mpii_json_nested_deep_is_one_line(tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(M.EvaluationError, match=r"deep\.json is nested too deeply"):
+        evaluate.visualize_mpii("unused.mat", None, 1, str(tmp_path), str(tmp_path),
+                                str(tmp_path / "deep.json"))

@@ -231,7 +231,10 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
     """Validated shallow copies of ``results`` (keypoints as float lists, category 1).
 
     Errors: not a list, empty, unknown ``image_id``, ``category_id`` other than 1, wrong
-    number of keypoint values, NaN or infinite keypoints or score.
+    number of keypoint values, NaN or infinite keypoints or score; and what would make
+    pycocotools' ``loadRes`` score another kind of result or fail: a ``caption`` or
+    ``segmentation`` field, a ``bbox`` that is not 4 finite numbers, or (when the first
+    result has a box, from which loadRes then takes every result's area) a result without one.
     """
     info = _info(dataset)
     k = info.num_joints
@@ -241,6 +244,8 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
     if len(results) == 0:
         raise EvaluationError(f"{source}: no predictions to score")
     image_ids = set(gt_coco.getImgIds())
+    first = results[0]
+    boxed = isinstance(first, Mapping) and first.get("bbox", []) != []
     out = []
     for i, r in enumerate(results):
         what = f"{source}: result {i}"
@@ -249,6 +254,16 @@ def check_results(results: Sequence[Mapping], gt_coco, dataset: Union[str, Datas
         for key in ("image_id", "keypoints", "score"):
             if key not in r:
                 raise EvaluationError(f"{what} has no '{key}' field")
+        for key in ("caption", "segmentation"):
+            if key in r:
+                raise EvaluationError(f"{what} has a '{key}' field: keypoint results have "
+                                      f"none (pycocotools would score a {key} result)")
+        if r.get("bbox", []) != [] or boxed:
+            box = numbers(r.get("bbox", []), f"{what}'s bbox", EvaluationError)
+            if box.size != 4 or not np.isfinite(box).all():
+                raise EvaluationError(
+                    f"{what} has bbox {show(r.get('bbox'), 60)}: 4 finite numbers [x, y, w, h]"
+                    f"{' (result 0 has one, so every result needs one)' if boxed else ''}")
         if not is_integer(r["image_id"]):
             raise EvaluationError(f"{what} has image_id {show(r['image_id'], 60)}: image ids "
                                   f"are integers")

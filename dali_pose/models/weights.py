@@ -9,8 +9,11 @@ Writing checkpoints and model files is :mod:`dali_pose.engine.checkpoint`'s.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
-from typing import Mapping
+import warnings
+import zipfile
+from typing import Mapping, Optional
 
 import torch
 
@@ -24,15 +27,18 @@ def read_weights_file(path: str, what: str = "weights file"):
     ``posix.system``, a class) is refused with that reason; the message never suggests
     loading it with the protection off."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its note on a plain pickle's protocol: noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise WeightsError(f"{what} {path} does not exist") from e
     except pickle.UnpicklingError as e:
         text = str(e)
         m = re.search(r"GLOBAL ([\w.]+)", text)
-        if m:  # a function or class: what a malicious pickle asks for
+        name = m.group(1) if m else _foreign_global(path)
+        if name:  # a function or class: what a malicious pickle asks for
             raise WeightsError(f"{what} {path} is refused: it asks for the global "
-                               f"{m.group(1)}, which tensors and plain data never need; "
+                               f"{name}, which tensors and plain data never need; "
                                f"dali_pose reads weight files as data and never runs code "
                                f"from them") from e
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
@@ -40,6 +46,59 @@ def read_weights_file(path: str, what: str = "weights file"):
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
                            f"{_first_line(e)}") from e
+
+
+# Globals of the pickles torch writes for tensors and containers; any other is named as the
+# reason a file is refused where torch's refusal does not name one (a plain pickle.dump of
+# protocol 4 or 5 stops torch at its first FRAME opcode, before any global).
+_DATA_GLOBALS = ("torch.", "collections.", "numpy.", "_codecs.", "builtins.set",
+                 "builtins.frozenset", "builtins.bytearray", "builtins.complex", "builtins.slice")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+               "BINSTRING", "STRING"}
+
+
+def _foreign_global(path: str, max_ops: int = 1_000_000) -> Optional[str]:
+    """The first global (module.name) the pickle in ``path`` (a plain pickle, or a torch zip
+    file's ``data.pkl``) asks for that tensors and plain data do not need, found by reading
+    its opcodes (``pickletools.genops``: nothing is built or run); None if there is none or
+    the file cannot be read as a pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                with z.open(member) as f:
+                    return _scan_globals(f, max_ops)
+        with open(path, "rb") as f:
+            return _scan_globals(f, max_ops)
+    except Exception:  # anything unreadable: torch's own reason stands
+        return None
+
+
+def _scan_globals(f, max_ops: int) -> Optional[str]:
+    recent, memo, last = [], {}, None  # strings pushed (STACK_GLOBAL takes the last two)
+    for i, (op, arg, _) in enumerate(pickletools.genops(f)):
+        if i >= max_ops:
+            return None
+        name, found, top = op.name, None, None
+        if name in ("GLOBAL", "INST"):
+            found = arg.replace(" ", ".")
+        elif name == "STACK_GLOBAL" and len(recent) >= 2:
+            found = f"{recent[-2]}.{recent[-1]}"
+        elif name in _STRING_OPS:
+            top = arg
+        elif name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):  # the stack is unchanged
+            memo[len(memo) if name == "MEMOIZE" else arg] = last
+            continue
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            top = memo.get(arg)
+        if isinstance(top, str):
+            recent.append(top)
+        last = top
+        if found and not found.startswith(_DATA_GLOBALS):
+            return found
+    return None
 
 
 def _first_line(e: BaseException) -> str:
