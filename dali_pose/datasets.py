@@ -234,13 +234,15 @@ def check_coco_gt(data, info: DatasetInfo, src: str, error=DatasetError,
     """The one check of COCO-style ground truth, shared by the loader and the scorer (so
     neither accepts what the other refuses). Returns {image id: image entry}.
 
-    ``images`` and ``annotations`` are lists; image and annotation ids are unique integers;
-    each annotation refers to a known image; image ``width`` and ``height``, where given,
-    are positive integers (the loader also needs them given); ``category_id`` (default 1)
-    is an integer, ``iscrowd`` (default 0) 0 or 1; a person annotation (``category_id`` 1) has 3K finite numeric keypoints, a bbox of 4 finite numbers (w, h > 0 unless
-    it is a crowd region) and, where it has one, a finite ``area`` >= 0; the person
-    category, where given, has K joints. ``scoring``: also what the scorer needs (the
-    validation split is checked so, so that a run does not fail at its first validation):
+    ``images`` and ``annotations`` are lists; image and annotation ids are unique integers
+    of 64 bits; each annotation refers to a known image; image ``width`` and ``height``,
+    where given, are positive integers (the loader also needs them given);
+    ``category_id`` (default 1) is an integer, ``iscrowd`` (default 0) 0 or 1; a person
+    annotation (``category_id`` 1) has 3K finite numeric keypoints, a bbox of 4 finite
+    numbers (w, h > 0 unless it is a crowd region) and, where it has one, a finite
+    ``area`` >= 0; the person category, where given, has K joints. ``scoring``: also what
+    the scorer needs (the validation split is checked so, so that a run does not fail at
+    its first validation):
     ``area`` on every COCO person (CrowdPose scores by box area), ``crowdIndex`` on every
     CrowdPose image, and at least one person with labelled keypoints. Every error is
     ``error`` naming ``src`` and the annotation (by id, else by position).

@@ -24,8 +24,9 @@ def read_weights_file(path: str, what: str = "weights file"):
     """``torch.load(path, weights_only=True)`` on the CPU, errors as one line naming it.
 
     A file whose pickle asks for anything beyond tensors and plain data (a function such as
-    ``posix.system``, a class) is refused with that reason; the message never suggests
-    loading it with the protection off."""
+    ``posix.system``, a class) is refused with that reason (torch's refusal names it; where
+    torch stops before it, at a plain pickle's framing, :func:`_foreign_global` finds it);
+    the message never suggests loading it with the protection off."""
     try:
         with warnings.catch_warnings():  # its note on a plain pickle's protocol: noise here
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
