@@ -1,9 +1,11 @@
 """Bad data never becomes silently wrong training data or scores (the data half of the
 second round of bad input): image sizes of every format, image entries, ids, boxes and
-joints far outside, hostile paths and sizes. Each bad file is made here; none needs a
-loader build (the file check is the loader's BatchSource.read, called directly)."""
+joints far outside, hostile paths and sizes, pool and weight files (every path that loads
+weights). Each bad file is made here; none needs a loader build (the file check is the loader's BatchSource.read, called directly)."""
 import json
 import os
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +20,7 @@ from dali_pose.imagefiles import inspect, read_size
 from conftest import png_declaring
 
 W, H = 100, 80
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _image(path, size=(W, H), params=()):
@@ -436,3 +439,51 @@ def test_a_plain_malicious_pickle_is_refused_by_name(tmp_path, protocol):
     if protocol == 5:
         with pytest.raises(WeightsError, match=r"cannot read model\.weights file .*evil\.pth"):
             read_weights_file(str(path), "model.weights file")
+
+
+def test_every_weight_path_refuses_non_finite_and_foreign_globals(tmp_path, capsys):
+    """model.weights, model.pretrained, a training checkpoint (--resume), a model file
+    (train.init_from) and evaluate.py --checkpoint: a NaN tensor is a load error naming the
+    file and the tensor; a pickle asking for posix.system is refused by that name."""
+    import sys
+
+    import torch
+
+    from dali_pose import build_model
+    from dali_pose.config import to_dict
+    from dali_pose.engine.checkpoint import read_model_checkpoint, read_training_checkpoint
+    from dali_pose.models.weights import WeightsError
+
+    sys.path.insert(0, str(ROOT))
+    import evaluate
+
+    yaml = str(ROOT / "configs" / "synthetic.yaml")
+    cfg = load_config(yaml)
+    state = build_model(cfg).state_dict()
+    name = [k for k, v in state.items() if v.is_floating_point()][2]
+    state[name].view(-1)[0] = float("nan")
+    nan = tmp_path / "nan.pt"
+    torch.save({"model": state, "config": to_dict(cfg), "epoch": 1}, str(nan))
+    torch.save(state, str(tmp_path / "nan.pth"))  # a plain state dict (ImageNet files are)
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(), "config": to_dict(cfg), "epoch": 1}, str(evil))
+    paths = {
+        "model.weights": lambda p: build_model(load_config(yaml, [f"model.weights={p}"])),
+        "model.pretrained": lambda p: build_model(load_config(
+            yaml, [f"model.pretrained={p}" + ("h" if p == nan else "")])),
+        "evaluate.py --checkpoint": lambda p: evaluate.main(["--checkpoint", str(p)]),
+    }
+    for what, load in paths.items():
+        for path, needle in ((nan, rf"nan\.pth?: tensor {re.escape(name)} holds 1 non-finite"),
+                             (evil, r"evil\.pt is refused: it asks for the global "
+                                    r"posix\.system")):
+            try:
+                rc = load(path)
+                msg = capsys.readouterr().err.strip()
+                assert rc == 1 and msg.startswith("error: "), (what, msg)
+            except WeightsError as e:
+                msg = str(e)
+            assert "\n" not in msg and re.search(needle, msg), (what, msg)
+    for read in (read_training_checkpoint, read_model_checkpoint):  # --resume, init_from
+        with pytest.raises(WeightsError, match=r"evil\.pt is refused: .*posix\.system"):
+            read(str(evil))
