@@ -307,6 +307,10 @@ def _load(path: Optional[Path], key: tuple):
             fmt, stored_key, payload = pickle.loads(f.read())
     except FileNotFoundError:
         return None
+    except OSError as e:  # the folder itself (a file in its path, no permission): one line
+        _say_once("dir", f"the compile cache {path.parent} cannot be read ({e}); numba "
+                         f"operators are compiled in every process (set {ENV_VAR})")
+        return None
     except Exception as e:  # noqa: BLE001 (unreadable, truncated, from another version)
         _say_once(f"read {path}", f"ignoring the unreadable compile-cache entry {path} "
                                   f"({type(e).__name__}: {e}); compiling")
@@ -336,8 +340,8 @@ def _store(path: Optional[Path], key: tuple, payload) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        _say_once("write", f"the compile cache {path.parent} is not writable ({e}); numba "
-                           f"operators are compiled in every process (set {ENV_VAR})")
+        _say_once("dir", f"the compile cache {path.parent} is not writable ({e}); numba "
+                         f"operators are compiled in every process (set {ENV_VAR})")
 
 
 _in_process: Dict[Path, CompileResult] = {}  # entries compiled or loaded by this process
