@@ -169,7 +169,7 @@ class ModelConfig:
                  "the combined target is UDP's: model.codec must be udp")
         _check_min("model", self, 1, "width", "stem_width", "num_blocks")
         _require(bool(self.stage_modules) and min(self.stage_modules) >= 1,
-                 "model.stage_modules", f"non-empty, each >= 1, got {list(self.stage_modules)}")
+                 "model.stage_modules", f"non-empty, each >= 1, got {show(list(self.stage_modules))}")
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class AugConfig:
 
     def __post_init__(self):
         _require(self.recipe in _CHOICES["aug.recipe"], "aug.recipe",
-                 f"{self.recipe!r} is not one of {_CHOICES['aug.recipe']}")
+                 f"{show(self.recipe)} is not one of {_CHOICES['aug.recipe']}")
         _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob",
                     "half_body_upper_prob", "shift_prob")
         _require(0.0 <= self.scale_factor < 1.0, "aug.scale_factor",
@@ -249,7 +249,7 @@ class OcclusionConfig:
 
     def __post_init__(self):
         _require(self.method in _CHOICES["occlusion.method"], "occlusion.method",
-                 f"{self.method!r} is not one of {_CHOICES['occlusion.method']}")
+                 f"{show(self.method)} is not one of {_CHOICES['occlusion.method']}")
         _check_prob("occlusion", self, "prob", "shift_prob", "hide_prob", "gridmask_ratio")
         _check_min("occlusion", self, 1, "num")
         _check_min("occlusion", self, 0, "shift_spread", "start_epoch")
@@ -257,7 +257,7 @@ class OcclusionConfig:
         _check_range("occlusion.erasing_area", self.erasing_area, high=1.0)
         _check_range("occlusion.erasing_aspect", self.erasing_aspect)
         _require(bool(self.grid_sizes) and min(self.grid_sizes) >= 0, "occlusion.grid_sizes",
-                 f"non-empty, sizes >= 0, got {list(self.grid_sizes)}")
+                 f"non-empty, sizes >= 0, got {show(list(self.grid_sizes))}")
         _check_range("occlusion.gridmask_period", self.gridmask_period, low=1, strict=False)
 
 
@@ -362,17 +362,17 @@ class TrainConfig:
                  f"must be finite (0 = no clipping), got {self.grad_clip}")
         for key in ("optimizer", "lr_schedule"):
             _require(getattr(self, key) in _CHOICES[f"train.{key}"], f"train.{key}",
-                     f"{getattr(self, key)!r} is not one of {_CHOICES[f'train.{key}']}")
+                     f"{show(getattr(self, key))} is not one of {_CHOICES[f'train.{key}']}")
         _require(self.lr_factor > 0, "train.lr_factor", f"must be > 0, got {self.lr_factor}")
         _require(0 < self.warmup_ratio <= 1, "train.warmup_ratio",
                  f"must be in (0, 1], got {self.warmup_ratio}")
         steps = list(self.lr_steps)
         _require(all(s >= 1 for s in steps) and steps == sorted(set(steps)), "train.lr_steps",
-                 f"increasing epochs >= 1, got {steps}")
+                 f"increasing epochs >= 1, got {show(steps)}")
         _require(self.base_batch_size is None or self.base_batch_size >= 1,
                  "train.base_batch_size", f"must be >= 1, got {self.base_batch_size}")
         _require(self.amp_dtype in _CHOICES["train.amp_dtype"], "train.amp_dtype",
-                 f"{self.amp_dtype!r} is not one of {_CHOICES['train.amp_dtype']}")
+                 f"{show(self.amp_dtype)} is not one of {_CHOICES['train.amp_dtype']}")
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,7 @@ class Config:
 
 
 # Every float spelling a user writes: YAML 1.1 reads 1e-3 or 1E5 (no dot) as strings.
+# Underscores separate digits, as YAML's own numbers (1_000.0) have them.
 _FLOAT = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
 _INT64 = 2 ** 63
 
@@ -432,7 +433,10 @@ def _coerce(value, tp, key: str):
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value.strip())
+            try:
+                value = float(value.strip().replace("_", ""))
+            except ValueError:  # what the pattern lets through and float() does not take
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(key, f"expected a number, got {show(value)}")
         try:
@@ -569,13 +573,17 @@ def read_tree(path: str) -> dict:
         return tree
     if not isinstance(base, str):
         raise ConfigError(f"config file {path}: config key 'base': expected a file name, "
-                          f"got {base!r}")
+                          f"got {show(base)}")
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
     base_tree = _read_yaml(base_path)
     if "base" in base_tree:
         raise ConfigError(f"config file {path}: config key 'base': {base_path} has a base "
                           "of its own (one level of inheritance only)")
-    return _merge(base_tree, tree)
+    try:
+        return _merge(base_tree, tree)
+    except RecursionError:  # sections that contain themselves (recursive YAML anchors)
+        raise ConfigError(f"config file {path} over its base {base_path}: a section refers "
+                          "to itself or is nested too deeply") from None
 
 
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
@@ -591,6 +599,8 @@ def _with_recipe_defaults(tree: dict) -> None:
     if not isinstance(aug, dict):
         return
     recipe = aug.get("recipe", "hrnet")
+    if not isinstance(recipe, str):
+        return  # AugConfig names the key
     for k, v in RECIPE_DEFAULTS.get(recipe, {}).items():
         aug.setdefault(k, v)
 
