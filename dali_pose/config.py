@@ -169,7 +169,8 @@ class ModelConfig:
                  "the combined target is UDP's: model.codec must be udp")
         _check_min("model", self, 1, "width", "stem_width", "num_blocks")
         _require(bool(self.stage_modules) and min(self.stage_modules) >= 1,
-                 "model.stage_modules", f"non-empty, each >= 1, got {show(list(self.stage_modules))}")
+                 "model.stage_modules",
+                 f"non-empty, each >= 1, got {show(list(self.stage_modules))}")
 
 
 @dataclass(frozen=True)
@@ -528,13 +529,21 @@ def _apply_override(tree: dict, item: str) -> str:
 
 def _check_network(cfg: "Config") -> None:
     """The input sizes the model can take: both archs halve the crop 2 + (branches - 1) or
-    5 times and upsample back to a quarter of it (HRNet's branches: 1 + len(stage_modules))."""
+    5 times and upsample back to a quarter of it (HRNet's branches: 1 + len(stage_modules)),
+    so the targets must be that quarter."""
     m = cfg.model
     halvings = 2 + len(m.stage_modules) if m.arch == "hrnet" else 5
     step = 2 ** halvings
     _require(all(v % step == 0 for v in m.input_size), "model.input_size",
              f"{list(m.input_size)} cannot go through the {m.arch} network: each size must be "
              f"a multiple of {step}, e.g. {[max(step, v // step * step) for v in m.input_size]}")
+    out = [v // 4 for v in m.input_size]
+    if list(m.heatmap_size) != out:
+        e = _fail("model.heatmap_size", f"{list(m.heatmap_size)} is not what the {m.arch} "
+                  f"network outputs for model.input_size {list(m.input_size)}: set it to "
+                  f"{out} (a quarter of the input)")
+        e.also = "model.input_size"  # either size may be the one the user changed
+        raise e
 
 
 def _read_yaml(path: str) -> dict:
@@ -605,13 +614,15 @@ def _with_recipe_defaults(tree: dict) -> None:
         aug.setdefault(k, v)
 
 
-def _blame(key: Optional[str], overrides: dict, source: str) -> str:
-    """Who wrote ``key``: the ``--set`` item that set it (or its section), else ``source``."""
-    if key:
-        key = re.sub(r"\[\d+\]", "", key)
-        for k in reversed(list(overrides)):
-            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                return f"--set {show(overrides[k])}"
+def _blame(keys, overrides: dict, source: str) -> str:
+    """Who wrote the first of ``keys`` that a ``--set`` item set (it, or its section): that
+    item; else ``source``."""
+    for key in keys:
+        if key:
+            key = re.sub(r"\[\d+\]", "", key)
+            for k in reversed(list(overrides)):
+                if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                    return f"--set {show(overrides[k])}"
     return source
 
 
@@ -631,7 +642,8 @@ def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config
         _check_network(cfg)
         return cfg
     except ConfigError as e:
-        raise ConfigError(f"{_blame(getattr(e, 'key', None), given, source)}: {e}") from None
+        keys = (getattr(e, "key", None), getattr(e, "also", None))
+        raise ConfigError(f"{_blame(keys, given, source)}: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:

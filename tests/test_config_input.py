@@ -1,6 +1,7 @@
 """Config input, second round: float spellings, finite floats, --set values YAML cannot
 scan (one line naming --set), the network's input sizes, seeds, and values too large to
 print (a YAML anchor bomb)."""
+import json
 import subprocess
 import sys
 import time
@@ -111,6 +112,8 @@ def test_set_errors_name_set_not_the_file(tmp_path):
 ])
 def test_input_sizes_the_network_cannot_take_are_refused_at_load(overrides, ok):
     """The rule matches the networks (checked by building them in test_network_rule)."""
+    w, h = json.loads(overrides[-1].split("=")[1])
+    overrides = overrides + [f"model.heatmap_size=[{max(2, w // 4)}, {max(2, h // 4)}]"]
     if ok:
         load_config(None, overrides)
     else:
@@ -133,7 +136,8 @@ def test_network_rule(arch, modules, size):
     base = ["model.width=4", "model.stem_width=8", "model.num_blocks=1",
             f"model.stage_modules={modules}", f"model.arch={arch}"]
     try:
-        load_config(None, base + [f"model.input_size={size}"])
+        load_config(None, base + [f"model.input_size={size}",
+                                  f"model.heatmap_size={[v // 4 for v in size]}"])
         accepted = True
     except ConfigError:
         accepted = False
@@ -146,6 +150,27 @@ def test_network_rule(arch, modules, size):
     except RuntimeError:
         runs = False
     assert accepted == runs
+
+
+@pytest.mark.parametrize("arch", ["hrnet", "simplebaseline"])
+def test_heatmap_size_must_be_the_networks_output(tmp_path, arch):
+    """Both networks output a quarter of the crop: another model.heatmap_size is a config
+    error at load (it was a traceback in the loss at the first step), blamed on the --set
+    that changed either size."""
+    a = f"model.arch={arch}"
+    with pytest.raises(ConfigError, match=r"^--set 'model\.input_size=\[128, 160\]': config "
+                                          r"key 'model\.heatmap_size': \[48, 64\] .*"
+                                          r"\[32, 40\]"):
+        load_config(None, [a, "model.input_size=[128, 160]"])
+    with pytest.raises(ConfigError, match=r"^--set 'model\.heatmap_size=\[24, 32\]': config "
+                                          r"key 'model\.heatmap_size'.*\[48, 64\]"):
+        load_config(None, [a, "model.heatmap_size=[24, 32]"])
+    cfg = load_config(None, [a, "model.input_size=[128, 160]", "model.heatmap_size=[32, 40]"])
+    assert cfg.model.heatmap_size == (32, 40)
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  input_size: [96, 128]\n  heatmap_size: [48, 64]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: config key 'model\.heatmap_size'"):
+        load_config(str(p), [a])
 
 
 @pytest.mark.parametrize("item", ["loader.seed=1e20", "loader.seed=100000000000000000000",
