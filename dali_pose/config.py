@@ -496,7 +496,9 @@ def _yaml_why(e: Exception) -> str:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     if what is None:
         lines = str(e).splitlines()
-        return lines[0] if lines else type(e).__name__
+        if not lines:
+            return type(e).__name__
+        return lines[0] if len(lines[0]) <= 100 else lines[0][:97] + "..."
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
     what = str(what)
     return f"{what if len(what) <= 100 else what[:97] + '...'}{where}"
@@ -513,8 +515,9 @@ def _apply_override(tree: dict, item: str) -> str:
         raise ConfigError(f"--set {show(item)}: {show(key)} is not a config key (key.sub=value)")
     try:
         value = yaml.safe_load(raw)
-    except (yaml.YAMLError, RecursionError) as e:
-        # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,): never a traceback
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,), or what its
+        # constructors cannot make (an int of 5000 digits, a 13th month): never a traceback
         why = "nested too deeply" if isinstance(e, RecursionError) else _yaml_why(e)
         raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({why}); "
                           f"quote a string value, e.g. --set '{key}=\"...\"'") from None
@@ -552,7 +555,7 @@ def _read_yaml(path: str) -> dict:
             tree = yaml.safe_load(f) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of 5000 digits, ...
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_why(e)}") from e
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None

@@ -274,6 +274,19 @@ def test_config_error_is_one_line_on_the_command_line(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("text", ["9" * 5000, "2001-13-45"], ids=["long_int", "bad_date"])
+def test_values_yaml_reads_but_python_cannot_make_are_one_line(tmp_path, text):
+    """An integer of more than 4300 digits, a date with month 13: YAML's constructors raise
+    a plain ValueError; a ConfigError naming the file or the --set item."""
+    p = tmp_path / "c.yaml"
+    p.write_text(f"loader:\n  seed: {text}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML: ") as e:
+        load_config(str(p))
+    assert len(str(e.value)) < 400
+    with pytest.raises(ConfigError, match=r"^--set 'out_dir=.*': the value is not valid YAML"):
+        load_config(None, [f"out_dir={text}"])
+
+
 def test_yaml_nested_too_deeply_is_one_line(tmp_path):
     deep = "[" * 500 + "]" * 500  # past the recursion limit (a few frames a level)
     p = tmp_path / "deep.yaml"
