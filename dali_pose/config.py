@@ -169,7 +169,8 @@ class ModelConfig:
                  "the combined target is UDP's: model.codec must be udp")
         _check_min("model", self, 1, "width", "stem_width", "num_blocks")
         _require(bool(self.stage_modules) and min(self.stage_modules) >= 1,
-                 "model.stage_modules", f"non-empty, each >= 1, got {list(self.stage_modules)}")
+                 "model.stage_modules",
+                 f"non-empty, each >= 1, got {show(list(self.stage_modules))}")
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class AugConfig:
 
     def __post_init__(self):
         _require(self.recipe in _CHOICES["aug.recipe"], "aug.recipe",
-                 f"{self.recipe!r} is not one of {_CHOICES['aug.recipe']}")
+                 f"{show(self.recipe)} is not one of {_CHOICES['aug.recipe']}")
         _check_prob("aug", self, "flip_prob", "rot_prob", "half_body_prob",
                     "half_body_upper_prob", "shift_prob")
         _require(0.0 <= self.scale_factor < 1.0, "aug.scale_factor",
@@ -249,7 +250,7 @@ class OcclusionConfig:
 
     def __post_init__(self):
         _require(self.method in _CHOICES["occlusion.method"], "occlusion.method",
-                 f"{self.method!r} is not one of {_CHOICES['occlusion.method']}")
+                 f"{show(self.method)} is not one of {_CHOICES['occlusion.method']}")
         _check_prob("occlusion", self, "prob", "shift_prob", "hide_prob", "gridmask_ratio")
         _check_min("occlusion", self, 1, "num")
         _check_min("occlusion", self, 0, "shift_spread", "start_epoch")
@@ -257,7 +258,7 @@ class OcclusionConfig:
         _check_range("occlusion.erasing_area", self.erasing_area, high=1.0)
         _check_range("occlusion.erasing_aspect", self.erasing_aspect)
         _require(bool(self.grid_sizes) and min(self.grid_sizes) >= 0, "occlusion.grid_sizes",
-                 f"non-empty, sizes >= 0, got {list(self.grid_sizes)}")
+                 f"non-empty, sizes >= 0, got {show(list(self.grid_sizes))}")
         _check_range("occlusion.gridmask_period", self.gridmask_period, low=1, strict=False)
 
 
@@ -362,17 +363,17 @@ class TrainConfig:
                  f"must be finite (0 = no clipping), got {self.grad_clip}")
         for key in ("optimizer", "lr_schedule"):
             _require(getattr(self, key) in _CHOICES[f"train.{key}"], f"train.{key}",
-                     f"{getattr(self, key)!r} is not one of {_CHOICES[f'train.{key}']}")
+                     f"{show(getattr(self, key))} is not one of {_CHOICES[f'train.{key}']}")
         _require(self.lr_factor > 0, "train.lr_factor", f"must be > 0, got {self.lr_factor}")
         _require(0 < self.warmup_ratio <= 1, "train.warmup_ratio",
                  f"must be in (0, 1], got {self.warmup_ratio}")
         steps = list(self.lr_steps)
         _require(all(s >= 1 for s in steps) and steps == sorted(set(steps)), "train.lr_steps",
-                 f"increasing epochs >= 1, got {steps}")
+                 f"increasing epochs >= 1, got {show(steps)}")
         _require(self.base_batch_size is None or self.base_batch_size >= 1,
                  "train.base_batch_size", f"must be >= 1, got {self.base_batch_size}")
         _require(self.amp_dtype in _CHOICES["train.amp_dtype"], "train.amp_dtype",
-                 f"{self.amp_dtype!r} is not one of {_CHOICES['train.amp_dtype']}")
+                 f"{show(self.amp_dtype)} is not one of {_CHOICES['train.amp_dtype']}")
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,7 @@ class Config:
 
 
 # Every float spelling a user writes: YAML 1.1 reads 1e-3 or 1E5 (no dot) as strings.
+# Underscores separate digits, as YAML's own numbers (1_000.0) have them.
 _FLOAT = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
 _INT64 = 2 ** 63
 
@@ -432,7 +434,10 @@ def _coerce(value, tp, key: str):
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value.strip())
+            try:
+                value = float(value.strip().replace("_", ""))
+            except ValueError:  # what the pattern lets through and float() does not take
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(key, f"expected a number, got {show(value)}")
         try:
@@ -491,7 +496,9 @@ def _yaml_why(e: Exception) -> str:
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     if what is None:
         lines = str(e).splitlines()
-        return lines[0] if lines else type(e).__name__
+        if not lines:
+            return type(e).__name__
+        return lines[0] if len(lines[0]) <= 100 else lines[0][:97] + "..."
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
     what = str(what)
     return f"{what if len(what) <= 100 else what[:97] + '...'}{where}"
@@ -508,8 +515,9 @@ def _apply_override(tree: dict, item: str) -> str:
         raise ConfigError(f"--set {show(item)}: {show(key)} is not a config key (key.sub=value)")
     try:
         value = yaml.safe_load(raw)
-    except (yaml.YAMLError, RecursionError) as e:
-        # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,): never a traceback
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        # a tag (!!python/...), or what YAML cannot scan (@x, %x, `x, [64,), or what its
+        # constructors cannot make (an int of 5000 digits, a 13th month): never a traceback
         why = "nested too deeply" if isinstance(e, RecursionError) else _yaml_why(e)
         raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({why}); "
                           f"quote a string value, e.g. --set '{key}=\"...\"'") from None
@@ -524,13 +532,21 @@ def _apply_override(tree: dict, item: str) -> str:
 
 def _check_network(cfg: "Config") -> None:
     """The input sizes the model can take: both archs halve the crop 2 + (branches - 1) or
-    5 times and upsample back to a quarter of it (HRNet's branches: 1 + len(stage_modules))."""
+    5 times and upsample back to a quarter of it (HRNet's branches: 1 + len(stage_modules)),
+    so the targets must be that quarter."""
     m = cfg.model
     halvings = 2 + len(m.stage_modules) if m.arch == "hrnet" else 5
     step = 2 ** halvings
     _require(all(v % step == 0 for v in m.input_size), "model.input_size",
              f"{list(m.input_size)} cannot go through the {m.arch} network: each size must be "
              f"a multiple of {step}, e.g. {[max(step, v // step * step) for v in m.input_size]}")
+    out = [v // 4 for v in m.input_size]
+    if list(m.heatmap_size) != out:
+        e = _fail("model.heatmap_size", f"{list(m.heatmap_size)} is not what the {m.arch} "
+                  f"network outputs for model.input_size {list(m.input_size)}: set it to "
+                  f"{out} (a quarter of the input)")
+        e.also = "model.input_size"  # either size may be the one the user changed
+        raise e
 
 
 def _read_yaml(path: str) -> dict:
@@ -539,7 +555,7 @@ def _read_yaml(path: str) -> dict:
             tree = yaml.safe_load(f) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of 5000 digits, ...
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_why(e)}") from e
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
@@ -569,13 +585,17 @@ def read_tree(path: str) -> dict:
         return tree
     if not isinstance(base, str):
         raise ConfigError(f"config file {path}: config key 'base': expected a file name, "
-                          f"got {base!r}")
+                          f"got {show(base)}")
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
     base_tree = _read_yaml(base_path)
     if "base" in base_tree:
         raise ConfigError(f"config file {path}: config key 'base': {base_path} has a base "
                           "of its own (one level of inheritance only)")
-    return _merge(base_tree, tree)
+    try:
+        return _merge(base_tree, tree)
+    except RecursionError:  # sections that contain themselves (recursive YAML anchors)
+        raise ConfigError(f"config file {path} over its base {base_path}: a section refers "
+                          "to itself or is nested too deeply") from None
 
 
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
@@ -591,17 +611,21 @@ def _with_recipe_defaults(tree: dict) -> None:
     if not isinstance(aug, dict):
         return
     recipe = aug.get("recipe", "hrnet")
+    if not isinstance(recipe, str):
+        return  # AugConfig names the key
     for k, v in RECIPE_DEFAULTS.get(recipe, {}).items():
         aug.setdefault(k, v)
 
 
-def _blame(key: Optional[str], overrides: dict, source: str) -> str:
-    """Who wrote ``key``: the ``--set`` item that set it (or its section), else ``source``."""
-    if key:
-        key = re.sub(r"\[\d+\]", "", key)
-        for k in reversed(list(overrides)):
-            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                return f"--set {show(overrides[k])}"
+def _blame(keys, overrides: dict, source: str) -> str:
+    """Who wrote the first of ``keys`` that a ``--set`` item set (it, or its section): that
+    item; else ``source``."""
+    for key in keys:
+        if key:
+            key = re.sub(r"\[\d+\]", "", key)
+            for k in reversed(list(overrides)):
+                if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                    return f"--set {show(overrides[k])}"
     return source
 
 
@@ -621,7 +645,8 @@ def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config
         _check_network(cfg)
         return cfg
     except ConfigError as e:
-        raise ConfigError(f"{_blame(getattr(e, 'key', None), given, source)}: {e}") from None
+        keys = (getattr(e, "key", None), getattr(e, "also", None))
+        raise ConfigError(f"{_blame(keys, given, source)}: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:

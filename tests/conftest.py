@@ -64,6 +64,16 @@ def data_overrides(d, val: bool = True) -> list:
     return over
 
 
+def doc_code(doc: str, heading: str) -> str:
+    """The first ```python block after the line ``heading`` of ``doc`` (a Markdown file,
+    relative to the repository root), as written there: the docs' code is run by tests."""
+    text = (ROOT / doc).read_text()
+    assert f"\n{heading}\n" in text, f"{doc} has no line {heading!r}"
+    after = text.split(f"\n{heading}\n", 1)[1]
+    assert "```python\n" in after, f"{doc}: no python block after {heading!r}"
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def set_args(overrides) -> list:
     """``["--set", o]`` for each override, as the command lines take them."""
     return [a for o in overrides for a in ("--set", str(o))]

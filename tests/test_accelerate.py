@@ -14,7 +14,7 @@ pytest.importorskip("accelerate")
 pytest.importorskip("nvidia.dali")
 
 from conftest import (ROOT, SMALL_LOADER, SYNTHETIC_CONFIG, data_overrides,  # noqa: E402
-                      synthetic_data)
+                      doc_code, synthetic_data)
 
 from dali_pose import build_loader, load_config, load_index  # noqa: E402
 
@@ -52,10 +52,8 @@ def test_save_state_and_load_state_resume_the_loader_at_the_saved_batch(tmp_path
 
 def _example(tmp_path) -> Path:
     """The script of docs/clients.md's accelerate section, as written there."""
-    text = (ROOT / "docs" / "clients.md").read_text()
-    code = text.split("\n## accelerate\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "train_accelerate.py"
-    path.write_text(code)
+    path.write_text(doc_code("docs/clients.md", "## accelerate"))
     return path
 
 

@@ -8,10 +8,11 @@ from dali_pose.config import ConfigError, load_config, save_config
 
 def test_defaults_and_overrides():
     cfg = load_config(None, ["loader.batch_size=16", "model.input_size=[288, 384]",
-                             "data.det_file=dets.json", "aug.flip_prob=0"])
+                             "model.heatmap_size=[72, 96]", "data.det_file=dets.json",
+                             "aug.flip_prob=0"])
     assert cfg.loader.batch_size == 16
     assert cfg.model.input_size == (288, 384)
-    assert cfg.model.heatmap_size == (48, 64)
+    assert cfg.model.heatmap_size == (72, 96)
     assert cfg.data.det_file == "dets.json"
     assert cfg.aug.flip_prob == 0.0 and isinstance(cfg.aug.flip_prob, float)
 

@@ -1,6 +1,7 @@
 """Config input, second round: float spellings, finite floats, --set values YAML cannot
 scan (one line naming --set), the network's input sizes, seeds, and values too large to
 print (a YAML anchor bomb)."""
+import json
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1E-3", 1e-3), ("+1e-3", 1e-3),
                                         (".5e-3", 5e-4), ("2e2", 200.0), ("1_0e-1", 1.0),
-                                        ("0.001", 1e-3), ("3", 3.0), ("'1e-3'", 1e-3)])
+                                        ("0.001", 1e-3), ("3", 3.0), ("'1e-3'", 1e-3),
+                                        ("1.e-3", 1e-3), ("5e-4", 5e-4), ("1e3", 1e3),
+                                        ("1e+3", 1e3), ("1.0e3", 1e3), (".5", 0.5),
+                                        ("+.5", 0.5), ("1_000.0", 1e3), ("1_e-3", 1e-3)])
 def test_every_float_spelling_in_files_and_set(tmp_path, text, value):
     p = tmp_path / "c.yaml"
     p.write_text(f"train:\n  lr: {text}\ndata:\n  padding: {text}\n")
@@ -25,6 +29,23 @@ def test_every_float_spelling_in_files_and_set(tmp_path, text, value):
     cfg = load_config(None, [f"train.lr={text}", f"occlusion.radius=[{text}, 1000]"])
     assert cfg.train.lr == pytest.approx(value) and cfg.occlusion.radius[0] == pytest.approx(
         value)
+
+
+@pytest.mark.parametrize("text,value", [("-1e-3", -1e-3), ("-.5", -0.5), ("-5E-1", -0.5),
+                                        ("-2", -2.0)])
+def test_negative_float_spellings(tmp_path, text, value):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"data:\n  det_score_min: {text}\n")
+    assert load_config(str(p)).data.det_score_min == pytest.approx(value)
+    assert load_config(None, [f"data.det_score_min={text}"]).data.det_score_min == \
+        pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["1e-3_", "1,5", "1e", "e3", "1e-3e3", "_1e3", "inf"])
+def test_number_like_strings_that_are_no_number_are_one_line(tmp_path, text):
+    with pytest.raises(ConfigError, match=rf"^--set 'train\.lr=.*': config key 'train\.lr': "
+                                          r"(expected a number|must be a finite)"):
+        load_config(None, [f"train.lr={text}"])
 
 
 def test_float_spellings_stay_strings_for_string_keys():
@@ -91,6 +112,8 @@ def test_set_errors_name_set_not_the_file(tmp_path):
 ])
 def test_input_sizes_the_network_cannot_take_are_refused_at_load(overrides, ok):
     """The rule matches the networks (checked by building them in test_network_rule)."""
+    w, h = json.loads(overrides[-1].split("=")[1])
+    overrides = overrides + [f"model.heatmap_size=[{max(2, w // 4)}, {max(2, h // 4)}]"]
     if ok:
         load_config(None, overrides)
     else:
@@ -113,7 +136,8 @@ def test_network_rule(arch, modules, size):
     base = ["model.width=4", "model.stem_width=8", "model.num_blocks=1",
             f"model.stage_modules={modules}", f"model.arch={arch}"]
     try:
-        load_config(None, base + [f"model.input_size={size}"])
+        load_config(None, base + [f"model.input_size={size}",
+                                  f"model.heatmap_size={[v // 4 for v in size]}"])
         accepted = True
     except ConfigError:
         accepted = False
@@ -126,6 +150,27 @@ def test_network_rule(arch, modules, size):
     except RuntimeError:
         runs = False
     assert accepted == runs
+
+
+@pytest.mark.parametrize("arch", ["hrnet", "simplebaseline"])
+def test_heatmap_size_must_be_the_networks_output(tmp_path, arch):
+    """Both networks output a quarter of the crop: another model.heatmap_size is a config
+    error at load (it was a traceback in the loss at the first step), blamed on the --set
+    that changed either size."""
+    a = f"model.arch={arch}"
+    with pytest.raises(ConfigError, match=r"^--set 'model\.input_size=\[128, 160\]': config "
+                                          r"key 'model\.heatmap_size': \[48, 64\] .*"
+                                          r"\[32, 40\]"):
+        load_config(None, [a, "model.input_size=[128, 160]"])
+    with pytest.raises(ConfigError, match=r"^--set 'model\.heatmap_size=\[24, 32\]': config "
+                                          r"key 'model\.heatmap_size'.*\[48, 64\]"):
+        load_config(None, [a, "model.heatmap_size=[24, 32]"])
+    cfg = load_config(None, [a, "model.input_size=[128, 160]", "model.heatmap_size=[32, 40]"])
+    assert cfg.model.heatmap_size == (32, 40)
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  input_size: [96, 128]\n  heatmap_size: [48, 64]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: config key 'model\.heatmap_size'"):
+        load_config(str(p), [a])
 
 
 @pytest.mark.parametrize("item", ["loader.seed=1e20", "loader.seed=100000000000000000000",
@@ -147,7 +192,8 @@ def _bomb_value(levels=9):
 
 @pytest.mark.parametrize("section,key", [("train", "lr_steps"), ("train", "lr"),
                                          (None, "out_dir"), ("model", "input_size"),
-                                         (None, "data"), ("loader", "device")])
+                                         (None, "data"), ("loader", "device"), (None, "base"),
+                                         ("aug", "recipe"), ("train", "optimizer")])
 def test_anchor_bomb_value_is_not_expanded_in_the_message(tmp_path, section, key):
     """A value of a billion items (shared references) reaching an error message is shown
     cut short: quickly, in one short line."""
@@ -162,6 +208,59 @@ def test_anchor_bomb_value_is_not_expanded_in_the_message(tmp_path, section, key
     assert len(str(e.value)) < 400 and "\n" not in str(e.value), str(e.value)
 
 
+def test_anchor_bomb_under_an_unknown_key_names_the_key(tmp_path):
+    p = tmp_path / "bomb.yaml"
+    p.write_text(f"train:\n  lr: 0.001\n  nosuch: {_bomb_value()}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.nosuch'") as e:
+        load_config(str(p))
+    assert len(str(e.value)) < 400
+    with pytest.raises(ConfigError, match=r"^--set 'nosuch=.*unknown config key 'nosuch'"):
+        load_config(None, [f"nosuch={_bomb_value()}"])
+
+
+@pytest.mark.parametrize("key,value", [
+    (key, "x" * 5000) for key in ("aug.recipe", "occlusion.method", "train.optimizer",
+                                  "train.lr_schedule", "train.amp_dtype", "data.format",
+                                  "data.on_bad_image", "loader.device", "loader.image_dtype",
+                                  "model.arch", "model.codec")] + [
+    ("train.lr_steps", list(range(5000, 0, -1))), ("occlusion.grid_sizes", [-1] * 5000),
+    ("model.stage_modules", [0] * 5000), ("aug.recipe", [1, 2])],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else type(v).__name__)
+def test_long_values_are_cut_short_in_messages(key, value):
+    """A long string or list in any checked key: the message stays one short line."""
+    with pytest.raises(ConfigError, match=rf"config key '{key}'") as e:
+        load_config(None, [f"{key}={value}"])
+    assert len(str(e.value)) < 400 and "\n" not in str(e.value), str(e.value)[:500]
+
+
+def test_config_that_refers_to_itself_is_one_line(tmp_path):
+    """Recursive anchors in a config and its base: a ConfigError, not a RecursionError."""
+    (tmp_path / "base.yaml").write_text("train: &b\n  train: *b\n")
+    p = tmp_path / "c.yaml"
+    p.write_text("base: base.yaml\ntrain: &a\n  train: *a\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml"):
+        load_config(str(p))
+
+
+def test_checkpoint_epoch_bomb_is_cut_short(tmp_path):
+    """A checkpoint's pickle shares references as YAML anchors do: a billion-item 'epoch'
+    in a training checkpoint is named in a short line (engine/checkpoint.py's message)."""
+    torch = pytest.importorskip("torch")
+    from dali_pose.engine.checkpoint import read_training_checkpoint
+    from dali_pose.errors import WeightsError
+
+    a = ["x"] * 10
+    for _ in range(8):
+        a = [a] * 10
+    path = tmp_path / "last.pt"
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "scaler": {}, "epoch": [a, a],
+                "config": {}}, path)
+    t = time.perf_counter()
+    with pytest.raises(WeightsError, match="'epoch' is") as e:
+        read_training_checkpoint(str(path))
+    assert time.perf_counter() - t < 5.0 and len(str(e.value)) < 400
+
+
 def test_config_error_is_one_line_on_the_command_line(tmp_path):
     """evaluate.py's model mode (a config path that loads nothing else first) prints one
     line for an unscannable --set and for a non-finite float, exit 1."""
@@ -173,6 +272,19 @@ def test_config_error_is_one_line_on_the_command_line(tmp_path):
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip().startswith("error: ") and needle in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("text", ["9" * 5000, "2001-13-45"], ids=["long_int", "bad_date"])
+def test_values_yaml_reads_but_python_cannot_make_are_one_line(tmp_path, text):
+    """An integer of more than 4300 digits, a date with month 13: YAML's constructors raise
+    a plain ValueError; a ConfigError naming the file or the --set item."""
+    p = tmp_path / "c.yaml"
+    p.write_text(f"loader:\n  seed: {text}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML: ") as e:
+        load_config(str(p))
+    assert len(str(e.value)) < 400
+    with pytest.raises(ConfigError, match=r"^--set 'out_dir=.*': the value is not valid YAML"):
+        load_config(None, [f"out_dir={text}"])
 
 
 def test_yaml_nested_too_deeply_is_one_line(tmp_path):

@@ -22,7 +22,7 @@ from dali_pose.config import load_config
 from dali_pose.engine.schedule import build_optimizer, build_scheduler, cosine_factor
 
 pytest.importorskip("nvidia.dali")
-from conftest import SMALL_LOADER, synthetic_data, train_argv  # noqa: E402
+from conftest import SMALL_LOADER, doc_code, synthetic_data, train_argv  # noqa: E402
 from dali_pose.tools.synthetic import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,9 +253,7 @@ def test_the_readme_loader_snippet_runs_as_written(tmp_path, monkeypatch):
     """The first python block of "Using the loader in your own trainer", run as written in a
     folder holding what the set-up commands make (configs/, data/synthetic: here 6 images,
     one batch of 16 per epoch)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Using the loader in your own trainer", 1)[1]
-    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = doc_code("README.md", "## Using the loader in your own trainer")
     generate(str(tmp_path / "data" / "synthetic"), seed=1, num_train=6, num_val=2)
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)

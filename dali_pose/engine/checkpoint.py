@@ -55,7 +55,7 @@ from typing import Callable, List, Optional
 import torch
 
 from ..config import to_dict
-from ..errors import WeightsError
+from ..errors import WeightsError, show
 from ..models.weights import read_weights_file
 
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config")
@@ -166,7 +166,7 @@ def read_training_checkpoint(path: str) -> dict:
                                f"{', '.join(repr(k) for k in missing)}; train.py writes "
                                f"last.pt and best.pt in out_dir)")
         if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] < 0:
-            raise WeightsError(f"{path}: 'epoch' is {ckpt['epoch']!r}, not a count of "
+            raise WeightsError(f"{path}: 'epoch' is {show(ckpt['epoch'], 60)}, not a count of "
                                f"epochs")
         if ckpt.get("partial") is not None and not _is_partial(ckpt):
             raise WeightsError(f"{path}: a part-way checkpoint whose 'partial' or 'loader' "
