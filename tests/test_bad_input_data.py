@@ -441,6 +441,30 @@ def test_a_plain_malicious_pickle_is_refused_by_name(tmp_path, protocol):
             read_weights_file(str(path), "model.weights file")
 
 
+def test_a_foreign_global_with_a_huge_name_is_cut_short(tmp_path, monkeypatch):
+    """A pickle chooses its global's name: 100,000 characters of it stay out of the message,
+    and the file is refused before torch.load sees it (torch's refusal searches its message
+    in quadratic time: 4 minutes for this 100 KB file)."""
+    import torch
+
+    from dali_pose.models.weights import WeightsError, read_weights_file
+
+    def no_torch_load(*a, **k):
+        raise AssertionError("torch.load reached for a file whose globals refuse it")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+
+    name = "m" * 100_000
+    path = tmp_path / "long.pth"
+    # GLOBAL opcode by hand (module and name on their own lines), then STOP
+    path.write_bytes(b"\x80\x02c" + name.encode() + b"\nsystem\n." )
+    with pytest.raises(WeightsError) as e:
+        read_weights_file(str(path), "model.weights file")
+    msg = str(e.value)
+    assert "long.pth is refused: it asks for the global mmm" in msg and "..." in msg
+    assert len(msg) < 600 and "\n" not in msg
+
+
 def test_every_weight_path_refuses_non_finite_and_foreign_globals(tmp_path, capsys):
     """model.weights, model.pretrained, a training checkpoint (--resume), a model file
     (train.init_from) and evaluate.py --checkpoint: a NaN tensor is a load error naming the

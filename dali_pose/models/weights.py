@@ -26,7 +26,12 @@ def read_weights_file(path: str, what: str = "weights file"):
     A file whose pickle asks for anything beyond tensors and plain data (a function such as
     ``posix.system``, a class) is refused with that reason (torch's refusal names it; where
     torch stops before it, at a plain pickle's framing, :func:`_foreign_global` finds it);
-    the message never suggests loading it with the protection off."""
+    the message never suggests loading it with the protection off. The pickle's globals are
+    read first (its opcodes, nothing run): torch's refusal searches its own message in time
+    quadratic in a global's length, minutes for a 100 KB file that names a long one."""
+    name = _foreign_global(path)
+    if name:
+        _refuse(what, path, name)
     try:
         with warnings.catch_warnings():  # its note on a plain pickle's protocol: noise here
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -38,15 +43,20 @@ def read_weights_file(path: str, what: str = "weights file"):
         m = re.search(r"GLOBAL ([\w.]+)", text)
         name = m.group(1) if m else _foreign_global(path)
         if name:  # a function or class: what a malicious pickle asks for
-            raise WeightsError(f"{what} {path} is refused: it asks for the global "
-                               f"{name}, which tensors and plain data never need; "
-                               f"dali_pose reads weight files as data and never runs code "
-                               f"from them") from e
+            _refuse(what, path, name, e)
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
                            f"{_reason(text)}") from e
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise WeightsError(f"cannot read {what} {path} (truncated or not a torch file?): "
                            f"{_first_line(e)}") from e
+
+
+def _refuse(what: str, path: str, name: str, cause: Optional[BaseException] = None):
+    if len(name) > 120:  # a pickle can make the name as long as it likes
+        name = name[:117] + "..."
+    raise WeightsError(f"{what} {path} is refused: it asks for the global {name}, which "
+                       f"tensors and plain data never need; dali_pose reads weight files as "
+                       f"data and never runs code from them") from cause
 
 
 # Globals of the pickles torch writes for tensors and containers; any other is named as the
