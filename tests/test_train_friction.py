@@ -285,7 +285,10 @@ def test_a_signal_while_the_loaders_build_stops_before_the_first_step(tiny, tmp_
 
     monkeypatch.setattr(train, "build_loader", build)
     out = tmp_path / "early"
-    assert train.main(_argv(tiny, out, "train.validate=false")) == 0
+    try:
+        assert train.main(_argv(tiny, out, "train.validate=false")) == 0
+    except KeyboardInterrupt:  # (caught here, or it would end the test session)
+        pytest.fail("SIGINT while the loaders build raised KeyboardInterrupt")
     cap = capsys.readouterr()
     assert cap.err == "" and "Traceback" not in cap.out
     assert cap.out.strip().splitlines()[-1] == (
