@@ -100,8 +100,11 @@ def train(args, stop: StopRequest) -> None:
     lock, run_log = None, None
     if dist.main:
         lock = outdir.lock(cfg.out_dir)  # held until this process ends
-        deleted = outdir.check_fresh(cfg.out_dir, args.resume, args.overwrite) \
-            if ckpt is None else []
+        deleted = []
+        if ckpt is None:
+            deleted = outdir.check_fresh(cfg.out_dir, args.resume, args.overwrite)
+        else:
+            outdir.check_resume_from(cfg.out_dir, ckpt)
         removed = checkpoint.remove_temp_files(cfg.out_dir)
         run_log = RunLog(os.path.join(cfg.out_dir, "train.log"), fresh=ckpt is None)
         if deleted:

@@ -284,17 +284,25 @@ def test_a_signal_while_the_loaders_build_stops_before_the_first_step(tiny, tmp_
         return real(*a, **k)
 
     monkeypatch.setattr(train, "build_loader", build)
+    # (into an out_dir of an earlier run, with --overwrite: its outputs go, the user's stay)
     out = tmp_path / "early"
+    (out / "tb").mkdir(parents=True)
+    for name in ("last.pt", "metrics.jsonl", "mine.txt", "tb/events.out.tfevents.1.h"):
+        (out / name).write_text("x")
     try:
-        assert train.main(_argv(tiny, out, "train.validate=false")) == 0
+        assert train.main(_argv(tiny, out, "train.validate=false") + ["--overwrite"]) == 0
     except KeyboardInterrupt:  # (caught here, or it would end the test session)
         pytest.fail("SIGINT while the loaders build raised KeyboardInterrupt")
     cap = capsys.readouterr()
     assert cap.err == "" and "Traceback" not in cap.out
-    assert cap.out.strip().splitlines()[-1] == (
+    lines = cap.out.strip().splitlines()
+    assert lines[0] == (f"--overwrite: deleted last.pt, metrics.jsonl, tb/ (its event "
+                        f"files) in {out}")
+    assert lines[-1] == (
         "stopped by SIGINT before epoch 0; no step had run, so there is no last.pt: the "
         "same command starts afresh")
-    assert not (out / "last.pt").exists()
+    assert sorted(os.listdir(out)) == [".train.lock", "config.yaml", "mine.txt", "train.log"]
+    assert (out / "train.log").read_text().splitlines() == lines
 
 
 def test_ctrl_c_stops_quietly_with_exit_0(tiny, tmp_path, capsys, monkeypatch):

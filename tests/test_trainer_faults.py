@@ -248,6 +248,20 @@ def test_a_fresh_run_into_a_used_out_dir_is_refused_or_overwritten(tmp_path):
     assert os.listdir(tmp_path) == ["mine.txt"]  # tb/ held only event files: gone
 
 
+def test_a_resume_from_another_folder_is_not_mixed_into_a_used_out_dir(tmp_path):
+    out, other = tmp_path / "out", tmp_path / "other"
+    out.mkdir()
+    other.mkdir()
+    save_atomic(_state(1.0), str(out / "last.pt"))
+    save_atomic(_state(1.0), str(other / "best.pt"))
+    outdir.check_resume_from(str(out), str(out / "last.pt"))  # its own: fine
+    outdir.check_resume_from(str(tmp_path / "new"), str(other / "best.pt"))  # empty: fine
+    with pytest.raises(ConfigError) as e:
+        outdir.check_resume_from(str(out), str(other / "best.pt"))
+    assert "already has another run (it holds last.pt)" in str(e.value)
+    assert "new out_dir" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_signal_is_caught_not_raised():
     with StopRequest() as stop:
         assert not stop.requested()

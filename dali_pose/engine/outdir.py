@@ -9,7 +9,8 @@
   run's results (``last.pt``, ``best.pt``, ``model.pt``, ``metrics.jsonl``) is refused,
   offering ``--resume auto``, another ``out_dir`` or ``--overwrite`` (which deletes that
   run's outputs first, and nothing else: a file of the user's in ``out_dir``, or in ``tb/``
-  beside the TensorBoard event files, stays).
+  beside the TensorBoard event files, stays); :func:`check_resume_from`: a run resumed from
+  another folder's checkpoint is not mixed into an ``out_dir`` holding other results either.
 """
 from __future__ import annotations
 
@@ -83,6 +84,18 @@ def check_fresh(out_dir: str, resume, overwrite: bool) -> List[str]:
     if _remove_events(os.path.join(out_dir, TB)):
         gone.append(TB + "/ (its event files)")
     return gone
+
+
+def check_resume_from(out_dir: str, ckpt: str) -> None:
+    """A run resumed from a checkpoint of another folder (``--resume PATH``) writes into an
+    ``out_dir`` without another run's results, or its metrics would mix with theirs."""
+    if os.path.realpath(os.path.dirname(os.path.abspath(ckpt))) == os.path.realpath(out_dir):
+        return
+    found = results_in(out_dir)
+    if found:
+        raise ConfigError(f"config key 'out_dir': {out_dir} already has another run (it "
+                          f"holds {', '.join(found)}), and --resume {ckpt} comes from "
+                          f"elsewhere: continue it into a new out_dir (--set out_dir=...)")
 
 
 def _remove_events(tb: str) -> bool:
