@@ -275,6 +275,26 @@ def test_a_full_disk_at_the_metrics_line_is_one_line(tmp_path):
                             f"again")
 
 
+def test_a_busy_out_dir_is_refused_before_anything_is_built(tiny, tmp_path, capsys):
+    """The out_dir's lock held (here by this process, through another open file: flock
+    locks conflict between open files): train.py refuses in one line; test_trainer_faults
+    does it with two processes."""
+    from dali_pose.engine import outdir
+
+    out = tmp_path / "busy"
+    held = outdir.lock(str(out))
+    try:
+        assert train.main(_argv(tiny, out)) == 1
+    finally:
+        held.close()
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == (
+        f"error: config key 'out_dir': {out} is in use by another train.py (pid "
+        f"{os.getpid()}); wait for it to end, or choose another out_dir (--set "
+        f"out_dir=...)\n")
+    assert sorted(os.listdir(out)) == [".train.lock"]
+
+
 def test_a_signal_while_the_loaders_build_stops_before_the_first_step(tiny, tmp_path,
                                                                         capsys, monkeypatch):
     real = train.build_loader
