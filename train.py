@@ -16,7 +16,8 @@ Only rank 0 prints and writes files. Outputs in ``out_dir``: config.yaml (resolv
 train.log (what was printed), last.pt, best.pt (the best validation AP, or PCKh@0.5 Mean
 for MPII), model.pt (the final weights, for ``evaluate.py --checkpoint``), metrics.jsonl,
 val_results.json (MPII: val_preds.npy) + metrics.json of the last validation, preview.png,
-tb/ (with tensorboard). A run killed at any moment continues with ``--resume auto`` and
+tb/ (with tensorboard); metrics.superseded.jsonl when a resume from an older checkpoint
+trains epochs again (their old lines). A run killed at any moment continues with ``--resume auto`` and
 ends with the same weights, bit for bit on the CPU, as the run that was never stopped.
 SIGTERM or SIGINT (Ctrl-C, a cluster's preemption): the current step finishes, ``last.pt``
 gets the state part-way through the epoch (the loader's epoch and batch with it), one line
@@ -100,8 +101,11 @@ def train(args, stop: StopRequest) -> None:
     lock, run_log = None, None
     if dist.main:
         lock = outdir.lock(cfg.out_dir)  # held until this process ends
-        deleted = outdir.check_fresh(cfg.out_dir, args.resume, args.overwrite) \
-            if ckpt is None else []
+        deleted = []
+        if ckpt is None:
+            deleted = outdir.check_fresh(cfg.out_dir, args.resume, args.overwrite)
+        else:
+            outdir.check_resume_from(cfg.out_dir, ckpt)
         removed = checkpoint.remove_temp_files(cfg.out_dir)
         run_log = RunLog(os.path.join(cfg.out_dir, "train.log"), fresh=ckpt is None)
         if deleted:

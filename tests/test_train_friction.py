@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from dali_pose.config import load_config
+from dali_pose.errors import ConfigError
 from dali_pose.engine.schedule import build_optimizer, build_scheduler, cosine_factor
 
 pytest.importorskip("nvidia.dali")
@@ -64,6 +66,51 @@ def test_cosine_schedule_and_adamw():
     assert cosine_factor(total, total, 0, 0.001) == pytest.approx(0.0, abs=1e-12)
     adam = build_optimizer([p], load_config(None).train, 1e-3)
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("name,after", [("adamw", 1 - 0.01 * 0.05), ("adam", 1 - 0.01)])
+def test_adamw_decouples_the_weight_decay(name, after):
+    """One step with a zero gradient from w = 1 (lr 0.01, weight decay 0.05): AdamW shrinks
+    the weight by lr * decay * w; Adam adds decay * w to the gradient, and its normalised
+    step moves the weight by lr (its eps aside)."""
+    tc = load_config(None, [f"train.optimizer={name}", "train.lr=0.01",
+                            "train.weight_decay=0.05"]).train
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer([w], tc, tc.lr)
+    w.grad = torch.zeros(3)
+    opt.step()
+    assert w.detach().tolist() == pytest.approx([after] * 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("item", ["train.optimizer=sgd", "train.optimizer=Adam",
+                                  "train.lr_schedule=step", "train.lr_schedule=linear"])
+def test_optimizer_and_schedule_are_checked_at_load(item):
+    key = item.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': .* is not one of"):
+        load_config(None, [item])
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_imports_ends_quietly(tmp_path, sig):
+    """The signal lands while train.py imports torch (a finder sends it when train.py asks
+    for torch): no traceback, no output; SIGINT exits 130, SIGTERM its default death."""
+    driver = tmp_path / "drv.py"
+    driver.write_text(
+        "import importlib.abc, os, runpy, signal, sys\n"
+        "class Finder(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        f"            os.kill(os.getpid(), signal.{sig})\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Finder())\n"
+        f"sys.argv = [{str(ROOT / 'train.py')!r}, '--config', 'x.yaml']\n"
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+        "print('not reached')\n")
+    p = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert (p.stdout, p.stderr) == ("", "")
+    code = getattr(signal, sig)
+    assert p.returncode == (128 + code if sig == "SIGINT" else -code)
 
 
 # ------------------------------------------------------------------ train.main runs ----
@@ -177,28 +224,105 @@ def test_a_nan_loss_stops_in_one_line_keeping_the_last_good_checkpoint(tiny, tmp
     assert (out / "train.log").read_text().splitlines()[-1] == err
 
 
-def test_a_full_disk_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_at_best_pt_is_one_line_and_a_resume_restores_the_epoch(
+        tiny, tmp_path, capsys, monkeypatch):
+    """The disk fills between epoch 0's last.pt and best.pt (the state a kill there leaves):
+    one line; --resume auto writes best.pt and the epoch's metrics line with its AP."""
     from dali_pose.engine import checkpoint
 
     real = checkpoint.tempfile.mkstemp
-    writes = []
 
-    def full_on_second_last(prefix, suffix, dir):
+    def full_at_best(prefix, suffix, dir):
         fd, tmp = real(prefix=prefix, suffix=suffix, dir=dir)
-        writes.append(prefix)
-        if prefix == "last.pt." and writes.count(prefix) == 2:  # epoch 1's last.pt
+        if prefix == "best.pt.":
             os.dup2(os.open("/dev/full", os.O_WRONLY), fd)
         return fd, tmp
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_on_second_last)
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_at_best)
     out = tmp_path / "full"
-    rc = train.main(_argv(tiny, out, "train.validate=false"))
+    argv = _argv(tiny, out, "train.epochs=1")
+    rc = train.main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 1
-    assert err == (f"error: cannot write {out / 'last.pt'}: No space left on device; the "
-                   f"previous last.pt is unchanged"), err
+    assert err == (f"error: cannot write {out / 'best.pt'}: No space left on device; "
+                   f"{out / 'last.pt'} holds this epoch: --resume auto writes best.pt "
+                   f"again"), err
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (out / "best.pt").exists() and not (out / "metrics.jsonl").exists()
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+    monkeypatch.undo()
+    assert train.main(argv + ["--resume", "auto"]) == 0
+    assert "restored from the checkpoint: metrics.jsonl line of epoch 0, best.pt of " \
+           "epoch 0" in capsys.readouterr().out
+    (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert line["epoch"] == 0 and line["best"] and "val/AP" in line
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_full_disk_at_the_metrics_line_is_one_line(tmp_path):
+    from dali_pose.engine.progress import Progress
+
+    os.symlink("/dev/full", tmp_path / "metrics.jsonl")
+    progress = Progress(True, str(tmp_path), 1, 3, log=lambda msg: None)
+    record = {"epoch": 1, "steps": 4, "loss": 0.5, "samples_per_s": 0.43,
+              "data_wait": 0.01, "lr": 1e-3}
+    with pytest.raises(OSError) as e:
+        progress.end_epoch(record, 2.0)
+    progress.close()
+    assert str(e.value) == (f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on "
+                            f"device; last.pt holds epoch 1: --resume auto writes its line "
+                            f"again")
+
+
+def test_a_busy_out_dir_is_refused_before_anything_is_built(tiny, tmp_path, capsys):
+    """The out_dir's lock held (here by this process, through another open file: flock
+    locks conflict between open files): train.py refuses in one line; test_trainer_faults
+    does it with two processes."""
+    from dali_pose.engine import outdir
+
+    out = tmp_path / "busy"
+    held = outdir.lock(str(out))
+    try:
+        assert train.main(_argv(tiny, out)) == 1
+    finally:
+        held.close()
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == (
+        f"error: config key 'out_dir': {out} is in use by another train.py (pid "
+        f"{os.getpid()}); wait for it to end, or choose another out_dir (--set "
+        f"out_dir=...)\n")
+    assert sorted(os.listdir(out)) == [".train.lock"]
+
+
+def test_a_signal_while_the_loaders_build_stops_before_the_first_step(tiny, tmp_path,
+                                                                        capsys, monkeypatch):
+    real = train.build_loader
+
+    def build(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "build_loader", build)
+    # (into an out_dir of an earlier run, with --overwrite: its outputs go, the user's stay)
+    out = tmp_path / "early"
+    (out / "tb").mkdir(parents=True)
+    for name in ("last.pt", "metrics.jsonl", "mine.txt", "tb/events.out.tfevents.1.h"):
+        (out / name).write_text("x")
+    try:
+        assert train.main(_argv(tiny, out, "train.validate=false") + ["--overwrite"]) == 0
+    except KeyboardInterrupt:  # (caught here, or it would end the test session)
+        pytest.fail("SIGINT while the loaders build raised KeyboardInterrupt")
+    cap = capsys.readouterr()
+    assert cap.err == "" and "Traceback" not in cap.out
+    lines = cap.out.strip().splitlines()
+    assert lines[0] == (f"--overwrite: deleted last.pt, metrics.jsonl, tb/ (its event "
+                        f"files) in {out}")
+    assert lines[-1] == (
+        "stopped by SIGINT before epoch 0; no step had run, so there is no last.pt: the "
+        "same command starts afresh")
+    assert sorted(os.listdir(out)) == [".train.lock", "config.yaml", "mine.txt", "train.log"]
+    assert (out / "train.log").read_text().splitlines() == lines
 
 
 def test_ctrl_c_stops_quietly_with_exit_0(tiny, tmp_path, capsys, monkeypatch):
@@ -222,12 +346,26 @@ def test_ctrl_c_stops_quietly_with_exit_0(tiny, tmp_path, capsys, monkeypatch):
     saved = torch.load(out / "last.pt", weights_only=True)
     assert saved["epoch"] == 0 and saved["loader"]["batch"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    # and --resume auto continues there
+    # --resume auto continues there; SIGTERM during its validation: the epoch ends (its
+    # last.pt, best.pt and metrics line), the run stops before the next one
     monkeypatch.setattr(train, "pose_loss", real)
-    assert train.main(_argv(tiny, out, "train.validate=false", "train.epochs=1")
-                      + ["--resume", "auto"]) == 0
-    assert "no epoch done and 2 steps of epoch 0, continuing with epoch 0 step 3" in \
-        capsys.readouterr().out
+    real_validate = train.validate
+
+    def validate(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_validate(*a, **k)
+
+    monkeypatch.setattr(train, "validate", validate)
+    assert train.main(_argv(tiny, out) + ["--resume", "auto"]) == 0
+    cap = capsys.readouterr()
+    assert "no epoch done and 2 steps of epoch 0, continuing with epoch 0 step 3" in cap.out
+    assert cap.err == "" and "Traceback" not in cap.out
+    assert cap.out.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM before epoch 1; {out / 'last.pt'} holds epochs 0-0: --resume "
+        f"auto continues with epoch 1")
+    (line,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert line["epoch"] == 0 and line["steps"] == 4 and "val/AP" in line
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1
 
 
 def test_non_finite_init_weights_fail_before_the_loaders(tiny, tmp_path, capsys):

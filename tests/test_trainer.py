@@ -177,6 +177,8 @@ def test_two_process_ddp_on_gloo(tiny, tmp_path):
     for r in lines:
         assert r["world_size"] == 2 and r["ranks_in_sync"]
         assert r["samples"] == r["unique_samples"] == 2 * per_rank  # disjoint, the epoch
+        # both rates on rank 0's clock: all ranks' samples, and rank 0's half of them
+        assert r["samples_per_s"] == pytest.approx(2 * r["samples_per_s_rank0"], rel=1e-12)
         assert r["val_instances"] == n_val
     assert p.stdout.count("train set:") == 1  # rank 1 prints nothing
 

@@ -131,10 +131,26 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_keeps_the_old(tmp_
 
 
 def test_temp_files_of_killed_writes_are_removed(tmp_path):
-    for name in ("last.pt.ab12cd.tmp", "best.pt.x9.tmp", "notes.txt", "last.pt"):
+    for name in ("last.pt.ab12cd.tmp", "best.pt.x9.tmp", "metrics.jsonl.q1w2.tmp",
+                 "model.pt.zz.tmp", "notes.txt", "last.pt", "mine.tmp", "data.pt.x.tmp"):
         (tmp_path / name).write_bytes(b"x")
-    assert remove_temp_files(str(tmp_path)) == ["best.pt.x9.tmp", "last.pt.ab12cd.tmp"]
-    assert sorted(os.listdir(tmp_path)) == ["last.pt", "notes.txt"]
+    assert remove_temp_files(str(tmp_path)) == ["best.pt.x9.tmp", "last.pt.ab12cd.tmp",
+                                                "metrics.jsonl.q1w2.tmp", "model.pt.zz.tmp"]
+    # only the leftovers of train.py's own writes go
+    assert sorted(os.listdir(tmp_path)) == ["data.pt.x.tmp", "last.pt", "mine.tmp",
+                                            "notes.txt"]
+
+
+def test_checkpoints_get_the_mode_of_any_new_file(tmp_path):
+    """Not mkstemp's 0o600: a checkpoint is as readable as a plain torch.save would leave it."""
+    old = os.umask(0o022)
+    try:
+        save_atomic(_state(1.0), str(tmp_path / "best.pt"))
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "best.pt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_corrupt_last_pt_offers_best_pt(tmp_path):
@@ -163,6 +179,29 @@ def test_complete_epoch_restores_best_pt_and_the_metrics_line(tmp_path):
     assert complete_epoch(state, str(tmp_path), str(metrics)) == []  # idempotent
 
 
+def test_a_resume_from_an_older_checkpoint_sets_aside_the_lines_of_later_epochs(tmp_path):
+    """--resume best.pt (what a corrupt last.pt's error offers) after epoch 0 of a run that
+    went on to epoch 2: epochs 1 and 2 train again, so their old lines move aside (kept) and
+    every epoch has one line in metrics.jsonl."""
+    metrics = tmp_path / "metrics.jsonl"
+    old = [{"epoch": e, "loss": 1.0 - e / 10} for e in range(3)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in old))
+    record = {"epoch": 0, "loss": 1.0, "val/AP": 0.5, "best": True}
+    state = _state(1.0, epoch=1, record=record)
+    save_atomic(state, str(tmp_path / "best.pt"))
+    said = []
+    assert complete_epoch(state, str(tmp_path), str(metrics), said.append) == []
+    assert read_jsonl(metrics) == old[:1]
+    assert read_jsonl(tmp_path / checkpoint.SUPERSEDED) == old[1:]
+    assert len(said) == 1 and "epoch(s) 1, 2 moved to" in said[0], said
+    # a part-way checkpoint of epoch 1 holds epoch 0 only, too
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in old))
+    partial = {**_state(1.0, epoch=1), "partial": {"steps": 2}}
+    complete_epoch(partial, str(tmp_path), str(metrics))
+    assert read_jsonl(metrics) == old[:1]
+    assert read_jsonl(tmp_path / checkpoint.SUPERSEDED) == old[1:] * 2  # appended, kept
+
+
 def test_the_out_dir_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
     f = outdir.lock(str(tmp_path))
     with pytest.raises(outdir.OutDirBusy) as e:
@@ -187,15 +226,40 @@ def test_a_fresh_run_into_a_used_out_dir_is_refused_or_overwritten(tmp_path):
     assert outdir.check_fresh(str(tmp_path), None, False) == []
     for name in ("metrics.jsonl", "last.pt", "train.log", "mine.txt"):
         (tmp_path / name).write_text("x")
-    (tmp_path / "tb").mkdir()
+    for name in ("tb/events.out.tfevents.1.host", "tb/sub/events.out.tfevents.2.host",
+                 "tb/notes.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
     with pytest.raises(ConfigError) as e:
         outdir.check_fresh(str(tmp_path), None, False)
     msg = str(e.value)
     assert "--resume auto" in msg and "--overwrite" in msg and "another out_dir" in msg
     assert "last.pt, metrics.jsonl" in msg and "\n" not in msg
     assert sorted(outdir.check_fresh(str(tmp_path), None, True)) == [
-        "last.pt", "metrics.jsonl", "tb", "train.log"]
-    assert os.listdir(tmp_path) == ["mine.txt"]  # what train.py did not write stays
+        "last.pt", "metrics.jsonl", "tb/ (its event files)", "train.log"]
+    # what train.py did not write stays, in tb/ too
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt", "tb"]
+    assert os.listdir(tmp_path / "tb") == ["notes.md"]
+    (tmp_path / "last.pt").write_text("x")
+    (tmp_path / "tb" / "notes.md").unlink()
+    (tmp_path / "tb" / "events.out.tfevents.3.host").write_text("x")
+    assert outdir.check_fresh(str(tmp_path), None, True) == ["last.pt",
+                                                             "tb/ (its event files)"]
+    assert os.listdir(tmp_path) == ["mine.txt"]  # tb/ held only event files: gone
+
+
+def test_a_resume_from_another_folder_is_not_mixed_into_a_used_out_dir(tmp_path):
+    out, other = tmp_path / "out", tmp_path / "other"
+    out.mkdir()
+    other.mkdir()
+    save_atomic(_state(1.0), str(out / "last.pt"))
+    save_atomic(_state(1.0), str(other / "best.pt"))
+    outdir.check_resume_from(str(out), str(out / "last.pt"))  # its own: fine
+    outdir.check_resume_from(str(tmp_path / "new"), str(other / "best.pt"))  # empty: fine
+    with pytest.raises(ConfigError) as e:
+        outdir.check_resume_from(str(out), str(other / "best.pt"))
+    assert "already has another run (it holds last.pt)" in str(e.value)
+    assert "new out_dir" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_signal_is_caught_not_raised():

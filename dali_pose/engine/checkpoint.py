@@ -37,7 +37,8 @@ A part-way checkpoint replaces ``last.pt`` only (never ``best.pt``, no line of
 Order of an epoch's writes: ``last.pt`` first, then ``best.pt``, then the line of
 ``metrics.jsonl``. A run killed between them (or stopped by a full disk) leaves a
 ``last.pt`` that holds both of the others, and a resume writes them again
-(:func:`complete_epoch`): nothing of a finished epoch is lost.
+(:func:`complete_epoch`): nothing of a finished epoch is lost. A resume from an older
+checkpoint (``best.pt``) moves the metrics lines of the epochs it trains again aside.
 
 Every write (:func:`save_atomic`) goes to a temporary file in the same directory, flushed
 and fsync'd, then ``os.replace``d over the old one (and the directory fsync'd): a crash at
@@ -59,18 +60,31 @@ from ..errors import WeightsError, show
 from ..models.weights import read_weights_file
 
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config")
-_TEMP = ".tmp"  # save_atomic's temporary files: NAME.<random>.tmp
+_TEMP = ".tmp"  # write_atomic's temporary files: NAME.<random>.tmp
+# the files train.py writes through write_atomic (remove_temp_files looks for their leftovers)
+ATOMIC_FILES = ("last.pt", "best.pt", "model.pt", "metrics.jsonl")
+# where a resume from an older checkpoint puts the metrics lines of the epochs it redoes
+SUPERSEDED = "metrics.superseded.jsonl"
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask): mkstemp's 0o600 would
+    hide the checkpoints from the other users a plain ``torch.save`` shares them with."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint or model file could not be written (a full disk, a lost mount); the
     file it would have replaced is unchanged. One line, naming the file."""
 
-    def __init__(self, path: str, cause: Optional[OSError]):
+    def __init__(self, path: str, cause: Optional[OSError], hint: str = ""):
         reason = (cause.strerror or str(cause)) if cause is not None else "write failed"
         kept = (f"; the previous {os.path.basename(path)} is unchanged"
                 if os.path.exists(path) else "")
-        super().__init__(f"cannot write {path}: {reason}{kept}")
+        super().__init__(f"cannot write {path}: {reason}{kept}{hint}")
+        self.cause = cause
         self.errno = getattr(cause, "errno", None)
         self.path = path
 
@@ -90,6 +104,7 @@ def write_atomic(path: str, write, binary: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_TEMP,
                                dir=directory)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -113,10 +128,13 @@ def write_atomic(path: str, write, binary: bool = True) -> None:
 
 
 def remove_temp_files(out_dir: str) -> List[str]:
-    """Delete the temporary files that killed :func:`save_atomic` calls left in
-    ``out_dir`` (call it while holding the out_dir's lock); returns their names."""
+    """Delete the temporary files that killed :func:`write_atomic` calls left in
+    ``out_dir`` (those of :data:`ATOMIC_FILES`; call it while holding the out_dir's lock);
+    returns their names."""
     gone = []
-    for path in glob.glob(os.path.join(glob.escape(out_dir), "*.pt.*" + _TEMP)):
+    paths = [p for name in ATOMIC_FILES
+             for p in glob.glob(os.path.join(glob.escape(out_dir), f"{name}.*{_TEMP}"))]
+    for path in paths:
         try:
             os.unlink(path)
             gone.append(os.path.basename(path))
@@ -149,9 +167,15 @@ def training_state(model, optimizer, scheduler, scaler, epoch: int, best, cfg,
 def save_training(state: dict, out_dir: str) -> None:
     """``last.pt``, then ``best.pt`` when the epoch's record says it is the best (the order
     :func:`complete_epoch` relies on)."""
-    save_atomic(state, os.path.join(out_dir, "last.pt"))
+    last = os.path.join(out_dir, "last.pt")
+    save_atomic(state, last)
     if state["record"].get("best"):
-        save_atomic(state, os.path.join(out_dir, "best.pt"))
+        best = os.path.join(out_dir, "best.pt")
+        try:
+            save_atomic(state, best)
+        except CheckpointWriteError as e:  # last.pt holds it: say how it comes back
+            raise CheckpointWriteError(best, e.cause, f"; {last} holds this epoch: "
+                                       f"--resume auto writes best.pt again") from e
 
 
 def read_training_checkpoint(path: str) -> dict:
@@ -223,12 +247,18 @@ def resume_path(resume: Optional[str], out_dir: str) -> Optional[str]:
 
 def complete_epoch(state: dict, out_dir: str, metrics_path: str,
                    log: Optional[Callable[[str], None]] = None) -> List[str]:
-    """Write what a kill (or a full disk) after ``last.pt`` kept from the checkpoint's
-    epoch: its ``best.pt`` and its line of ``metrics.jsonl`` (a torn last line is dropped
-    first). Returns the names restored."""
-    record = state.get("record")
-    if not record:
-        return []
+    """Bring ``out_dir`` in line with the checkpoint ``state`` a run resumes from.
+
+    * What a kill (or a full disk) after ``last.pt`` kept from the checkpoint's epoch:
+      its ``best.pt`` and its line of ``metrics.jsonl`` are written again (a torn last line
+      is dropped first).
+    * The lines of ``metrics.jsonl`` of the epochs the checkpoint does not hold (a resume
+      from ``best.pt`` or another older checkpoint: the run trains those epochs again) move
+      to ``metrics.superseded.jsonl``, so that each epoch has one line.
+
+    Returns the names restored; says what it did through ``log``."""
+    record = state.get("record") or {}
+    held = int(state["epoch"])  # the epochs 0 .. held - 1 are in the checkpoint
     done = []
     text = ""
     if os.path.exists(metrics_path):
@@ -240,13 +270,25 @@ def complete_epoch(state: dict, out_dir: str, metrics_path: str,
             lines.append(json.loads(line))
         except json.JSONDecodeError:  # the torn end of a killed append
             torn = True
-    have = any(r.get("epoch") == record["epoch"] for r in lines)
-    if torn or not have or (text and not text.endswith("\n")):
+    later = [r for r in lines if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+             and r["epoch"] >= held]
+    if later:
+        lines = [r for r in lines if not any(r is x for x in later)]
+        aside = os.path.join(out_dir, SUPERSEDED)
+        with open(aside, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in later))
+        epochs = sorted({r["epoch"] for r in later})
+        if log:
+            holds = f"epochs 0-{held - 1}" if held else "no finished epoch"
+            log(f"the checkpoint holds {holds}: the metrics.jsonl lines of epoch(s) "
+                f"{', '.join(map(str, epochs))} moved to {aside} (those epochs train again)")
+    have = any(r.get("epoch") == record.get("epoch") for r in lines) if record else True
+    if torn or not have or later or (text and not text.endswith("\n")):
         if not have:
             lines.append(record)
             done.append(f"metrics.jsonl line of epoch {record['epoch']}")
-        text = "".join(json.dumps(r) + "\n" for r in lines)
-        write_atomic(metrics_path, lambda f: f.write(text), binary=False)
+        body = "".join(json.dumps(r) + "\n" for r in lines)
+        write_atomic(metrics_path, lambda f: f.write(body), binary=False)
     if record.get("best"):
         best_path = os.path.join(out_dir, "best.pt")
         try:

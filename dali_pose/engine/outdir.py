@@ -8,22 +8,26 @@
 * :func:`check_fresh`: a run that starts from scratch in an ``out_dir`` holding another
   run's results (``last.pt``, ``best.pt``, ``model.pt``, ``metrics.jsonl``) is refused,
   offering ``--resume auto``, another ``out_dir`` or ``--overwrite`` (which deletes that
-  run's outputs first, and nothing else).
+  run's outputs first, and nothing else: a file of the user's in ``out_dir``, or in ``tb/``
+  beside the TensorBoard event files, stays); :func:`check_resume_from`: a run resumed from
+  another folder's checkpoint is not mixed into an ``out_dir`` holding other results either.
 """
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 from typing import IO, List
 
 from ..errors import ConfigError
 
 LOCK = ".train.lock"
 RESULTS = ("last.pt", "best.pt", "model.pt", "metrics.jsonl")
-# everything train.py writes in out_dir (--overwrite deletes these, and only these)
-OUTPUTS = RESULTS + ("config.yaml", "train.log", "val_results.json", "metrics.json",
-                     "val_preds.npy", "preview.png", "tb")
+# everything train.py writes in out_dir (--overwrite deletes these, and only these; in tb/
+# the TensorBoard event files)
+OUTPUTS = RESULTS + ("metrics.superseded.jsonl", "config.yaml", "train.log",
+                     "val_results.json", "metrics.json", "val_preds.npy", "preview.png")
+TB = "tb"
+_EVENTS = "events.out.tfevents."  # the names of TensorBoard's event files
 
 
 class OutDirBusy(ConfigError):
@@ -74,11 +78,37 @@ def check_fresh(out_dir: str, resume, overwrite: bool) -> List[str]:
     gone = []
     for name in OUTPUTS:
         path = os.path.join(out_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
+        if os.path.lexists(path) and not os.path.isdir(path):
             os.unlink(path)
-        else:
-            continue
-        gone.append(name)
+            gone.append(name)
+    if _remove_events(os.path.join(out_dir, TB)):
+        gone.append(TB + "/ (its event files)")
     return gone
+
+
+def check_resume_from(out_dir: str, ckpt: str) -> None:
+    """A run resumed from a checkpoint of another folder (``--resume PATH``) writes into an
+    ``out_dir`` without another run's results, or its metrics would mix with theirs."""
+    if os.path.realpath(os.path.dirname(os.path.abspath(ckpt))) == os.path.realpath(out_dir):
+        return
+    found = results_in(out_dir)
+    if found:
+        raise ConfigError(f"config key 'out_dir': {out_dir} already has another run (it "
+                          f"holds {', '.join(found)}), and --resume {ckpt} comes from "
+                          f"elsewhere: continue it into a new out_dir (--set out_dir=...)")
+
+
+def _remove_events(tb: str) -> bool:
+    """Delete the TensorBoard event files under ``tb`` and the folders left empty; whether
+    there were any. Anything else under ``tb`` stays."""
+    if not os.path.isdir(tb) or os.path.islink(tb):
+        return False
+    found = False
+    for here, dirs, files in os.walk(tb, topdown=False):
+        for f in files:
+            if f.startswith(_EVENTS):
+                os.unlink(os.path.join(here, f))
+                found = True
+        if not os.listdir(here):
+            os.rmdir(here)
+    return found

@@ -33,6 +33,10 @@ from tqdm import tqdm
 _EPOCH_SCALARS = ("loss", "samples_per_s", "data_wait")
 
 
+class MetricsWriteError(OSError):
+    """The epoch's line of metrics.jsonl could not be written (one line, naming it)."""
+
+
 class RunLog:
     """A ``log`` callable: prints a line and appends it to ``path``."""
 
@@ -63,6 +67,11 @@ def _duration(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _rate(per_s: float) -> str:
+    """Samples/s with 3 significant digits below 100 (a tiny run's 0.43, not 0)."""
+    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.3g}"
+
+
 class Progress:
     def __init__(self, main: bool, out_dir: str, log_every: int, epochs: int, log=print):
         self.main, self.log_every, self.epochs, self.log = main, log_every, epochs, log
@@ -91,7 +100,7 @@ class Progress:
         ``loss`` may be NaN where not synchronised; ``samples_per_s`` over all ranks."""
         if not self.main:
             return
-        text = dict(loss=f"{loss:.3e}", lr=f"{lr:.2e}", **{"samples/s": f"{samples_per_s:.0f}"},
+        text = dict(loss=f"{loss:.3e}", lr=f"{lr:.2e}", **{"samples/s": _rate(samples_per_s)},
                     wait=f"{100 * data_wait:.1f}%")
         if not math.isnan(loss) and self.tb is not None:
             self.tb.add_scalar("train/loss", loss, iteration)
@@ -123,16 +132,21 @@ class Progress:
         eta = (f", ETA {_duration(left * sum(self._epoch_seconds) / len(self._epoch_seconds))}"
                f" for {left} more epoch{'s' if left != 1 else ''}" if left > 0 else "")
         self.log(f"epoch {r['epoch']}: {r['steps']} steps, mean loss "
-                 f"{r['loss']:.3e}, {r['samples_per_s']:.0f} samples/s, data wait "
+                 f"{r['loss']:.3e}, {_rate(r['samples_per_s'])} samples/s, data wait "
                  f"{100 * r['data_wait']:.1f}%, lr {r['lr']:.2e}"
                  + "".join(f", {k[4:]} {v:.3f}" for k, v in r.items() if k.startswith("val/")
                            and k[4:] in ("AP", "PCKh@0.5/Mean"))
                  + (" (best)" if r.get("best") else "")
                  + f"; {_duration(seconds)}{eta}")
-        with open(self.path, "a") as f:
-            f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(r) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk: last.pt (written first) holds the line
+            raise MetricsWriteError(f"cannot write {self.path}: {e.strerror or e}; "
+                                    f"last.pt holds epoch {r['epoch']}: --resume auto "
+                                    f"writes its line again") from e
         if self.tb is not None:
             for k, v in r.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and (
