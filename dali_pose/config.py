@@ -532,21 +532,15 @@ def _apply_override(tree: dict, item: str) -> str:
 
 def _check_network(cfg: "Config") -> None:
     """The input sizes the model can take: both archs halve the crop 2 + (branches - 1) or
-    5 times and upsample back to a quarter of it (HRNet's branches: 1 + len(stage_modules)),
-    so the targets must be that quarter."""
+    5 times (HRNet's branches: 1 + len(stage_modules)). That their output is a quarter of
+    the crop, the heatmap size, is checked by ``build_model``: a network of the user's own
+    may output another size with the loader."""
     m = cfg.model
     halvings = 2 + len(m.stage_modules) if m.arch == "hrnet" else 5
     step = 2 ** halvings
     _require(all(v % step == 0 for v in m.input_size), "model.input_size",
              f"{list(m.input_size)} cannot go through the {m.arch} network: each size must be "
              f"a multiple of {step}, e.g. {[max(step, v // step * step) for v in m.input_size]}")
-    out = [v // 4 for v in m.input_size]
-    if list(m.heatmap_size) != out:
-        e = _fail("model.heatmap_size", f"{list(m.heatmap_size)} is not what the {m.arch} "
-                  f"network outputs for model.input_size {list(m.input_size)}: set it to "
-                  f"{out} (a quarter of the input)")
-        e.also = "model.input_size"  # either size may be the one the user changed
-        raise e
 
 
 def _read_yaml(path: str) -> dict:
@@ -617,15 +611,14 @@ def _with_recipe_defaults(tree: dict) -> None:
         aug.setdefault(k, v)
 
 
-def _blame(keys, overrides: dict, source: str) -> str:
-    """Who wrote the first of ``keys`` that a ``--set`` item set (it, or its section): that
-    item; else ``source``."""
-    for key in keys:
-        if key:
-            key = re.sub(r"\[\d+\]", "", key)
-            for k in reversed(list(overrides)):
-                if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                    return f"--set {show(overrides[k])}"
+def _blame(key, overrides: dict, source: str) -> str:
+    """Who wrote ``key``: the last ``--set`` item that set it (it, or its section); else
+    ``source``."""
+    if key:
+        key = re.sub(r"\[\d+\]", "", key)
+        for k in reversed(list(overrides)):
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"--set {show(overrides[k])}"
     return source
 
 
@@ -645,8 +638,7 @@ def config_from_dict(tree: dict, overrides=(), source: str = "<dict>") -> Config
         _check_network(cfg)
         return cfg
     except ConfigError as e:
-        keys = (getattr(e, "key", None), getattr(e, "also", None))
-        raise ConfigError(f"{_blame(keys, given, source)}: {e}") from None
+        raise ConfigError(f"{_blame(getattr(e, 'key', None), given, source)}: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -465,6 +465,54 @@ def test_a_foreign_global_with_a_huge_name_is_cut_short(tmp_path, monkeypatch):
     assert len(msg) < 600 and "\n" not in msg
 
 
+@pytest.mark.parametrize("kind", ["torch-prefix", "numpy-prefix", "legacy-format"])
+def test_globals_torch_would_refuse_slowly_are_refused_first(tmp_path, monkeypatch, kind):
+    """A long global under a prefix tensors use (torch., numpy.) or inside torch's legacy
+    (non-zip) format, where the data is the fourth pickle of the file: refused by name before
+    torch.load, which would take minutes over it."""
+    import pickle
+
+    import torch
+
+    from dali_pose.models.weights import WeightsError, read_weights_file
+
+    path = tmp_path / "f.pt"
+    if kind == "legacy-format":
+        head = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {}))
+        path.write_bytes(head + b"\x80\x02cposix\nsystem\n.")
+        name = "posix.system"
+    else:
+        module = kind.split("-")[0]
+        path.write_bytes(b"\x80\x02c" + module.encode() + b"\n" + b"A" * 20_000 + b"\n.")
+        name = module + ".AAA"
+
+    def no_torch_load(*a, **k):
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    with pytest.raises(WeightsError, match=f"f.pt is refused: it asks for the global {name}"):
+        read_weights_file(str(path), "model.weights file")
+
+
+def test_plain_data_torch_save_writes_loads(tmp_path):
+    """torch.save's protocol 2 names sets, bytearrays and complex numbers by Python 2's
+    module (__builtin__), in both of its formats; NumPy arrays and scalars (mmpose's meta)."""
+    import numpy as np
+    import torch
+
+    from dali_pose.models.weights import read_weights_file
+
+    data = {"s": {1, 2}, "b": bytearray(b"x"), "c": 1j,
+            "a": np.arange(3, dtype=np.float32), "n": np.float64(2.5)}
+    for zip_format in (True, False):
+        path = tmp_path / f"{zip_format}.pt"
+        torch.save(data, path, _use_new_zipfile_serialization=zip_format)
+        back = read_weights_file(str(path), "model.weights file")
+        assert {k: v for k, v in back.items() if k != "a"} == {
+            k: v for k, v in data.items() if k != "a"}
+        assert back["a"].dtype == np.float32 and back["a"].tolist() == [0.0, 1.0, 2.0]
+
+
 def test_every_weight_path_refuses_non_finite_and_foreign_globals(tmp_path, capsys):
     """model.weights, model.pretrained, a training checkpoint (--resume), a model file
     (train.init_from) and evaluate.py --checkpoint: a NaN tensor is a load error naming the

@@ -9,6 +9,7 @@ No download: the tensors are random.
 import math
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -170,7 +171,11 @@ def test_each_layout_loads_and_equals_the_official_forward(tmp_path, arch, layou
         torch.save(state, path)
     elif layout == "mmpose":
         head = ("final_layer", "deconv_layers")
-        torch.save({"meta": {"mmpose_version": "1.3.0"}, "state_dict": {
+        # mmengine keeps the dataset's meta; mmpose's sigmas and joint weights are arrays
+        meta = {"mmpose_version": "1.3.0", "dataset_meta": {
+            "sigmas": np.full(K, 0.025, np.float32), "dataset_keypoint_weights": np.ones(K),
+            "num_keypoints": np.int64(K)}}
+        torch.save({"meta": meta, "state_dict": {
             ("head." if k.startswith(head) else "backbone.") + k: v
             for k, v in state.items()}}, path)
     else:

@@ -8,6 +8,7 @@ an exact step, no timing races."""
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -161,6 +162,11 @@ def test_a_corrupt_last_pt_offers_best_pt(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and f"--resume {tmp_path / 'best.pt'}" in msg
     assert "after epoch 2" in msg  # 3 epochs done: the last one was epoch 2
+    for odd in ("x", None, float("nan"), 10**5000):  # a best.pt with an odd epoch: not offered
+        save_atomic({"epoch": odd}, str(tmp_path / "best.pt"))
+        with pytest.raises(WeightsError) as e:
+            read_training_checkpoint(str(tmp_path / "last.pt"))
+        assert "best.pt" not in str(e.value) and len(str(e.value)) < 400
 
 
 def test_complete_epoch_restores_best_pt_and_the_metrics_line(tmp_path):
@@ -237,11 +243,13 @@ def test_a_fresh_run_into_a_used_out_dir_is_refused_or_overwritten(tmp_path):
     assert "last.pt, metrics.jsonl" in msg and "\n" not in msg
     assert sorted(outdir.check_fresh(str(tmp_path), None, True)) == [
         "last.pt", "metrics.jsonl", "tb/ (its event files)", "train.log"]
-    # what train.py did not write stays, in tb/ too
+    # what train.py did not write stays, in tb/ too (a run copied into tb/sub to compare)
     assert sorted(os.listdir(tmp_path)) == ["mine.txt", "tb"]
-    assert os.listdir(tmp_path / "tb") == ["notes.md"]
+    assert sorted(os.listdir(tmp_path / "tb")) == ["notes.md", "sub"]
+    assert os.listdir(tmp_path / "tb" / "sub") == ["events.out.tfevents.2.host"]
     (tmp_path / "last.pt").write_text("x")
     (tmp_path / "tb" / "notes.md").unlink()
+    shutil.rmtree(tmp_path / "tb" / "sub")
     (tmp_path / "tb" / "events.out.tfevents.3.host").write_text("x")
     assert outdir.check_fresh(str(tmp_path), None, True) == ["last.pt",
                                                              "tb/ (its event files)"]

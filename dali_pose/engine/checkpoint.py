@@ -67,12 +67,19 @@ ATOMIC_FILES = ("last.pt", "best.pt", "model.pt", "metrics.jsonl")
 SUPERSEDED = "metrics.superseded.jsonl"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import (no other thread yet)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _file_mode() -> int:
     """The mode ``open()`` gives a new file (0o666 less the umask): mkstemp's 0o600 would
     hide the checkpoints from the other users a plain ``torch.save`` shares them with."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_UMASK
 
 
 class CheckpointWriteError(OSError):
@@ -104,8 +111,11 @@ def write_atomic(path: str, write, binary: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=_TEMP,
                                dir=directory)
     try:
-        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb" if binary else "w") as f:
+            try:
+                os.fchmod(f.fileno(), _file_mode())
+            except OSError:  # FAT/exFAT refuse a mode their mount does not give: keep 0o600
+                pass
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -226,9 +236,11 @@ def _offer_best(path: str) -> str:
         return ""
     try:
         epoch = read_weights_file(best, "checkpoint")["epoch"]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 < epoch < 10**9:
+            return ""
     except Exception:  # an unreadable best.pt is not worth offering
         return ""
-    return (f"; {best} (after epoch {int(epoch) - 1}) is readable: continue from it with "
+    return (f"; {best} (after epoch {epoch - 1}) is readable: continue from it with "
             f"--resume {best}")
 
 

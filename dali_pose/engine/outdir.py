@@ -99,16 +99,17 @@ def check_resume_from(out_dir: str, ckpt: str) -> None:
 
 
 def _remove_events(tb: str) -> bool:
-    """Delete the TensorBoard event files under ``tb`` and the folders left empty; whether
-    there were any. Anything else under ``tb`` stays."""
+    """Delete the TensorBoard event files directly in ``tb`` (where train.py's writer puts
+    them; runs a user copied into sub-folders to compare stay) and ``tb`` itself if that
+    leaves it empty; whether there were any."""
     if not os.path.isdir(tb) or os.path.islink(tb):
         return False
     found = False
-    for here, dirs, files in os.walk(tb, topdown=False):
-        for f in files:
-            if f.startswith(_EVENTS):
-                os.unlink(os.path.join(here, f))
-                found = True
-        if not os.listdir(here):
-            os.rmdir(here)
+    for f in os.listdir(tb):
+        path = os.path.join(tb, f)
+        if f.startswith(_EVENTS) and os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+            found = True
+    if not os.listdir(tb):
+        os.rmdir(tb)
     return found

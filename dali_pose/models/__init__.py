@@ -8,6 +8,7 @@ from torch import nn
 
 from ..codecs import build_codec
 from ..datasets import DATASETS
+from ..errors import ConfigError
 from .hrnet import build_hrnet
 from .simplebaseline import build_simplebaseline
 from .weights import load_backbone, load_pose_weights
@@ -20,6 +21,12 @@ def build_model(cfg, num_joints=None, log=None):
     with ``model.weights`` (a whole pose model) or else ``model.pretrained`` (an ImageNet
     backbone) applied. ``log`` (e.g. ``print``) receives a line per weight file loaded."""
     model_cfg = getattr(cfg, "model", cfg)
+    out = [v // 4 for v in model_cfg.input_size]  # both archs upsample to a quarter
+    if list(model_cfg.heatmap_size) != out:  # else a traceback in the loss at the first step
+        raise ConfigError(f"config key 'model.heatmap_size': {list(model_cfg.heatmap_size)} "
+                          f"is not what the {model_cfg.arch} network outputs for "
+                          f"model.input_size {list(model_cfg.input_size)}: set it to {out} "
+                          f"(a quarter of the input)")
     if num_joints is None:
         num_joints = DATASETS[cfg.data.format].num_joints
     channels = build_codec(model_cfg).channels(num_joints)

@@ -35,7 +35,8 @@ def read_weights_file(path: str, what: str = "weights file"):
     try:
         with warnings.catch_warnings():  # its note on a plain pickle's protocol: noise here
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_numpy_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise WeightsError(f"{what} {path} does not exist") from e
     except pickle.UnpicklingError as e:
@@ -51,6 +52,24 @@ def read_weights_file(path: str, what: str = "weights file"):
                            f"{_first_line(e)}") from e
 
 
+def _numpy_globals() -> list:
+    """What a NumPy array or scalar in a checkpoint asks for (mmpose's checkpoints keep the
+    dataset's ``sigmas`` as arrays in ``meta``): building arrays of data, nothing else; torch
+    refuses them by default. The old module path is what files from NumPy 1.x name."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray  # NumPy 2
+    except ImportError:
+        from numpy.core import multiarray
+    dtypes = getattr(np, "dtypes", None)
+    return [np.ndarray, np.dtype,
+            *((f, f"numpy.{m}.multiarray.{f.__name__}") for f in (multiarray._reconstruct,
+                                                                  multiarray.scalar)
+              for m in ("core", "_core")),
+            *(getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType"))]
+
+
 def _refuse(what: str, path: str, name: str, cause: Optional[BaseException] = None):
     if len(name) > 120:  # a pickle can make the name as long as it likes
         name = name[:117] + "..."
@@ -63,7 +82,12 @@ def _refuse(what: str, path: str, name: str, cause: Optional[BaseException] = No
 # reason a file is refused where torch's refusal does not name one (a plain pickle.dump of
 # protocol 4 or 5 stops torch at its first FRAME opcode, before any global).
 _DATA_GLOBALS = ("torch.", "collections.", "numpy.", "_codecs.", "builtins.set",
-                 "builtins.frozenset", "builtins.bytearray", "builtins.complex", "builtins.slice")
+                 "builtins.frozenset", "builtins.bytearray", "builtins.complex", "builtins.slice",
+                 # protocol 2 (torch.save's default) names the builtins module as Python 2 did
+                 "__builtin__.set", "__builtin__.frozenset", "__builtin__.bytearray",
+                 "__builtin__.complex", "__builtin__.slice")
+# Longer than any real module.name; torch's refusal of a long one takes time quadratic in it
+_MAX_GLOBAL = 256
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
                "BINSTRING", "STRING"}
 
@@ -82,7 +106,13 @@ def _foreign_global(path: str, max_ops: int = 1_000_000) -> Optional[str]:
                 with z.open(member) as f:
                     return _scan_globals(f, max_ops)
         with open(path, "rb") as f:
-            return _scan_globals(f, max_ops)
+            # a plain pickle, or torch's legacy format: pickles one after another (magic
+            # number, protocol, system info, the data), then raw storage bytes
+            for _ in range(5):
+                found = _scan_globals(f, max_ops)
+                if found:
+                    return found
+            return None
     except Exception:  # anything unreadable: torch's own reason stands
         return None
 
@@ -107,7 +137,7 @@ def _scan_globals(f, max_ops: int) -> Optional[str]:
         if isinstance(top, str):
             recent.append(top)
         last = top
-        if found and not found.startswith(_DATA_GLOBALS):
+        if found and (len(found) > _MAX_GLOBAL or not found.startswith(_DATA_GLOBALS)):
             return found
     return None
 
