@@ -430,3 +430,54 @@ def test_startup_bench_end_to_end(tmp_path):
     assert runs["dali cold"]["cache"]["compiled"] > 0
     assert runs["dali warm 1"]["cache"]["compiled"] == 0
     assert "classic" in runs and "warm cache:" in r.stdout
+
+
+# Two closures of one function compile to the same numba name in two fresh processes (same
+# compile order); an entry stored by one process, loaded by the other after it compiled the
+# other closure, must call its own inner function (not the other's, found by name).
+CLASH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from numba import njit, types
+    from numba.core import sigutils
+    from numba.core.ccallback import CFunc
+    from dali_pose.loader import compile_cache
+
+    def make(c, cached):
+        @njit
+        def inner(x):  # big enough that LLVM keeps it a call, not inlined
+            a = np.empty(int(x) + 8)
+            for i in range(a.size):
+                a[i] = np.sin(i * 0.5) + np.cos(i * 0.25) * np.exp(-i) + np.log1p(i)
+            s = 0.0
+            for i in range(a.size):
+                s += np.tanh(a[i]) * np.arctan2(a[i], 1.0 + i)
+            return s * 0.0 + c
+
+        def f(x):
+            return inner(x)
+
+        res = CFunc(f, sigutils.normalize_signature(types.float64(types.float64)),
+                    locals={}, options={})
+        if cached:
+            res._cache = compile_cache._EntryCache(("clash test", c), f"clash{c}", [inner])
+        res.compile()
+        return res
+
+    if sys.argv[1] == "store":
+        out = {"one": make(1.0, True).ctypes(0.0)}
+    else:
+        two = make(2.0, False)  # compiled here, under the name the stored entry's had there
+        one = make(1.0, True)
+        out = {"one": one.ctypes(0.0), "two": two.ctypes(0.0)}
+    print(json.dumps({"stats": compile_cache.stats, **out}))
+""")
+
+
+def test_a_loaded_entry_calls_its_own_code_not_a_namesake_compiled_here(tmp_path):
+    cache = tmp_path / "cache"
+    stored, _ = _run(CLASH_SCRIPT, cache, "store")
+    assert stored["stats"]["stored"] == 1 and stored["one"] == 1.0
+    loaded, _ = _run(CLASH_SCRIPT, cache, "load")
+    assert loaded["stats"]["loaded"] == 1
+    assert (loaded["one"], loaded["two"]) == (1.0, 2.0)

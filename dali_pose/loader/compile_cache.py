@@ -43,9 +43,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import pickle
 import platform
+import secrets
 import sys
 import threading
 import types
@@ -63,9 +65,32 @@ from nvidia.dali import Pipeline
 from nvidia.dali.plugin import numba as dali_numba
 from nvidia.dali.plugin.numba import NumbaFunction
 
-FORMAT = 1  # bump when what an entry holds changes
+FORMAT = 2  # bump when what an entry holds changes (2: per-process unique names)
 ENV_VAR = "DALI_POSE_CACHE"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # dali_pose/
+
+
+def _unique_function_names() -> None:
+    """Number this process's numba functions from a random start.
+
+    numba names a compiled function by its qualified name and a per-process counter
+    (``FunctionIdentity._unique_ids``, from 1), and links the functions a cfunc calls into
+    its object code as ``linkonce_odr``: the JIT binds a loaded entry's calls to the first
+    function of that name already in the process. Two processes compiling different
+    closures of one function (two operators' kernels, DALI's per-dtype array lambdas)
+    in the same order give them the same names, so an entry stored by one process and
+    loaded by another that compiled something else under that name called the other code
+    (a kernel of another size or dtype writing past DALI's buffers: heap corruption). A
+    random 40-bit start per process (2**20 names each) makes names from different
+    processes distinct."""
+    from numba.core.bytecode import FunctionIdentity
+
+    if not getattr(FunctionIdentity, "_dali_pose_unique", False):
+        FunctionIdentity._unique_ids = itertools.count(1 + (secrets.randbits(40) << 20))
+        FunctionIdentity._dali_pose_unique = True
+
+
+_unique_function_names()
 
 #: per process: entries ``loaded`` (a compile avoided), ``compiled`` (a miss), ``stored``,
 #: ``uncacheable`` (compiled without the cache: unkeyable or unserialisable); the
